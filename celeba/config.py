@@ -1,0 +1,94 @@
+"""The one typed configuration of a training run; every field is a command-line flag."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from celeba.data import SAMPLE_DIR
+
+
+@dataclass
+class TrainConfig:
+    """Defaults train on the embedded sample in a few minutes on 2 CPU cores."""
+
+    data_dir: Path = SAMPLE_DIR  # a CelebA folder (official or Kaggle layout); default: the embedded sample
+    labels: tuple[str, ...] = ("Male", "Young")  # any of the 40 CelebA attributes
+    loss: Literal["bce", "weighted-bce"] = "bce"  # weighted-bce: class-balanced per-label weights from train
+    weights: str = "imagenet"  # 'imagenet' (downloaded by Keras), 'none' (from scratch) or a local .h5 file
+    image_size: int = 128
+    batch_size: int = 32
+    epochs: int = 3  # total epochs, frozen-backbone epochs included
+    freeze_epochs: int = 1  # head-only epochs before fine-tuning (skipped with --weights none)
+    learning_rate: float = 1e-3  # peak of the cosine schedule (head phase; fine-tuning uses a tenth)
+    dense_units: int = 128
+    dropout: float = 0.3
+    augment: bool = True
+    cache: bool = False  # keep decoded images in memory after the first epoch
+    check_images: bool = True  # decode every image once up front and skip unreadable ones
+    limit: int | None = None  # at most N images from every partition (quick runs)
+    train_limit: int | None = None
+    val_limit: int | None = None
+    seed: int = 42
+    models_dir: Path = Path("models")
+    name: str | None = None  # run name; default mobilenetv2-<loss>
+    resume: bool = False  # continue an interrupted run from its last epoch
+    mixed_precision: bool = False  # float16 compute on GPU; ignored on CPU
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"mobilenetv2-{self.loss}"
+
+    def partition_limit(self, partition: str) -> int | None:
+        specific = {"train": self.train_limit, "validation": self.val_limit}.get(partition)
+        return specific if specific is not None else self.limit
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class EvalConfig:
+    model: Path = Path("models/mobilenetv2-bce.keras")
+    data_dir: Path = SAMPLE_DIR
+    partition: Literal["train", "validation", "test"] = "test"
+    limit: int | None = None
+    batch_size: int = 64
+    threshold: float = 0.5
+    out: Path | None = None  # default: reports/<model name>-<partition>/
+    check_images: bool = True
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(scalar type, is_tuple) for the annotations the configs use."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is tuple:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def parse_config(cls: type, argv: Sequence[str] | None = None, description: str | None = None):
+    """Build an argparse parser from a config dataclass, so flags and defaults never drift apart."""
+    hints = typing.get_type_hints(cls)
+    parser = argparse.ArgumentParser(description=description or cls.__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind, many = _base_type(hints[f.name])
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif typing.get_origin(kind) is Literal:
+            parser.add_argument(flag, choices=typing.get_args(kind), default=f.default)
+        else:
+            parser.add_argument(flag, type=kind, nargs="+" if many else None, default=f.default)
+    values = vars(parser.parse_args(argv))
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -1,0 +1,295 @@
+"""CelebA reading and the tf.data input pipeline.
+
+Everything that turns files into model inputs lives here, so that training, evaluation,
+prediction and the Tensorleap encoders see exactly the same pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PARTITIONS = {0: "train", 1: "validation", 2: "test"}
+ATTRIBUTES = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
+    "Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup "
+    "High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose "
+    "Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat "
+    "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
+).split()
+IMAGE_DIR = "img_align_celeba"
+ATTR_FILES = ("list_attr_celeba.txt", "list_attr_celeba.csv")
+PARTITION_FILES = ("list_eval_partition.txt", "list_eval_partition.csv")
+IDENTITY_FILE = "identity_CelebA.txt"
+#: The embedded sample: real CelebA images in the official layout, shipped with the repo.
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "celeba-sample"
+
+
+class CelebADataError(ValueError):
+    """Bad or missing CelebA input; the message names the file and the problem."""
+
+
+def _error(path: Path | str, problem: str) -> CelebADataError:
+    return CelebADataError(f"{path}: {problem}")
+
+
+# --------------------------------------------------------------------------- annotation files
+
+
+def read_attributes(path: Path) -> pd.DataFrame:
+    """Read `list_attr_celeba.txt` (official) or `.csv` (Kaggle): image id -> 40 columns of 0/1."""
+    path = Path(path)
+    if not path.is_file():
+        raise _error(path, "attribute file not found")
+    try:
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path, index_col=0, dtype={0: str})
+        else:
+            with open(path) as f:
+                declared = f.readline().strip()
+            if not declared.isdigit():
+                raise _error(path, f"first line must be the row count, got {declared[:40]!r}")
+            # Header has 40 names and rows 41 fields, so pandas makes the file name the index.
+            frame = pd.read_csv(path, sep=r"\s+", skiprows=1, header=0)
+            if len(frame) != int(declared):
+                raise _error(path, f"declares {declared} rows but has {len(frame)} (truncated file?)")
+    except CelebADataError:
+        raise
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise _error(path, f"malformed attribute file ({exc})") from None
+    frame.index = frame.index.astype(str)
+    frame.index.name = "image_id"
+    missing = [a for a in ATTRIBUTES if a not in frame.columns]
+    if missing:
+        raise _error(path, f"missing attribute columns {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    frame = frame[list(ATTRIBUTES)]
+    bad = frame.isna().any(axis=1) | ~frame.isin([-1, 1, 0]).all(axis=1)
+    if bad.any():
+        raise _error(path, f"row for {bad.idxmax()!r} is incomplete or has values other than -1/1 "
+                           f"({int(bad.sum())} bad rows; truncated file?)")
+    return (frame.astype(np.int8) == 1).astype(np.int8)
+
+
+def read_partitions(path: Path) -> pd.Series:
+    """Read `list_eval_partition.txt`/`.csv`: image id -> 'train' | 'validation' | 'test'."""
+    path = Path(path)
+    if not path.is_file():
+        raise _error(path, "partition file not found")
+    try:
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path, dtype={"image_id": str})
+            frame.columns = ["image_id", "partition"]
+        else:
+            frame = pd.read_csv(path, sep=r"\s+", header=None, names=["image_id", "partition"],
+                                dtype={"image_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise _error(path, f"malformed partition file ({exc})") from None
+    codes = pd.to_numeric(frame["partition"], errors="coerce")
+    if codes.isna().any() or not codes.isin(PARTITIONS).all():
+        row = int((codes.isna() | ~codes.isin(PARTITIONS)).idxmax())
+        raise _error(path, f"line {row + 1}: partition must be 0, 1 or 2, got {frame['partition'][row]!r}")
+    return pd.Series(codes.astype(int).map(PARTITIONS).values, index=frame["image_id"].values,
+                     name="partition").rename_axis("image_id")
+
+
+def read_identities(path: Path) -> pd.Series:
+    """Read `identity_CelebA.txt`: image id -> celebrity id (for identity-aware analysis)."""
+    try:
+        frame = pd.read_csv(path, sep=r"\s+", header=None, names=["image_id", "identity"],
+                            dtype={"image_id": str, "identity": "Int64"})
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise _error(path, f"malformed identity file ({exc})") from None
+    return frame.set_index("image_id")["identity"]
+
+
+def _find(data_dir: Path, names: Sequence[str]) -> Path:
+    for name in names:
+        for candidate in (data_dir / name, data_dir / "Anno" / name, data_dir / "Eval" / name):
+            if candidate.is_file():
+                return candidate
+    raise _error(data_dir, f"none of {', '.join(names)} found (is this a CelebA folder?)")
+
+
+def image_dir(data_dir: Path) -> Path:
+    """The image folder, also in the Kaggle layout (`img_align_celeba/img_align_celeba/`)."""
+    folder = Path(data_dir) / IMAGE_DIR
+    if (folder / IMAGE_DIR).is_dir():
+        folder = folder / IMAGE_DIR
+    if not folder.is_dir():
+        raise _error(folder, "image folder not found")
+    return folder
+
+
+# --------------------------------------------------------------------------- the index
+
+
+def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    unknown = [name for name in labels if name not in ATTRIBUTES]
+    if unknown or not labels:
+        raise CelebADataError(f"--labels: unknown attribute(s) {unknown or '(none given)'}; "
+                              f"choose from: {', '.join(ATTRIBUTES)}")
+    return tuple(labels)
+
+
+def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
+    """One row per usable image: image_id, path, partition, the 40 attributes, identity (if known).
+
+    Rows whose image is missing (a partial download, or the shared subset) are skipped with a
+    warning and a count; so are unreadable images when `check_images` is set.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise _error(data_dir, "data folder not found (download CelebA and pass --data-dir)")
+    attrs = read_attributes(_find(data_dir, ATTR_FILES))
+    parts = read_partitions(_find(data_dir, PARTITION_FILES))
+    frame = attrs.join(parts, how="inner")
+    if len(frame) < len(attrs):
+        log.warning("%d attribute rows have no partition and are skipped", len(attrs) - len(frame))
+    if (data_dir / IDENTITY_FILE).is_file():
+        frame = frame.join(read_identities(data_dir / IDENTITY_FILE), how="left")
+
+    folder = image_dir(data_dir)
+    present = {entry.name for entry in os.scandir(folder)}
+    has_image = frame.index.isin(present)
+    if not has_image.all():
+        missing = frame.index[~has_image]
+        log.warning("%d of %d annotated images are not in %s and are skipped (e.g. %s)",
+                    len(missing), len(frame), folder, ", ".join(missing[:3]))
+        frame = frame[has_image]
+    if frame.empty:
+        raise _error(folder, "no annotated image found in this folder")
+
+    frame = frame.reset_index()
+    frame.insert(1, "path", [str(folder / name) for name in frame["image_id"]])
+    if check_images:
+        problems = find_bad_images(frame["path"])
+        if problems:
+            for path, problem in problems.items():
+                log.warning("skipping %s: %s", path, problem)
+            log.warning("%d unreadable images skipped", len(problems))
+            frame = frame[~frame["path"].isin(problems)].reset_index(drop=True)
+    return frame
+
+
+def split(index: pd.DataFrame, partition: str, limit: int | None = None) -> pd.DataFrame:
+    """Rows of one official partition, optionally the first `limit` of them (deterministic)."""
+    if partition not in PARTITIONS.values():
+        raise CelebADataError(f"unknown partition {partition!r}; choose from {list(PARTITIONS.values())}")
+    rows = index[index["partition"] == partition]
+    if limit is not None:
+        rows = rows.iloc[:limit]
+    return rows.reset_index(drop=True)
+
+
+def _image_problem(path: str) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as exc:  # PIL raises many types for bad files; every one means "skip it"
+        return f"unreadable image ({type(exc).__name__}: {exc})"
+    return None
+
+
+def find_bad_images(paths: Sequence[str], workers: int = 8) -> dict[str, str]:
+    """Fully decode every image (in threads) and return {path: problem} for those that fail."""
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(tqdm(pool.map(_image_problem, paths), total=len(paths), desc="checking images",
+                            unit="img", disable=len(paths) < 2000, leave=False))
+    return {path: problem for path, problem in zip(paths, results) if problem}
+
+
+# --------------------------------------------------------------------------- tf.data
+
+
+def preprocess_image(image, image_size: int):
+    """Centre-crop to a square (178x218 -> 178x178 for aligned CelebA) and resize; float32 in [0, 255].
+
+    The one preprocessing step every consumer calls. Scaling to [-1, 1] happens inside the model.
+    """
+    import tensorflow as tf
+
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif image.shape[-1] == 4:
+        image = image[..., :3]
+    shape = tf.shape(image)
+    side = tf.minimum(shape[0], shape[1])
+    image = tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side)
+    image = tf.image.resize(image, (image_size, image_size), antialias=True)
+    return tf.cast(image, tf.float32)
+
+
+_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP signatures
+
+
+def decode_image(raw, path=""):
+    """Decode JPEG/PNG/BMP/GIF bytes to uint8 RGB (grayscale and RGBA are converted)."""
+    import tensorflow as tf
+
+    known = tf.reduce_any([tf.equal(tf.strings.substr(raw, 0, len(m)), m) for m in _MAGIC])
+    # Name the file in the error: a bare "Unknown image file format" does not say which one.
+    check = tf.debugging.Assert(known, ["not a JPEG/PNG/GIF/BMP image (empty or corrupt file):", path])
+    with tf.control_dependencies([check]):
+        image = tf.io.decode_image(tf.identity(raw), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def load_image(path, image_size: int):
+    """Read, decode and preprocess one image file (a path string or a string tensor)."""
+    import tensorflow as tf
+
+    return preprocess_image(decode_image(tf.io.read_file(path), path), image_size)
+
+
+def labels_array(rows: pd.DataFrame, labels: Sequence[str]) -> np.ndarray:
+    return rows[list(labels)].to_numpy(dtype=np.float32)
+
+
+def make_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, batch_size: int,
+                 training: bool = False, augment: bool = True, cache: bool = False, seed: int = 0):
+    """(image, label) batches: parallel decode -> crop/resize -> [cache] -> shuffle -> batch -> augment -> prefetch."""
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    ds = tf.data.Dataset.from_tensor_slices((rows["path"].to_numpy(dtype=str), labels_array(rows, labels)))
+    if training and not cache:  # shuffle cheap paths, not decoded images
+        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda path, y: (load_image(path, image_size), y), num_parallel_calls=autotune)
+    if cache:
+        ds = ds.cache()
+        if training:
+            ds = ds.shuffle(min(len(rows), 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if training and augment:
+        augmenter = make_augmenter(seed)
+        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=autotune)
+    return ds.prefetch(autotune)
+
+
+def make_augmenter(seed: int = 0):
+    """Small, label-preserving augmentations (a flipped face keeps its gender and age)."""
+    import keras
+
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomRotation(0.03, fill_mode="reflect", seed=seed),
+        keras.layers.RandomZoom(0.08, fill_mode="reflect", seed=seed),
+        keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
+        keras.layers.RandomContrast(0.1, seed=seed),
+    ], name="augment")

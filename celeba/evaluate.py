@@ -1,0 +1,66 @@
+"""Evaluation of a saved model on one partition: per-label metrics and accuracy per cohort."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+
+from celeba.config import EvalConfig
+from celeba.data import CelebADataError, labels_array, load_index, make_dataset, split
+from celeba.metrics import cohort_accuracy, label_metrics
+from celeba.model import load_model
+
+log = logging.getLogger(__name__)
+
+
+def predict(model: keras.Model, rows: pd.DataFrame, labels: Sequence[str], image_size: int,
+            batch_size: int = 64) -> np.ndarray:
+    """Probabilities, one row per row of `rows`, in order (no shuffling, no augmentation)."""
+    ds = make_dataset(rows, labels, image_size, batch_size, training=False)
+    return model.predict(ds, verbose="auto")
+
+
+def model_image_size(model: keras.Model) -> int:
+    return int(model.input_shape[1])
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Print the tables and write metrics.json, metrics.csv, cohorts.csv and predictions.csv."""
+    model, labels = load_model(cfg.model)
+    index = load_index(cfg.data_dir, check_images=cfg.check_images)
+    rows = split(index, cfg.partition, cfg.limit)
+    if rows.empty:
+        raise CelebADataError(f"{cfg.data_dir}: no {cfg.partition} images")
+    probs = predict(model, rows, labels, model_image_size(model), cfg.batch_size)
+    y_true = labels_array(rows, labels)
+    metrics = label_metrics(y_true, probs, labels, cfg.threshold)
+    cohorts = cohort_accuracy(rows, y_true, probs, labels, threshold=cfg.threshold)
+
+    out = cfg.out or Path("reports") / f"{Path(cfg.model).stem}-{cfg.partition}"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics.to_csv(out / "metrics.csv")
+    cohorts.to_csv(out / "cohorts.csv")
+    predictions = rows[["image_id", "partition"]].copy()
+    for j, label in enumerate(labels):
+        predictions[f"{label}_true"] = y_true[:, j].astype(int)
+        predictions[f"{label}_prob"] = probs[:, j]
+    predictions.to_csv(out / "predictions.csv", index=False)
+    result = {
+        "model": str(cfg.model), "partition": cfg.partition, "n": len(rows), "threshold": cfg.threshold,
+        "labels": json.loads(metrics.to_json(orient="index")),
+        "cohorts": json.loads(cohorts.to_json(orient="index")),
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 120):
+        print(f"\n{cfg.model} on {cfg.partition} ({len(rows)} images)\n")
+        print(metrics.to_string(), "\n")
+        print("accuracy per cohort\n" + cohorts.to_string(), "\n")
+    print(f"wrote {out}/metrics.json, metrics.csv, cohorts.csv, predictions.csv")
+    return result

@@ -1,0 +1,92 @@
+"""MobileNetV2 backbone + a small sigmoid multi-label head, and loading a saved model with its labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import keras
+
+HEAD_LAYERS = ("scale", "embedding", "head_dense", "head_bn", "head_dropout", "predictions")
+FEATURE_LAYER = "out_relu"  # last convolutional activation of MobileNetV2: where Grad-CAM looks
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
+
+
+class WeightsError(RuntimeError):
+    """The backbone weights could not be had; the message says what to pass instead."""
+
+
+def _backbone(inputs, weights: str):
+    spec = None if weights.lower() == "none" else weights
+    if spec not in (None, "imagenet") and not Path(spec).is_file():
+        raise WeightsError(f"{spec}: weights file not found (pass --weights imagenet, none, or a local .h5)")
+    size = inputs.shape[1]
+    if spec == "imagenet" and size not in IMAGENET_SIZES:
+        raise WeightsError(f"--image-size {size}: ImageNet weights exist only for sizes {IMAGENET_SIZES}")
+    try:
+        return keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=spec,
+                                                 input_tensor=inputs, pooling=None)
+    except Exception as exc:
+        if spec != "imagenet":
+            raise WeightsError(f"{spec}: could not load MobileNetV2 weights ({exc})") from exc
+        raise WeightsError(
+            f"could not download the ImageNet weights for MobileNetV2 ({type(exc).__name__}: {exc}). "
+            f"Offline? Pass --weights PATH/TO/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5 "
+            f"or --weights none to train from scratch.") from exc
+
+
+def build_model(n_labels: int, image_size: int = 128, weights: str = "imagenet",
+                dense_units: int = 128, dropout: float = 0.3) -> keras.Model:
+    """Inputs are float32 pixels in [0, 255]: the [-1, 1] scaling lives inside the model, once."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
+    backbone = _backbone(scaled, weights)
+    x = keras.layers.GlobalAveragePooling2D(name="embedding")(backbone.output)
+    x = keras.layers.Dense(dense_units, use_bias=False, name="head_dense")(x)
+    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    x = keras.layers.Activation("relu", name="head_relu")(x)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(n_labels, activation="sigmoid", dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="mobilenetv2_celeba")
+
+
+def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    head = set(HEAD_LAYERS) | {"head_relu"}
+    return [layer for layer in model.layers
+            if layer.name not in head and not isinstance(layer, keras.layers.InputLayer)]
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool, freeze_batchnorm: bool = True) -> None:
+    """Freeze the backbone for the head phase; when fine-tuning pretrained weights keep BatchNorm frozen."""
+    for layer in backbone_layers(model):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = trainable and not (is_bn and freeze_batchnorm)
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """Image -> pooled backbone embedding (for latent-space analysis)."""
+    return keras.Model(model.inputs, model.get_layer("embedding").output)
+
+
+def card_path(model_path: Path) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def load_model(model_path: Path, labels: Sequence[str] | None = None) -> tuple[keras.Model, tuple[str, ...]]:
+    """Load a saved `.keras` model and its label names (from the run card beside it, or `labels`)."""
+    import celeba.losses  # noqa: F401  (registers the weighted loss for deserialization)
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: model file not found (train one with `poetry run train`)")
+    model = keras.models.load_model(model_path)
+    if labels is None:
+        card = card_path(model_path)
+        if not card.is_file():
+            raise FileNotFoundError(f"{card}: run card not found; pass the model's --labels")
+        labels = json.loads(card.read_text())["config"]["labels"]
+    labels = tuple(labels)
+    if model.output_shape[-1] != len(labels):
+        raise ValueError(f"{model_path}: model has {model.output_shape[-1]} outputs but labels are {labels}")
+    return model, labels
