@@ -110,6 +110,38 @@ def read_identities(path: Path) -> pd.Series:
     return frame.set_index("image_id")["identity"]
 
 
+LANDMARKS_FILE = "list_landmarks_align_celeba.txt"
+LANDMARKS = tuple("lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y "
+                  "leftmouth_x leftmouth_y rightmouth_x rightmouth_y".split())
+
+
+def read_landmarks(path: Path) -> pd.DataFrame:
+    """Read `list_landmarks_align_celeba.txt`: image id -> 10 pixel coordinates (eyes, nose, mouth corners)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _error(path, "landmarks file not found")
+    with open(path) as f:
+        declared = f.readline().strip()
+    if not declared.isdigit():
+        raise _error(path, f"first line must be the row count, got {declared[:40]!r}")
+    try:  # like the attribute file: a header of 10 names over rows of 11 fields
+        frame = pd.read_csv(path, sep=r"\s+", skiprows=1, header=0)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise _error(path, f"malformed landmarks file ({exc})") from None
+    missing = [name for name in LANDMARKS if name not in frame.columns]
+    if missing:
+        raise _error(path, f"missing landmark columns {missing}")
+    if len(frame) != int(declared):
+        raise _error(path, f"declares {declared} rows but has {len(frame)} (truncated file?)")
+    frame = frame[list(LANDMARKS)].apply(pd.to_numeric, errors="coerce")
+    bad = frame.isna().any(axis=1)
+    if bad.any():
+        raise _error(path, f"row for {bad.idxmax()!r} is incomplete or not numeric ({int(bad.sum())} bad rows)")
+    frame.index = frame.index.astype(str)
+    frame.index.name = "image_id"
+    return frame.astype(np.float32)
+
+
 def _find(data_dir: Path, names: Sequence[str]) -> Path:
     for name in names:
         for candidate in (data_dir / name, data_dir / "Anno" / name, data_dir / "Eval" / name):
