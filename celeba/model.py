@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -42,6 +43,12 @@ def build_model(n_labels: int, image_size: int = 128, weights: str = "imagenet",
     inputs = keras.Input((image_size, image_size, 3), name="image")
     scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
     backbone = _backbone(scaled, weights)
+    if weights.lower() == "none":
+        # MobileNetV2's BatchNorm momentum (0.999) suits fine-tuning; from scratch its moving statistics lag
+        # thousands of steps behind the weights and inference-mode outputs collapse to a constant.
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
     x = keras.layers.GlobalAveragePooling2D(name="embedding")(backbone.output)
     x = keras.layers.Dense(dense_units, use_bias=False, name="head_dense")(x)
     x = keras.layers.BatchNormalization(name="head_bn")(x)
@@ -80,7 +87,9 @@ def load_model(model_path: Path, labels: Sequence[str] | None = None) -> tuple[k
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: model file not found (train one with `poetry run train`)")
-    model = keras.models.load_model(model_path)
+    with warnings.catch_warnings():  # the saved model keeps its loss, not its optimizer state: expected
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model = keras.models.load_model(model_path)
     if labels is None:
         card = card_path(model_path)
         if not card.is_file():

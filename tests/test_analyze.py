@@ -1,0 +1,146 @@
+"""The analysis report: built end to end on the embedded sample from the tiny model, checked against numpy."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from celeba.analyze import (AnalyzeConfig, balancing_thresholds, calibration_curve, join_repeated, main,
+                            parse_pairs, saliency_picks)
+from celeba.config import parse_config
+from celeba.data import CelebADataError, load_index, split
+
+LIMIT = 24
+PAIRS = (("Male", "Young"), ("Male", "Eyeglasses"))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def report(tiny_model, sample_dir, tmp_path_factory) -> Path:
+    """The same tiny model passed twice (repeated --model flags), through the real command line."""
+    out = tmp_path_factory.mktemp("analysis")
+    main(["--model", str(tiny_model), "--model", str(tiny_model), "--data-dir", str(sample_dir),
+          "--partition", "test", "--limit", str(LIMIT), "--out", str(out), "--faces", "2", "--bins", "3",
+          "--min-slice", "3", "--projections", "pca", "--pairs", *(",".join(p) for p in PAIRS)])
+    return out
+
+
+def test_every_figure_exists_is_linked_and_is_a_valid_png(report):
+    from matplotlib.image import imread
+    from PIL import Image
+
+    expected = {"cohorts_Male_Young.png", "cohorts_Male_Eyeglasses.png", "train_distribution.png", "confusion.png",
+                "latent_pca_tiny.png", "latent_pca_tiny-2.png", "slices.png", "reliability.png",
+                *(f"gradcam_{label}_{name}.png" for label in ("Male", "Young") for name in ("tiny", "tiny-2"))}
+    found = {p.name for p in report.glob("*.png")}
+    assert expected <= found
+    text = (report / "report.md").read_text()
+    linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
+    assert linked == found  # every figure is in the report, every link resolves
+    for name in found:
+        path = report / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, name
+        with Image.open(path) as image:
+            image.verify()
+        pixels = imread(path)
+        assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100 and pixels.std() > 0, name
+
+
+def test_cohort_tables_agree_with_numpy(report, tiny_model, sample_dir):
+    from celeba.evaluate import model_image_size, predict
+    from celeba.model import load_model
+
+    rows = split(load_index(sample_dir), "test", LIMIT)
+    model, labels = load_model(tiny_model)
+    probs = predict(model, rows, labels, model_image_size(model))
+    saved = pd.read_csv(report / "predictions.csv", dtype={"image_id": str})
+    assert list(saved["image_id"]) == list(rows["image_id"])
+    for j, label in enumerate(labels):
+        np.testing.assert_allclose(saved[f"tiny:{label}_prob"], probs[:, j], atol=1e-5)
+
+    cohorts = pd.read_csv(report / "cohorts.csv").set_index(["pair", "model", "cohort"])
+    correct = (probs >= 0.5) == (rows[list(labels)].to_numpy() == 1)
+    for a, b in PAIRS:
+        total = 0
+        for va in (1, 0):
+            for vb in (1, 0):
+                mask = (rows[a].to_numpy() == va) & (rows[b].to_numpy() == vb)
+                name = f"{'' if va else 'Not '}{a} & {'' if vb else 'Not '}{b}"
+                key = (f"{a} x {b}", "tiny-2", name)
+                if not mask.any():
+                    assert key not in cohorts.index
+                    continue
+                total += int(mask.sum())
+                assert cohorts.at[key, "n"] == mask.sum()
+                for j, label in enumerate(labels):
+                    assert cohorts.at[key, f"{label}_accuracy"] == pytest.approx(correct[mask, j].mean())
+        assert total == LIMIT
+
+
+def test_young_confusion_split_by_gender_adds_up(report):
+    table = pd.read_csv(report / "confusion.csv").set_index(["model", "label", "group"])
+    counts = ["tn", "fp", "fn", "tp"]
+    split_sum = table.loc[("tiny", "Young", "Male"), counts] + table.loc[("tiny", "Young", "Not Male"), counts]
+    assert split_sum.tolist() == table.loc[("tiny", "Young", "all"), counts].tolist()
+    assert ("tiny", "Male", "Male") not in table.index  # Male is not split by itself
+    women = table.loc[("tiny", "Young", "Not Male")]
+    assert women["fpr"] == pytest.approx(women["fp"] / max(women["fp"] + women["tn"], 1))
+
+
+def test_delta_of_a_model_with_itself_is_zero(report):
+    summary = pd.read_csv(report / "summary.csv", index_col="metric")
+    assert {"tiny", "tiny-2", "tiny-2 - tiny"} <= set(summary.columns)
+    assert "Young accuracy | Not Male & Young" in summary.index
+    np.testing.assert_allclose(summary["tiny-2 - tiny"].dropna(), 0.0)
+    thresholds = pd.read_csv(report / "thresholds.csv")
+    assert (thresholds["gap_balanced"] <= thresholds["gap"] + 1e-9).all()  # 0.5 is on the search grid
+
+
+def test_balancing_threshold_recovers_a_shifted_cohort():
+    # Women's scores run low: at 0.5 every young woman is missed; anything in (0.2, 0.45] is perfect for all.
+    frame = pd.DataFrame({"Male": [1, 1, 1, 1, 0, 0, 0, 0], "Young": [1, 1, 0, 0, 1, 1, 0, 0]})
+    y = frame[["Young"]].to_numpy(float)
+    p = np.array([[0.8], [0.9], [0.2], [0.1], [0.45], [0.4], [0.1], [0.05]])
+    table = balancing_thresholds(frame, y, p, ["Young"], by=["Male"])
+    row = table.loc["Young"]
+    assert row["gap"] == pytest.approx(0.5) and row["worst_cohort"] == "Not Male"
+    assert 0.2 < row["balancing_threshold"] <= 0.45
+    assert row["gap_balanced"] == 0 and row["accuracy_balanced"] == 1
+
+
+def test_calibration_curve_and_ece():
+    curve, ece = calibration_curve(np.ones(10), np.full(10, 0.9))
+    assert ece == pytest.approx(0.1) and curve["n"].sum() == 10
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=20_000)
+    _, ece = calibration_curve((rng.uniform(size=p.size) < p).astype(float), p)
+    assert ece < 0.02
+
+
+def test_saliency_picks():
+    y = np.array([1, 0, 1, 0, 1.0])
+    p = np.array([0.9, 0.8, 0.1, 0.2, 0.6])
+    picks = saliency_picks(y, p, 2, 0.5)
+    assert picks["highest"].tolist() == [0, 1] and picks["lowest"].tolist() == [2, 3]
+    assert picks["errors"].tolist() == [2, 1]  # |0.1 - 1| > |0.8 - 0|
+
+
+def test_repeated_model_flags_and_bad_pairs():
+    cfg = parse_config(AnalyzeConfig, join_repeated(["--model", "a.keras", "--limit", "3", "--model=b.keras", "c"]))
+    assert cfg.model == (Path("a.keras"), Path("b.keras"), Path("c")) and cfg.limit == 3
+    assert parse_config(AnalyzeConfig, join_repeated(["--model", "a", "b"])).model == (Path("a"), Path("b"))
+    with pytest.raises(CelebADataError, match="--pairs"):
+        parse_pairs(["Male"])
+    with pytest.raises(CelebADataError, match="Mail"):
+        parse_pairs(["Mail,Young"])
+
+
+def test_missing_model_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "nope.keras"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "nope.keras: model file not found" in capsys.readouterr().err
