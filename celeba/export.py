@@ -1,0 +1,173 @@
+"""`poetry run export --format tflite [--quantize float16|int8]`: a small model file plus a parity check.
+
+The exported model keeps the Keras model's contract: float32 pixels in [0, 255] from
+`celeba.data.preprocess_image` in, float32 probabilities out (the [-1, 1] scaling is inside it;
+int8 quantizes the weights and activations, not the interface). Parity is measured on the shipped
+sample: every image through both models, maximum probability difference and label agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+
+from celeba.data import SAMPLE_DIR
+
+log = logging.getLogger(__name__)
+
+#: Largest honest probability difference per quantization, measured on the shipped sample (see the README).
+TOLERANCE = {"none": 1e-4, "float16": 0.01, "int8": 0.1}
+
+
+class ParityError(AssertionError):
+    """The exported model disagrees with the Keras model beyond the stated tolerance."""
+
+
+class TFLiteModel:
+    """A `.tflite` file as a callable: batch of [0, 255] float32 images -> probabilities."""
+
+    def __init__(self, path: Path, num_threads: int | None = None):
+        import tensorflow as tf
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: TFLite model not found (make one with `poetry run export`)")
+        self.path = path
+        with warnings.catch_warnings():  # tf.lite.Interpreter works in TF 2.21 but warns it moves to ai-edge-litert
+            warnings.simplefilter("ignore", UserWarning)
+            self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count())
+        self._input = self.interpreter.get_input_details()[0]["index"]
+        self._output = self.interpreter.get_output_details()[0]["index"]
+        self.image_size = int(self.interpreter.get_input_details()[0]["shape"][1])
+        self._batch = 0
+        card = path.with_suffix(".json")
+        self.labels = tuple(json.loads(card.read_text())["config"]["labels"]) if card.is_file() else ()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, np.float32)
+        if len(batch) != self._batch:  # resize once per new batch size, not per call
+            self.interpreter.resize_tensor_input(self._input, batch.shape)
+            self.interpreter.allocate_tensors()
+            self._batch = len(batch)
+        self.interpreter.set_tensor(self._input, batch)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._output).copy()
+
+
+def _batches(data_dir: Path, partition: str | None, limit: int | None, image_size: int,
+             batch_size: int) -> Iterator[np.ndarray]:
+    from celeba.data import load_index, make_dataset, split
+
+    index = load_index(data_dir)
+    rows = split(index, partition, limit) if partition else index.iloc[:limit]
+    for x, _ in make_dataset(rows, [], image_size, batch_size, training=False):
+        yield x.numpy()
+
+
+def convert(model, quantize: Literal["none", "float16", "int8"], representative: Iterator[np.ndarray] | None = None
+            ) -> bytes:
+    """TFLite flatbuffer bytes. Keras 3 models go through a SavedModel, the converter's supported input."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            if representative is None:
+                raise ValueError("int8 needs a representative dataset")
+            converter.representative_dataset = lambda: ([x[None]] for batch in representative for x in batch)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        return converter.convert()
+
+
+def parity(model, lite: TFLiteModel, batches: Iterator[np.ndarray], threshold: float = 0.5) -> dict[str, Any]:
+    """Both models on the same preprocessed images: probability differences and label agreement."""
+    keras_probs, lite_probs = [], []
+    for x in batches:
+        keras_probs.append(np.asarray(model.predict_on_batch(x)))
+        lite_probs.append(lite(x))
+    a, b = np.concatenate(keras_probs), np.concatenate(lite_probs)
+    diff = np.abs(a - b)
+    return {"images": len(a), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "label_agreement": float(((a >= threshold) == (b >= threshold)).mean())}
+
+
+@dataclass
+class ExportConfig:
+    """Export a trained model to TFLite and check it against the Keras model on the shipped sample."""
+
+    model: Path = Path("models/mobilenetv2-bce.keras")
+    format: Literal["tflite"] = "tflite"
+    quantize: Literal["none", "float16", "int8"] = "float16"
+    out: Path | None = None  # default: beside the model, <name>-<quantize>.tflite
+    data_dir: Path = SAMPLE_DIR  # int8 calibration images come from its training partition
+    representative: int = 100  # training images for int8 calibration
+    parity_dir: Path = SAMPLE_DIR  # the shipped sample: every image is compared
+    parity_limit: int | None = None
+    tolerance: float | None = None  # max |probability difference|; default per quantization (TOLERANCE)
+    min_agreement: float = 0.99  # fraction of (image, label) decisions that must agree
+    batch_size: int = 32
+
+
+def export(cfg: ExportConfig) -> dict[str, Any]:
+    """Write the .tflite and its card (labels, parity), raise ParityError when parity fails."""
+    from celeba.model import card_path, load_model
+
+    model, labels = load_model(cfg.model)
+    size = int(model.input_shape[1])
+    out = cfg.out or Path(cfg.model).with_name(f"{Path(cfg.model).stem}-{cfg.quantize}.tflite")
+    representative = (_batches(cfg.data_dir, "train", cfg.representative, size, cfg.batch_size)
+                      if cfg.quantize == "int8" else None)
+    log.info("converting %s to TFLite (%s)", cfg.model, cfg.quantize)
+    flatbuffer = convert(model, cfg.quantize, representative)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(flatbuffer)
+    card = {"source_model": str(cfg.model), "format": cfg.format, "quantize": cfg.quantize,
+            "config": {"labels": list(labels), "image_size": size},
+            "size_bytes": len(flatbuffer), "keras_size_bytes": Path(cfg.model).stat().st_size}
+    card_path(out).write_text(json.dumps(card, indent=2))  # labels first: TFLiteModel reads them
+
+    tolerance = TOLERANCE[cfg.quantize] if cfg.tolerance is None else cfg.tolerance
+    check = parity(model, TFLiteModel(out), _batches(cfg.parity_dir, None, cfg.parity_limit, size, cfg.batch_size))
+    check |= {"tolerance": tolerance, "min_agreement": cfg.min_agreement,
+              "passed": check["max_abs_diff"] <= tolerance and check["label_agreement"] >= cfg.min_agreement}
+    card["parity"] = check
+    card_path(out).write_text(json.dumps(card, indent=2))
+    print(f"wrote {out} ({len(flatbuffer) / 1e6:.2f} MB; Keras model {card['keras_size_bytes'] / 1e6:.2f} MB)")
+    print(f"parity on {check['images']} images of {cfg.parity_dir}: max |dp| {check['max_abs_diff']:.5f} "
+          f"(tolerance {tolerance:g}), mean |dp| {check['mean_abs_diff']:.5f}, "
+          f"labels agree {check['label_agreement']:.2%} (need {cfg.min_agreement:.0%}): "
+          f"{'PASS' if check['passed'] else 'FAIL'}")
+    if not check["passed"]:
+        raise ParityError(f"{out}: parity check failed ({check})")
+    return card
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from celeba.cli import _setup, run_cli
+    from celeba.config import parse_config
+
+    cfg = parse_config(ExportConfig, argv, ExportConfig.__doc__)
+    _setup()
+
+    def job() -> None:
+        try:
+            export(cfg)
+        except ParityError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+
+    run_cli(job)

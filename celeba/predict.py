@@ -1,0 +1,281 @@
+"""`poetry run predict PATH...`: attribute probabilities for every face in photos (files or folders).
+
+Photo -> checked decode -> face boxes -> CelebA-style 178x218 crops (`celeba.faces`) ->
+`celeba.data.preprocess_image` (the training preprocessing) -> model. `--no-detect` skips detection
+for images that already are CelebA-style aligned crops.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+
+from celeba.data import _MAGIC, CelebADataError
+from celeba.faces import Box, faces_in
+
+log = logging.getLogger(__name__)
+
+MAX_BYTES = 10_000_000
+MAX_MEGAPIXELS = 40.0
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# EXIF orientation -> PIL transpose that makes the photo upright (phones store it rotated).
+_EXIF_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
+                   6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+class ImageError(CelebADataError):
+    """An input image that cannot be used; the message names it and says why."""
+
+
+class ImageTooLarge(ImageError):
+    """Over the configured byte or megapixel limit."""
+
+
+# --------------------------------------------------------------------------- reading images
+
+
+def decode_photo(data: bytes, name: str, max_bytes: int = MAX_BYTES,
+                 max_megapixels: float = MAX_MEGAPIXELS) -> np.ndarray:
+    """Bytes -> upright uint8 RGB, checking size limits before decoding a single pixel.
+
+    JPEG/PNG/GIF/BMP go through TensorFlow's decoder, like the training images (PIL's JPEG decoder
+    differs by a few grey levels); other formats PIL reads (WebP, TIFF) through PIL.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"{name}: {len(data) / 1e6:.1f} MB is over the {max_bytes / 1e6:.1f} MB limit")
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # reads the header only
+            width, height = header.size
+            if width * height > max_megapixels * 1e6:
+                raise ImageTooLarge(f"{name}: {width}x{height} = {width * height / 1e6:.1f} megapixels is over "
+                                    f"the {max_megapixels:g} megapixel limit")
+            orientation = header.getexif().get(0x0112, 1)
+            rgb = None if data.startswith(_MAGIC) else np.asarray(header.convert("RGB"))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{name}: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image (no known image format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt files
+        raise ImageError(f"{name}: unreadable image ({exc})") from None
+    if rgb is None:
+        rgb = _tf_decode(data, name)
+    if orientation in _EXIF_TRANSPOSE:
+        rgb = np.asarray(Image.fromarray(rgb).transpose(getattr(Image.Transpose, _EXIF_TRANSPOSE[orientation])))
+    return rgb
+
+
+def _tf_decode(data: bytes, name: str) -> np.ndarray:
+    import tensorflow as tf
+
+    try:
+        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    except tf.errors.InvalidArgumentError as exc:
+        raise ImageError(f"{name}: corrupt image ({exc.message.splitlines()[0]})") from None
+
+
+def read_photo(path: Path, max_bytes: int = MAX_BYTES, max_megapixels: float = MAX_MEGAPIXELS) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size > max_bytes:  # do not even read it
+        raise ImageTooLarge(f"{path}: {size / 1e6:.1f} MB is over the {max_bytes / 1e6:.1f} MB limit")
+    return decode_photo(path.read_bytes(), str(path), max_bytes, max_megapixels)
+
+
+def image_files(paths: Sequence[Path]) -> list[Path]:
+    """Files as given, folders expanded (recursively, sorted) to the image files inside them."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                log.warning("%s: no image files (%s) in this folder", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return files
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def load_predictor_model(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], int]:
+    """(batch of [0,255] float32 images -> probabilities, labels, image size) for a `.keras` or `.tflite` file."""
+    path = Path(path)
+    if path.suffix == ".tflite":
+        from celeba.export import TFLiteModel
+
+        lite = TFLiteModel(path)
+        return lite, lite.labels, lite.image_size
+    from celeba.model import load_model
+
+    model, labels = load_model(path)
+    return (lambda batch: np.asarray(model.predict_on_batch(batch))), labels, int(model.input_shape[1])
+
+
+@dataclass
+class Face:
+    box: Box
+    probabilities: dict[str, float]
+
+    def as_dict(self, threshold: float) -> dict[str, Any]:
+        return {"box": self.box.as_dict(), "probabilities": self.probabilities,
+                "labels": [k for k, p in self.probabilities.items() if p >= threshold]}
+
+
+class Predictor:
+    """A loaded model plus the photo -> faces -> probabilities path; shared by the CLI and the service."""
+
+    def __init__(self, model_path: Path, threshold: float = 0.5, max_faces: int = 10):
+        self.infer, self.labels, self.image_size = load_predictor_model(model_path)
+        self.model_path, self.threshold, self.max_faces = Path(model_path), threshold, max_faces
+
+    def crops(self, rgb: np.ndarray, detect: bool = True) -> list[tuple[Box, np.ndarray]]:
+        if not detect:  # already a CelebA-style crop: preprocess_image centre-crops it like training
+            return [(Box(0, 0, rgb.shape[1], rgb.shape[0]), rgb)]
+        return faces_in(rgb, self.max_faces)
+
+    def probabilities(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        from celeba.data import preprocess_image
+
+        if not crops:
+            return np.zeros((0, len(self.labels)), np.float32)
+        batch = np.stack([preprocess_image(crop, self.image_size).numpy() for crop in crops])
+        return self.infer(batch)
+
+    def predict(self, images: Sequence[np.ndarray], detect: bool = True) -> list[list[Face]]:
+        """Faces of every image; all crops of all images go through the model as one batch."""
+        found = [self.crops(rgb, detect) for rgb in images]
+        probs = self.probabilities([crop for faces in found for _, crop in faces])
+        out, k = [], 0
+        for faces in found:
+            out.append([Face(box, {lab: round(float(p), 4) for lab, p in zip(self.labels, probs[k + i])})
+                        for i, (box, _) in enumerate(faces)])
+            k += len(faces)
+        return out
+
+    def result(self, name: str, rgb: np.ndarray, faces: list[Face]) -> dict[str, Any]:
+        return {"file": name, "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
+                "faces": [face.as_dict(self.threshold) for face in faces]}
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class PredictConfig:
+    """Attribute probabilities for every face in photos (files or folders)."""
+
+    paths: tuple[Path, ...] = ()  # image files or folders (also positional: `predict a.jpg photos/`)
+    model: Path = Path("models/mobilenetv2-bce.keras")  # a .keras model (run card beside it) or an exported .tflite
+    detect: bool = True  # --no-detect: the images are already CelebA-style aligned crops
+    threshold: float = 0.5
+    max_faces: int = 10  # per image, largest first
+    batch_size: int = 32  # images per model call
+    format: Literal["table", "json", "csv"] = "table"
+    json: bool = False  # shorthand for --format json
+    csv: bool = False  # shorthand for --format csv
+    max_bytes: int = MAX_BYTES
+    max_megapixels: float = MAX_MEGAPIXELS
+
+
+def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """(one result per readable image, one message per unusable image), in input order."""
+    from tqdm.auto import tqdm
+
+    if not cfg.paths:
+        raise FileNotFoundError("no image given: predict PATH... (files or folders)")
+    files = image_files(cfg.paths)
+    predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces)
+    results, errors = [], []
+    with tqdm(total=len(files), unit="img", desc="predict", disable=len(files) < 2, file=sys.stderr) as bar:
+        for chunk in _chunks(files, cfg.batch_size):
+            good: list[tuple[Path, np.ndarray]] = []
+            for path in chunk:
+                try:
+                    good.append((path, read_photo(path, cfg.max_bytes, cfg.max_megapixels)))
+                except ImageError as exc:
+                    errors.append(str(exc))
+            faces = predictor.predict([rgb for _, rgb in good], cfg.detect)
+            results += [predictor.result(str(path), rgb, f) for (path, rgb), f in zip(good, faces)]
+            bar.update(len(chunk))
+    return results, errors
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), max(1, size)):
+        yield items[start:start + size]
+
+
+def results_table(results: list[dict[str, Any]]):
+    """One row per face: file, face number, box, one probability column per label, positive labels."""
+    import pandas as pd
+
+    rows = [{"file": r["file"], "face": i, **face["box"], **face["probabilities"], "labels": " ".join(face["labels"])}
+            for r in results for i, face in enumerate(r["faces"])]
+    return pd.DataFrame(rows, columns=None if rows else ["file", "face", "x", "y", "w", "h", "labels"])
+
+
+def split_positionals(argv: Sequence[str], cls: type = PredictConfig) -> list[str]:
+    """Turn `a.jpg photos/ --json` into `--json --paths a.jpg photos/` for `parse_config` (flags only)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    takes_value = {"--" + f.name.replace("_", "-"): hints[f.name] is not bool for f in dataclasses.fields(cls)}
+    flags, paths, tokens = [], [], list(argv)
+    while tokens:
+        token = tokens.pop(0)
+        if token.startswith("-"):
+            flags.append(token)
+            if takes_value.get(token) and tokens:
+                flags.append(tokens.pop(0))
+        else:
+            paths.append(token)
+    return flags + (["--paths", *paths] if paths else [])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from celeba.cli import _setup, run_cli
+    from celeba.config import parse_config
+
+    cfg = parse_config(PredictConfig, split_positionals(sys.argv[1:] if argv is None else argv),
+                       PredictConfig.__doc__)
+    _setup()
+    run_cli(lambda: _main(cfg))
+
+
+def _main(cfg: PredictConfig) -> None:
+    results, errors = run_predict(cfg)
+    fmt = "json" if cfg.json else "csv" if cfg.csv else cfg.format
+    if fmt == "json":
+        print(json.dumps(results, indent=2))
+    elif fmt == "csv":
+        results_table(results).to_csv(sys.stdout, index=False, float_format="%.4f")
+    else:
+        table = results_table(results)
+        print(table.to_string(index=False, float_format="{:.3f}".format) if len(table) else "(no faces)")
+    faceless = [r["file"] for r in results if not r["faces"]]
+    if faceless:
+        print(f"no face found in {len(faceless)} image(s): {', '.join(faceless[:5])}"
+              f"{' ...' if len(faceless) > 5 else ''}", file=sys.stderr)
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    if errors:
+        sys.exit(2)
