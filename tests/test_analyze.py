@@ -130,8 +130,8 @@ def test_saliency_picks():
 
 
 def test_repeated_model_flags_and_bad_pairs():
-    cfg = parse_config(AnalyzeConfig, join_repeated(["--model", "a.keras", "--limit", "3", "--model=b.keras", "c"]))
-    assert cfg.model == (Path("a.keras"), Path("b.keras"), Path("c")) and cfg.limit == 3
+    cfg = parse_config(AnalyzeConfig, join_repeated(["--model", "a.keras", "--limit", "3", "--model=b.keras"]))
+    assert cfg.model == (Path("a.keras"), Path("b.keras")) and cfg.limit == 3
     assert parse_config(AnalyzeConfig, join_repeated(["--model", "a", "b"])).model == (Path("a"), Path("b"))
     with pytest.raises(CelebADataError, match="--pairs"):
         parse_pairs(["Male"])

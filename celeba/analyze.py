@@ -1,0 +1,511 @@
+"""`poetry run analyze`: where do the models fail? Cohorts, confusion, latent space, saliency, image-statistic
+slices and calibration for one or more saved models side by side, as PNGs plus one Markdown report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+
+from celeba.config import parse_config
+from celeba.data import SAMPLE_DIR, CelebADataError, check_labels, labels_array, load_index, split
+from celeba.metrics import cohort_accuracy, cohort_names, label_metrics
+
+log = logging.getLogger(__name__)
+
+STATS = ("mean_luminance", "sharpness")
+PROJECTIONS = ("pca", "tsne", "umap")
+SPLIT_BY = "Male"  # confusion matrices of the other labels are also split by gender (women falsely called Young)
+
+
+@dataclass
+class AnalyzeConfig:
+    """Bias analysis of saved models on one CelebA partition. Repeat --model to compare models side by side."""
+
+    model: tuple[Path, ...] = (Path("models/mobilenetv2-bce.keras"),)  # the first is the delta table's reference
+    data_dir: Path = SAMPLE_DIR
+    partition: Literal["train", "validation", "test"] = "test"
+    out: Path | None = None  # default: reports/analysis-<partition>/
+    limit: int | None = None  # first N images of the partition (quick runs)
+    batch_size: int = 64
+    threshold: float = 0.5
+    pairs: tuple[str, ...] = ("Male,Young", "Male,Eyeglasses", "Young,Pale_Skin", "Male,Heavy_Makeup")  # cohorts
+    projections: tuple[str, ...] = ("pca", "tsne", "umap")  # 2-D latent projections; umap only when installed
+    faces: int = 6  # faces per Grad-CAM row
+    bins: int = 5  # quantile bins of mean luminance and sharpness
+    min_slice: int = 20  # smallest slice listed among the worst slices
+    check_images: bool = False  # decode every image up front and skip unreadable ones
+    seed: int = 0
+
+
+@dataclass
+class ModelRun:
+    """One model's outputs on the analysed rows, for the common labels."""
+
+    name: str
+    note: str
+    model: Any
+    image_size: int
+    label_index: list[int]  # columns of the common labels in the model's outputs
+    probs: np.ndarray
+    embeddings: np.ndarray
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def join_repeated(argv: Sequence[str], flag: str = "--model") -> list[str]:
+    """argparse keeps only the last of repeated nargs+ flags; here `--model a --model b` means both."""
+    values, rest, taking = [], [], False
+    for token in argv:
+        if token == flag:
+            taking = True
+        elif token.startswith(flag + "="):
+            values.append(token.split("=", 1)[1])
+            taking = False
+        elif taking and not token.startswith("-"):
+            values.append(token)
+        else:
+            taking = False
+            rest.append(token)
+    return ([flag, *values] if values else []) + rest
+
+
+def parse_pairs(pairs: Sequence[str]) -> list[tuple[str, str]]:
+    result = []
+    for pair in pairs:
+        parts = tuple(p.strip() for p in pair.split(","))
+        if len(parts) != 2 or parts[0] == parts[1]:
+            raise CelebADataError(f"--pairs: {pair!r} must be two different attributes like Male,Young")
+        result.append(check_labels(parts))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from celeba.cli import _setup, run_cli
+
+    argv = join_repeated(sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(AnalyzeConfig, argv, AnalyzeConfig.__doc__)
+    _setup()
+    run_cli(lambda: analyze(cfg))
+
+
+# --------------------------------------------------------------------------- tables (numpy / pandas)
+
+
+def train_distribution(train: pd.DataFrame, pair: Sequence[str], labels: Sequence[str]) -> pd.DataFrame:
+    """Training images per cohort, their share, and each label's positive rate inside the cohort."""
+    groups = train.groupby(cohort_names(train, pair).to_numpy())
+    table = groups[list(labels)].mean().add_suffix("_positive")
+    table.insert(0, "share", groups.size() / len(train))
+    table.insert(0, "n", groups.size())
+    return table.rename_axis("cohort")
+
+
+def confusion_table(frame: pd.DataFrame, y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str],
+                    split_by: str = SPLIT_BY, threshold: float = 0.5) -> pd.DataFrame:
+    """Counts and error rates per label, overall and inside each `split_by` group (the other labels only)."""
+    is_group = frame[split_by].to_numpy() == 1
+    masks = {"all": np.ones(len(frame), bool), split_by: is_group, f"Not {split_by}": ~is_group}
+    parts = []
+    for group, mask in masks.items():
+        if not mask.any():
+            continue
+        m = label_metrics(y_true[mask], y_prob[mask], labels, threshold)[["n", "accuracy", "tn", "fp", "fn", "tp"]]
+        m["fpr"] = m["fp"] / (m["fp"] + m["tn"]).clip(lower=1)
+        m["fnr"] = m["fn"] / (m["fn"] + m["tp"]).clip(lower=1)
+        parts.append(m.assign(group=group).reset_index())
+    table = pd.concat(parts)
+    table = table[(table["group"] == "all") | (table["label"] != split_by)]
+    order = {label: i for i, label in enumerate(labels)}
+    table = table.sort_values("label", key=lambda s: s.map(order), kind="stable")
+    return table.set_index(["label", "group"])
+
+
+def _short(x: float) -> str:
+    return f"{x:.2f}" if abs(x) < 10 else f"{x:.0f}"
+
+
+def slice_masks(frame: pd.DataFrame, stats: pd.DataFrame, pairs: Sequence[tuple[str, str]],
+                bins: int) -> dict[str, tuple[str, np.ndarray]]:
+    """Named boolean masks over the rows: each attribute value, each pair cohort, each quantile bin of a statistic."""
+    masks: dict[str, tuple[str, np.ndarray]] = {}
+    for pair in pairs:
+        for attribute in pair:
+            values = frame[attribute].to_numpy() == 1
+            masks[attribute] = ("attribute", values)
+            masks[f"Not {attribute}"] = ("attribute", ~values)
+        names = cohort_names(frame, pair).to_numpy()
+        for name in sorted(set(names)):
+            masks[name] = ("cohort", names == name)
+    for stat in STATS:
+        binned = pd.qcut(stats[stat].to_numpy(), bins, duplicates="drop")
+        for interval in binned.categories:
+            masks[f"{stat} {_short(interval.left)}-{_short(interval.right)}"] = (stat, np.asarray(binned == interval))
+    return masks
+
+
+def slice_accuracy(masks: dict[str, tuple[str, np.ndarray]], correct: np.ndarray,
+                   labels: Sequence[str]) -> pd.DataFrame:
+    """Size and per-label accuracy of every slice (rows: slices, in the order given)."""
+    records = [{"slice": name, "kind": kind, "n": int(mask.sum()),
+                **{f"{label}_accuracy": correct[mask, j].mean() if mask.any() else np.nan
+                   for j, label in enumerate(labels)}}
+               for name, (kind, mask) in masks.items()]
+    return pd.DataFrame(records).set_index("slice")
+
+
+def worst_slices(tables: dict[str, pd.DataFrame], labels: Sequence[str], min_size: int,
+                 top: int = 8) -> pd.DataFrame:
+    """The least accurate slices of at least `min_size` images, per model and label."""
+    parts = []
+    for model, table in tables.items():
+        big = table[table["n"] >= min_size]
+        for label in labels:
+            worst = big.nsmallest(top, f"{label}_accuracy")
+            parts.append(pd.DataFrame({"model": model, "label": label, "slice": worst.index, "kind": worst["kind"],
+                                       "n": worst["n"], "accuracy": worst[f"{label}_accuracy"]}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def calibration_curve(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> tuple[pd.DataFrame, float]:
+    """Equal-width bins: mean confidence, observed positive rate, count; and the expected calibration error."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(y_prob, edges[1:-1]), 0, n_bins - 1)
+    curve = (pd.DataFrame({"bin": bins, "p": y_prob, "y": y_true})
+             .groupby("bin").agg(confidence=("p", "mean"), observed=("y", "mean"), n=("y", "size")))
+    ece = float((curve["n"] * (curve["confidence"] - curve["observed"]).abs()).sum() / max(len(y_prob), 1))
+    return curve, ece
+
+
+def balancing_thresholds(frame: pd.DataFrame, y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str],
+                         by: Sequence[str], threshold: float = 0.5,
+                         grid: np.ndarray = np.round(np.arange(0.02, 0.99, 0.01), 2)) -> pd.DataFrame:
+    """Per label, the threshold that minimises the accuracy gap (max - min) between the cohorts of `by`.
+
+    Reported next to the gap at the default threshold; never applied to the other results.
+    """
+    cohorts = cohort_names(frame, by).to_numpy()
+    names = sorted(set(cohorts))
+    members = np.stack([cohorts == name for name in names]).astype(float)  # (C, N)
+    records = []
+    for j, label in enumerate(labels):
+        truth = y_true[:, j] >= 0.5
+
+        def per_cohort(thresholds: np.ndarray) -> np.ndarray:  # (C, T) accuracies
+            correct = (y_prob[:, j, None] >= thresholds[None, :]) == truth[:, None]
+            return members @ correct / members.sum(axis=1, keepdims=True)
+
+        acc = per_cohort(grid)
+        gaps = acc.max(axis=0) - acc.min(axis=0)
+        overall = ((y_prob[:, j, None] >= grid[None, :]) == truth[:, None]).mean(axis=0)
+        best = np.lexsort((-overall, gaps))[0]  # smallest gap, then highest accuracy
+        default = per_cohort(np.array([threshold]))[:, 0]
+        records.append({"label": label, "cohorts": " x ".join(by), "threshold": threshold,
+                        "gap": default.max() - default.min(), "worst_cohort": names[int(default.argmin())],
+                        "accuracy": float(((y_prob[:, j] >= threshold) == truth).mean()),
+                        "balancing_threshold": float(grid[best]), "gap_balanced": float(gaps[best]),
+                        "accuracy_balanced": float(overall[best])})
+    return pd.DataFrame(records).set_index("label")
+
+
+def summary(metrics: pd.DataFrame, cohorts: pd.DataFrame, calibration: pd.DataFrame,
+            labels: Sequence[str]) -> pd.Series:
+    """The headline numbers of one model, as one comparable column."""
+    values: dict[str, float] = {}
+    for label in labels:
+        values[f"{label} accuracy"] = metrics.at[label, "accuracy"]
+        values[f"{label} F1"] = metrics.at[label, "f1"]
+        values[f"{label} ROC-AUC"] = metrics.at[label, "roc_auc"]
+        values[f"{label} ECE"] = calibration.at[label, "ece"]
+        column = cohorts[f"{label}_accuracy"]
+        for cohort, acc in column.items():
+            values[f"{label} accuracy | {cohort}"] = acc
+        values[f"{label} cohort gap (max - min)"] = column.max() - column.min()
+    return pd.Series(values)
+
+
+def delta_table(summaries: dict[str, pd.Series]) -> pd.DataFrame:
+    """Models side by side, plus each model minus the first (the reference)."""
+    table = pd.DataFrame(summaries).rename_axis("metric")
+    reference = table.columns[0]
+    for name in table.columns[1:]:
+        table[f"{name} - {reference}"] = table[name] - table[reference]
+    return table
+
+
+# --------------------------------------------------------------------------- models, images, embeddings
+
+
+def describe(card: dict[str, Any]) -> str:
+    """'from scratch, 96 px, 20 epochs, bce, 4000 train images': said next to every figure."""
+    cfg = card.get("config", {})
+    weights = str(cfg.get("weights", "?"))
+    init = {"none": "from scratch", "imagenet": "ImageNet init"}.get(weights.lower(), f"init {Path(weights).name}")
+    return (f"{cfg.get('loss', '?')}, {init}, {cfg.get('image_size', '?')} px, {cfg.get('epochs', '?')} epochs, "
+            f"{card.get('data', {}).get('train', '?')} train images")
+
+
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    names: list[str] = []
+    for path in paths:
+        name, k = Path(path).stem, 2
+        while name in names:
+            name, k = f"{Path(path).stem}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def run_models(cfg: AnalyzeConfig, rows: pd.DataFrame) -> tuple[list[ModelRun], tuple[str, ...]]:
+    """Load every model; embeddings and probabilities in one pass per model (a two-output view of it)."""
+    import keras
+
+    from celeba.evaluate import model_image_size, predict
+    from celeba.model import card_path, load_model
+
+    loaded = [load_model(path) for path in cfg.model]
+    labels = tuple(label for label in loaded[0][1] if all(label in lab for _, lab in loaded))
+    if not labels:
+        raise CelebADataError(f"the models share no label: {[list(lab) for _, lab in loaded]}")
+    runs = []
+    for path, name, (model, model_labels) in zip(cfg.model, unique_names(cfg.model), loaded):
+        card = json.loads(card_path(path).read_text()) if card_path(path).is_file() else {}
+        size = model_image_size(model)
+        both = keras.Model(model.inputs, [model.get_layer("embedding").output, model.output])
+        log.info("%s: embeddings and predictions for %d images", name, len(rows))
+        embeddings, probs = predict(both, rows, model_labels, size, cfg.batch_size)
+        index = [model_labels.index(label) for label in labels]
+        runs.append(ModelRun(name, f"{name}: {describe(card)}", model, size, index, probs[:, index], embeddings))
+    return runs, labels
+
+
+def image_statistics(rows: pd.DataFrame) -> pd.DataFrame:
+    """Luminance, contrast, sharpness and file size of every image file (threads: cv2 releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from celeba.image_stats import file_statistics
+
+    with ThreadPoolExecutor(4) as pool:
+        stats = list(tqdm(pool.map(file_statistics, rows["path"]), total=len(rows), desc="image statistics",
+                          unit="img", leave=False))
+    return pd.DataFrame(stats, index=rows.index)
+
+
+def project(embeddings: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
+    """2-D projection; t-SNE and UMAP start from 50 PCA components (faster, less noise)."""
+    from sklearn.decomposition import PCA
+
+    if method == "pca" or len(embeddings) < 4:
+        return PCA(2, random_state=seed).fit_transform(embeddings)
+    reduced = PCA(min(50, *embeddings.shape), random_state=seed).fit_transform(embeddings)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(2, perplexity=min(30.0, (len(reduced) - 1) / 3), init="pca", random_state=seed).fit_transform(reduced)
+    import umap  # optional: only when installed
+
+    return umap.UMAP(n_components=2, random_state=seed).fit_transform(reduced)
+
+
+def available_projections(requested: Sequence[str]) -> list[str]:
+    import importlib.util
+
+    unknown = [p for p in requested if p not in PROJECTIONS]
+    if unknown:
+        raise CelebADataError(f"--projections: unknown {unknown}; choose from {PROJECTIONS}")
+    if "umap" in requested and importlib.util.find_spec("umap") is None:
+        log.info("umap-learn is not installed: skipping the UMAP projection")
+    return [p for p in requested if p != "umap" or importlib.util.find_spec("umap") is not None]
+
+
+def saliency_picks(y_true: np.ndarray, y_prob: np.ndarray, k: int, threshold: float) -> dict[str, np.ndarray]:
+    """Row indices: the highest scores, the lowest scores, and the most confident errors."""
+    order = np.argsort(y_prob, kind="stable")
+    errors = np.flatnonzero((y_prob >= threshold) != (y_true >= 0.5))
+    worst = errors[np.argsort(-np.abs(y_prob[errors] - y_true[errors]), kind="stable")]
+    return {"highest": order[::-1][:k], "lowest": order[:k], "errors": worst[:k]}
+
+
+def saliency_rows(run: ModelRun, rows: pd.DataFrame, y_true: np.ndarray, label: str, j: int, k: int,
+                  threshold: float) -> list[tuple[str, np.ndarray, list[str]]]:
+    """Grad-CAM overlays: what pushes towards the label (top scores), away from it (bottom), and on errors."""
+    from celeba.data import load_image
+    from celeba.saliency import gradcam, gradcam_model, overlay
+
+    grad_model = gradcam_model(run.model)
+    picks = saliency_picks(y_true[:, j], run.probs[:, j], k, threshold)
+    output = run.label_index[j]
+    result = []
+    for kind, title in (("highest", f"towards {label}\n(highest scores)"),
+                        ("lowest", f"away from {label}\n(lowest scores)"),
+                        ("errors", "worst errors\n(towards the\nwrong answer)")):
+        idx = picks[kind]
+        if len(idx) == 0:
+            result.append((title, np.zeros((0, 1, 1, 3), np.uint8), []))
+            continue
+        images = np.stack([load_image(rows.at[i, "path"], run.image_size).numpy() for i in idx])
+        pushes_up = run.probs[idx, j] >= threshold if kind == "errors" else np.full(len(idx), kind == "highest")
+        towards = gradcam(run.model, images, output, True, grad_model)
+        away = gradcam(run.model, images, output, False, grad_model)
+        cams = np.where(pushes_up[:, None, None], towards, away)
+        captions = [f"p={run.probs[i, j]:.2f} y={int(y_true[i, j])}" for i in idx]
+        result.append((title, np.stack([overlay(im, cam) for im, cam in zip(images, cams)]), captions))
+    return result
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs the optional tabulate package)."""
+    frame = frame.reset_index() if frame.index.name or any(frame.index.names) else frame
+
+    def cell(value: Any) -> str:
+        if isinstance(value, (float, np.floating)):
+            return "" if np.isnan(value) else f"{value:.{digits}f}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, sections: list[tuple[str, str, list[Path], list[tuple[str, pd.DataFrame]]]],
+                 header: str) -> Path:
+    """One Markdown file: per section a sentence, its figures (relative links) and its tables."""
+    parts = [header]
+    for title, text, figures, tables in sections:
+        parts.append(f"## {title}\n\n{text}")
+        parts += [f"![{fig.stem}]({fig.name})" for fig in figures]
+        parts += [f"**{caption}**\n\n{markdown_table(table)}" for caption, table in tables]
+    path = out / "report.md"
+    path.write_text("\n\n".join(parts) + "\n")
+    return path
+
+
+def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
+    """Compute every table, draw every figure, write report.md and the CSVs under `out`."""
+    from celeba import plots
+
+    pairs = parse_pairs(cfg.pairs)
+    projections = available_projections(cfg.projections)
+    index = load_index(cfg.data_dir, check_images=cfg.check_images)
+    rows = split(index, cfg.partition, cfg.limit)
+    if rows.empty:
+        raise CelebADataError(f"{cfg.data_dir}: no {cfg.partition} images")
+    train = split(index, "train")
+    out = Path(cfg.out or Path("reports") / f"analysis-{cfg.partition}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    runs, labels = run_models(cfg, rows)
+    names = [run.name for run in runs]
+    note = "\n".join(run.note for run in runs)
+    y_true = labels_array(rows, labels)
+    stats = image_statistics(rows)
+    masks = slice_masks(rows, stats, pairs, cfg.bins)
+
+    metrics = {r.name: label_metrics(y_true, r.probs, labels, cfg.threshold) for r in runs}
+    cohorts = {pair: {r.name: cohort_accuracy(rows, y_true, r.probs, labels, pair, cfg.threshold) for r in runs}
+               for pair in pairs}
+    confusion = {r.name: confusion_table(rows, y_true, r.probs, labels, SPLIT_BY, cfg.threshold) for r in runs}
+    slices = {r.name: slice_accuracy(masks, (r.probs >= cfg.threshold) == (y_true >= 0.5), labels) for r in runs}
+    worst = worst_slices(slices, labels, cfg.min_slice)
+    curves: dict[str, dict[str, pd.DataFrame]] = {}
+    ece_rows = []
+    for r in runs:
+        curves[r.name] = {}
+        for j, label in enumerate(labels):
+            curves[r.name][label], ece = calibration_curve(y_true[:, j], r.probs[:, j])
+            ece_rows.append({"model": r.name, "label": label, "ece": ece,
+                             "brier": float(np.mean((r.probs[:, j] - y_true[:, j]) ** 2))})
+    calibration = pd.DataFrame(ece_rows).set_index(["model", "label"])
+    thresholds = pd.concat({r.name: balancing_thresholds(rows, y_true, r.probs, labels, pairs[0], cfg.threshold)
+                            for r in runs}, names=["model"])
+    distribution = {pair: train_distribution(train, pair, labels) for pair in pairs} if len(train) else {}
+    deltas = delta_table({r.name: summary(metrics[r.name], cohorts[pairs[0]][r.name],
+                                          calibration.loc[r.name], labels) for r in runs})
+
+    # ---- tables on disk
+    pd.concat(metrics, names=["model"]).to_csv(out / "metrics.csv")
+    pd.concat({f"{a} x {b}": pd.concat(t, names=["model"]) for (a, b), t in cohorts.items()},
+              names=["pair"]).to_csv(out / "cohorts.csv")
+    pd.concat(confusion, names=["model"]).to_csv(out / "confusion.csv")
+    pd.concat(slices, names=["model"]).to_csv(out / "slices.csv")
+    worst.to_csv(out / "worst_slices.csv", index=False)
+    calibration.to_csv(out / "calibration.csv")
+    thresholds.to_csv(out / "thresholds.csv")
+    deltas.to_csv(out / "summary.csv")
+    if distribution:
+        pd.concat({f"{a} x {b}": t for (a, b), t in distribution.items()}, names=["pair"]).to_csv(
+            out / "train_distribution.csv")
+    predictions = pd.concat([rows[["image_id", *dict.fromkeys([*labels, *sum(pairs, ())])]], stats], axis=1)
+    for r in runs:
+        for j, label in enumerate(labels):
+            predictions[f"{r.name}:{label}_prob"] = r.probs[:, j]
+    predictions.to_csv(out / "predictions.csv", index=False)
+
+    # ---- figures
+    figures: dict[str, list[Path]] = {}
+    figures["cohorts"] = [plots.cohort_heatmaps(cohorts[pair], pair, labels, out / f"cohorts_{pair[0]}_{pair[1]}.png",
+                                                note) for pair in pairs]
+    if distribution:
+        figures["cohorts"].append(plots.train_distribution(distribution, labels, out / "train_distribution.png"))
+    figures["confusion"] = [plots.confusion_grid(confusion, out / "confusion.png", note)]
+    figures["latent"] = []
+    for r in runs:
+        for method in projections:
+            log.info("%s: %s projection of %d embeddings", r.name, method, len(r.embeddings))
+            points = project(r.embeddings, method, cfg.seed)
+            figures["latent"].append(plots.latent_space(
+                points, y_true, r.probs >= cfg.threshold, labels, f"{r.name}: embeddings, {method.upper()}",
+                out / f"latent_{method}_{r.name}.png", r.note))
+    figures["saliency"] = []
+    for r in runs:
+        for j, label in enumerate(labels):
+            log.info("%s: Grad-CAM for %s", r.name, label)
+            grid = saliency_rows(r, rows, y_true, label, j, cfg.faces, cfg.threshold)
+            figures["saliency"].append(plots.gradcam_grid(grid, f"{r.name}: Grad-CAM for {label}",
+                                                          out / f"gradcam_{label}_{r.name}.png", r.note))
+    figures["slices"] = [plots.slice_curves(slices, labels, STATS, out / "slices.png", note)]
+    figures["calibration"] = [plots.reliability(curves, calibration, labels, out / "reliability.png", note)]
+
+    # ---- report
+    a, b = pairs[0]
+    header = (f"# Bias analysis: {', '.join(names)} on {cfg.data_dir} ({cfg.partition}, {len(rows)} images)\n\n"
+              + "\n".join(f"- {r.note}" for r in runs)
+              + f"\n\nDecision threshold {cfg.threshold} everywhere; generated by `poetry run analyze`.")
+    sections = [
+        ("Summary" + (" and deltas" if len(runs) > 1 else ""),
+         f"Headline numbers per model (cohorts: {a} x {b})"
+         + (f"; the last columns are each model minus the reference `{names[0]}`." if len(runs) > 1 else "."),
+         [], [("summary", deltas), ("per-label metrics", pd.concat(metrics, names=["model"]))]),
+        ("Accuracy per cohort", "Accuracy of each label inside every cohort (cell counts in the figures).",
+         figures["cohorts"],
+         [(f"{p} x {q}", pd.concat(cohorts[(p, q)], names=["model"])) for p, q in pairs]
+         + [(f"training partition, {p} x {q}", t) for (p, q), t in distribution.items()]),
+        ("Confusion matrices", f"Per label, and the other labels split by {SPLIT_BY} (fpr: false positive rate).",
+         figures["confusion"], [("confusion", pd.concat(confusion, names=["model"]))]),
+        ("Latent space", "Pooled backbone embeddings in 2-D, coloured by ground truth and by prediction.",
+         figures["latent"], []),
+        ("Saliency (Grad-CAM)", "Rows: what raises the score on the highest-scored faces, what lowers it on the "
+         "lowest-scored, and what drove the most confident errors.", figures["saliency"], []),
+        ("Slices by image statistics", "Mean luminance is a proxy for skin tone and lighting together; sharpness "
+         f"is the Laplacian variance. Worst slices: at least {cfg.min_slice} images.", figures["slices"],
+         [("worst slices", worst)]),
+        ("Calibration and cohort-balancing thresholds",
+         f"The balancing threshold minimises the accuracy gap between the {a} x {b} cohorts; it is reported here "
+         "and NOT applied to any other number in this report.", figures["calibration"],
+         [("calibration", calibration), ("thresholds", thresholds)]),
+    ]
+    report = write_report(out, sections, header)
+    print(f"\n{markdown_table(deltas)}\n\nwrote {report} and {sum(map(len, figures.values()))} figures in {out}")
+    return {"report": report, "out": out, "labels": labels, "models": names, "figures": figures,
+            "summary": deltas, "cohorts": cohorts, "thresholds": thresholds}

@@ -1,0 +1,188 @@
+"""The analysis figures: matplotlib (Agg, headless), one function per PNG, sized to stay readable in a README."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "figure.titlesize": 11})
+MODEL_COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+ACCURACY_CMAP = "RdYlGn"
+
+
+def save(fig: plt.Figure, path: Path, note: str = "") -> Path:
+    """Write a PNG and free the figure; `note` (how the models were trained) goes under the title of every figure."""
+    if note:
+        fig.text(0.5, 0.0, note, ha="center", va="top", fontsize=8, color="0.35", wrap=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _grid(nrows: int, ncols: int, cell: tuple[float, float]) -> tuple[plt.Figure, np.ndarray]:
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell[0] * ncols, cell[1] * nrows), squeeze=False,
+                             layout="constrained")
+    return fig, axes
+
+
+def _matrix(ax: plt.Axes, colour: np.ndarray, text: np.ndarray, rows: Sequence[str], cols: Sequence[str],
+            vmin: float = 0.5, vmax: float = 1.0, cmap: str = ACCURACY_CMAP) -> None:
+    """A small annotated heatmap; empty cells (NaN) stay white."""
+    ax.imshow(np.ma.masked_invalid(colour), cmap=cmap, vmin=vmin, vmax=vmax)
+    for (i, j), value in np.ndenumerate(text):
+        ax.text(j, i, value, ha="center", va="center", fontsize=9,
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.75, "lw": 0})
+    ax.set_xticks(range(len(cols)), [c.replace("Not ", "Not\n").replace("_", " ") for c in cols])
+    ax.set_yticks(range(len(rows)), [r.replace("_", " ") for r in rows])
+    ax.tick_params(length=0)
+
+
+def _levels(attribute: str) -> list[str]:
+    return [attribute, f"Not {attribute}"]
+
+
+def cohort_heatmaps(tables: Mapping[str, pd.DataFrame], pair: tuple[str, str], labels: Sequence[str],
+                    path: Path, note: str = "") -> Path:
+    """Accuracy of every label over the 2x2 cohorts of `pair`, with the cell counts; one row per model."""
+    a, b = pair
+    fig, axes = _grid(len(tables), len(labels), (3.2, 2.6))
+    for r, (model, table) in enumerate(tables.items()):
+        for c, label in enumerate(labels):
+            acc = np.full((2, 2), np.nan)
+            text = np.full((2, 2), "n=0", dtype=object)
+            for i, row in enumerate(_levels(a)):
+                for j, col in enumerate(_levels(b)):
+                    name = f"{row} & {col}"
+                    if name in table.index:
+                        acc[i, j] = table.at[name, f"{label}_accuracy"]
+                        text[i, j] = f"{acc[i, j]:.0%}\nn={int(table.at[name, 'n'])}"
+            _matrix(axes[r, c], acc, text, _levels(a), _levels(b))
+            axes[r, c].set_title(f"{model}\n{label} accuracy")
+    fig.suptitle(f"Accuracy per cohort: {a} x {b}")
+    return save(fig, path, note)
+
+
+def train_distribution(tables: Mapping[tuple[str, str], pd.DataFrame], labels: Sequence[str], path: Path,
+                       note: str = "") -> Path:
+    """Training images per cohort and how often each label is positive there: where the model saw few examples."""
+    ncols = min(2, len(tables))
+    fig, axes = _grid(-(-len(tables) // ncols), ncols, (3.6, 3.1))
+    for ax in axes.flat[len(tables):]:
+        ax.axis("off")
+    for ax, ((a, b), table) in zip(axes.flat, tables.items()):
+        share = np.full((2, 2), np.nan)
+        text = np.full((2, 2), "n=0", dtype=object)
+        for i, row in enumerate(_levels(a)):
+            for j, col in enumerate(_levels(b)):
+                name = f"{row} & {col}"
+                if name in table.index:
+                    share[i, j] = table.at[name, "share"]
+                    rates = "\n".join(f"{label} {table.at[name, f'{label}_positive']:.0%}" for label in labels
+                                      if label not in (a, b))
+                    text[i, j] = f"n={int(table.at[name, 'n'])} ({share[i, j]:.0%})" + (f"\n{rates}" if rates else "")
+        _matrix(ax, share, text, _levels(a), _levels(b), vmin=0.0, vmax=max(0.5, np.nanmax(share)), cmap="Blues")
+        ax.set_title(f"{a} x {b}")
+    fig.suptitle("Training partition: images per cohort (share) and label positive rate")
+    return save(fig, path, note)
+
+
+def confusion_grid(tables: Mapping[str, pd.DataFrame], path: Path, note: str = "") -> Path:
+    """One confusion matrix per (label, group) and model: counts with the rate per true class."""
+    first = next(iter(tables.values()))
+    fig, axes = _grid(len(tables), len(first), (2.7, 2.7))
+    for r, (model, table) in enumerate(tables.items()):
+        for c, ((label, group), row) in enumerate(table.iterrows()):
+            counts = np.array([[row.tn, row.fp], [row.fn, row.tp]], dtype=float)
+            rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+            text = np.vectorize(lambda n, p: f"{int(n)}\n{p:.0%}")(counts, rates)
+            _matrix(axes[r, c], rates, text, [f"not {label}", label], ["pred 0", "pred 1"], vmin=0, vmax=1,
+                    cmap="Blues")
+            axes[r, c].set_ylabel("true")
+            axes[r, c].set_title(f"{model}\n{label}" + ("" if group == "all" else f" | {group}"))
+    fig.suptitle("Confusion matrices (count, rate within the true class)")
+    return save(fig, path, note)
+
+
+def latent_space(points: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str], title: str,
+                 path: Path, note: str = "") -> Path:
+    """2-D projection of the embeddings, coloured by ground truth (left) and by prediction (right), per label."""
+    fig, axes = _grid(len(labels), 2, (3.6, 3.3))
+    colours = np.array(["#1f77b4", "#d62728"])
+    for r, label in enumerate(labels):
+        for c, (values, kind) in enumerate(((y_true[:, r], "true"), (y_pred[:, r], "predicted"))):
+            ax = axes[r, c]
+            ax.scatter(points[:, 0], points[:, 1], s=4, c=colours[values.astype(int)], alpha=0.6, linewidths=0)
+            ax.set_title(f"{label}: {kind}")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for value, name in ((1, label), (0, f"not {label}")):
+                ax.scatter([], [], s=12, c=colours[value], label=name)
+            ax.legend(loc="best", fontsize=8, markerscale=1.5, frameon=False)
+    fig.suptitle(title)
+    return save(fig, path, note)
+
+
+def gradcam_grid(rows: Sequence[tuple[str, np.ndarray, Sequence[str]]], title: str, path: Path,
+                 note: str = "") -> Path:
+    """Rows of Grad-CAM overlays: (row title, uint8 images (k, H, W, 3), one caption per image)."""
+    ncols = max(len(images) for _, images, _ in rows)
+    fig, axes = _grid(len(rows), max(ncols, 1), (1.6, 1.9))
+    for r, (row_title, images, captions) in enumerate(rows):
+        for c in range(axes.shape[1]):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(images[c])
+                ax.set_title(captions[c], fontsize=8)
+        axes[r, 0].text(-0.08, 0.5, row_title, transform=axes[r, 0].transAxes, rotation=90, ha="right",
+                        va="center", fontsize=9)
+    fig.suptitle(title)
+    return save(fig, path, note)
+
+
+def slice_curves(tables: Mapping[str, pd.DataFrame], labels: Sequence[str], stats: Sequence[str], path: Path,
+                 note: str = "") -> Path:
+    """Accuracy per quantile bin of each image statistic (x ticks: bin and its size), one line per model."""
+    fig, axes = _grid(len(labels), len(stats), (4.4, 2.9))
+    for c, stat in enumerate(stats):
+        for r, label in enumerate(labels):
+            ax = axes[r, c]
+            for k, (model, table) in enumerate(tables.items()):
+                part = table[table["kind"] == stat]
+                ax.plot(range(len(part)), part[f"{label}_accuracy"], "o-", color=MODEL_COLOURS[k % 10], label=model)
+            ax.set_xticks(range(len(part)), [f"{s.split(' ', 1)[1]}\nn={n}" for s, n in zip(part.index, part["n"])],
+                          fontsize=7)
+            ax.set_title(f"{label} accuracy vs {stat.replace('_', ' ')}")
+            ax.set_ylim(max(0.0, ax.get_ylim()[0]), 1.0)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Slices by image statistics (quantile bins)")
+    return save(fig, path, note)
+
+
+def reliability(curves: Mapping[str, Mapping[str, pd.DataFrame]], ece: pd.DataFrame, labels: Sequence[str],
+                path: Path, note: str = "") -> Path:
+    """Observed positive rate vs mean predicted probability per bin; the diagonal is perfect calibration."""
+    fig, axes = _grid(1, len(labels), (3.6, 3.6))
+    for c, label in enumerate(labels):
+        ax = axes[0, c]
+        ax.plot([0, 1], [0, 1], ":", color="0.5")
+        for k, (model, per_label) in enumerate(curves.items()):
+            curve = per_label[label]
+            ax.plot(curve["confidence"], curve["observed"], "o-", color=MODEL_COLOURS[k % 10],
+                    label=f"{model} (ECE {ece.at[(model, label), 'ece']:.3f})")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean predicted probability")
+        ax.set_ylabel("observed positive rate")
+        ax.set_title(label)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle("Reliability diagrams")
+    return save(fig, path, note)
