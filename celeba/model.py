@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import keras
 
@@ -76,6 +77,14 @@ def embedding_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, model.get_layer("embedding").output)
 
 
+@contextlib.contextmanager
+def without_optimizer_warnings() -> Iterator[None]:
+    """Saved models keep their loss but not their optimizer state, by design: Keras warns when loading them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        yield
+
+
 def card_path(model_path: Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
@@ -87,8 +96,7 @@ def load_model(model_path: Path, labels: Sequence[str] | None = None) -> tuple[k
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: model file not found (train one with `poetry run train`)")
-    with warnings.catch_warnings():  # the saved model keeps its loss, not its optimizer state: expected
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+    with without_optimizer_warnings():
         model = keras.models.load_model(model_path)
     if labels is None:
         card = card_path(model_path)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from celeba.config import TrainConfig
 from celeba.data import CelebADataError, check_labels, labels_array, load_index, make_dataset, split
 from celeba.losses import WeightedBinaryCrossentropy, make_loss
-from celeba.model import build_model, card_path, set_backbone_trainable
+from celeba.model import build_model, card_path, set_backbone_trainable, without_optimizer_warnings
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,8 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
             compile_for(model, phase, loss, steps)
         if cfg.resume and done_path.is_file():
             log.info("resume: phase %r already done, loading %s", phase.name, done_path)
-            model.load_weights(done_path)
+            with without_optimizer_warnings():
+                model.load_weights(done_path)
         else:
             log.info("phase %r: %d epochs at lr %.2g, backbone %s", phase.name, phase.epochs, phase.learning_rate,
                      "trainable" if phase.backbone_trainable else "frozen")

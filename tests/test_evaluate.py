@@ -1,0 +1,30 @@
+"""Evaluation writes tables whose numbers agree with a direct recomputation from its predictions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from celeba.config import EvalConfig
+from celeba.evaluate import evaluate
+
+
+def test_evaluate_writes_consistent_reports(tiny_model, tmp_path, capsys):
+    out = tmp_path / "report"
+    result = evaluate(EvalConfig(model=tiny_model, partition="test", out=out, check_images=False))
+    printed = capsys.readouterr().out
+    assert "accuracy per cohort" in printed and "Not Male & Young" in printed
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "metrics.csv", "cohorts.csv", "predictions.csv"}
+
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == result["n"] == 50 and (predictions["partition"] == "test").all()
+    for label in ("Male", "Young"):
+        t, p = predictions[f"{label}_true"], predictions[f"{label}_prob"]
+        assert np.isclose(result["labels"][label]["accuracy"], ((p >= 0.5) == (t == 1)).mean())
+        assert np.isclose(result["labels"][label]["roc_auc"], roc_auc_score(t, p))
+    assert json.loads((out / "metrics.json").read_text())["cohorts"] == result["cohorts"]
+    cohorts = pd.read_csv(out / "cohorts.csv", index_col=0)
+    assert cohorts["n"].sum() == 50 and len(cohorts) == 4

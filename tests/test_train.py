@@ -1,0 +1,91 @@
+"""Training end to end on the sample: run card, phases, resume after an interruption, atomic saves."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from celeba.config import TrainConfig
+from celeba.data import SAMPLE_DIR, labels_array, load_index, split
+from celeba.losses import class_balanced_weights
+from celeba.model import build_model, load_model
+from celeba.train import distribution_strategy, plan_phases, save_atomic, set_precision, train
+
+
+def test_tiny_model_run_card(tiny_model):
+    card = json.loads(tiny_model.with_suffix(".json").read_text())
+    assert card["config"]["labels"] == ["Male", "Young"] and card["data"] == {
+        "train": 32, "validation": 32, "train_positive_rate": card["data"]["train_positive_rate"]}
+    assert card["epochs_trained"] == 1 and card["train_images_per_s"] > 0 and card["time_s"] > 0
+    assert set(card["validation_metrics"]) == {"Male", "Young"}
+    model, labels = load_model(tiny_model)
+    assert labels == ("Male", "Young") and model.output_shape == (None, 2)
+    history = list(csv.DictReader((tiny_model.parent / "tiny" / "history.csv").open()))
+    assert [row["epoch"] for row in history] == ["0"] and "val_loss" in history[0]
+
+
+def test_phases():
+    assert [(p.name, p.epochs) for p in plan_phases(TrainConfig(weights="none", epochs=4))] == [("full", 4)]
+    phases = plan_phases(TrainConfig(weights="imagenet", epochs=5, freeze_epochs=2, learning_rate=1e-3))
+    assert [(p.name, p.epochs, p.backbone_trainable) for p in phases] == [("head", 2, False), ("finetune", 3, True)]
+    assert phases[1].learning_rate == pytest.approx(1e-4)
+    assert [p.name for p in plan_phases(TrainConfig(weights="x.h5", epochs=1, freeze_epochs=1))] == ["head"]
+
+
+def test_cpu_defaults_are_no_ops():
+    assert set_precision(True) == "float32"  # no GPU here: mixed precision is ignored, not broken
+    assert distribution_strategy().num_replicas_in_sync == 1
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Simulates a killed run: stops hard after the first epoch of the fine-tuning phase."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_weighted_run_resumes_after_interruption(tmp_path):
+    source = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None)
+    weights = tmp_path / "backbone.weights.h5"
+    source.save_weights(weights)  # a local pretrained file gives the two-phase schedule, offline
+    cfg = TrainConfig(weights=str(weights), loss="weighted-bce", image_size=64, epochs=3, freeze_epochs=1,
+                      limit=16, batch_size=8, models_dir=tmp_path / "models", name="run", check_images=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, extra_callbacks=[Interrupt()])
+    model_path = cfg.models_dir / "run.keras"
+    assert not model_path.exists()  # no half-written or premature final model
+    assert (cfg.models_dir / "run" / "phase-head.weights.h5").is_file()
+
+    card = train(TrainConfig(**{**cfg.__dict__, "resume": True}))
+    epochs = [row["epoch"] for row in csv.DictReader((cfg.models_dir / "run" / "history.csv").open())]
+    assert epochs == ["0", "1", "2"]  # epoch 1 was backed up before the interruption and not repeated
+    assert card["epochs_trained"] == 1 and model_path.is_file()
+
+    rows = split(load_index(SAMPLE_DIR), "train", 16)
+    pos, neg = class_balanced_weights(labels_array(rows, cfg.labels))
+    assert card["class_weights"]["Male"] == {"positive": pos[0], "negative": neg[0]}
+    model, _ = load_model(model_path)
+    assert model.loss.pos_weights == pos
+
+
+def test_save_atomic_keeps_the_old_file_when_saving_fails(tmp_path, monkeypatch):
+    model = build_model(1, 32, "none")
+    path = tmp_path / "m.keras"
+    save_atomic(model, path)
+    before = path.read_bytes()
+
+    def broken_save(self, filepath, *args, **kwargs):
+        open(filepath, "wb").write(b"half a model")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic(model, path)
+    assert path.read_bytes() == before
+    assert np.allclose(keras.models.load_model(path).predict(np.zeros((1, 32, 32, 3)), verbose=0),
+                       model.predict(np.zeros((1, 32, 32, 3)), verbose=0))
