@@ -184,34 +184,36 @@ def calibration_curve(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) 
     return curve, ece
 
 
+THRESHOLD_GRID = np.round(np.arange(0.02, 0.99, 0.01), 2)
+
+
+def threshold_curves(frame: pd.DataFrame, y_true: np.ndarray, y_prob: np.ndarray, by: Sequence[str],
+                     grid: np.ndarray = THRESHOLD_GRID) -> pd.DataFrame:
+    """One label's accuracy inside every cohort of `by` (columns, plus 'all') at every threshold (rows)."""
+    correct = (y_prob[:, None] >= grid[None, :]) == (y_true[:, None] >= 0.5)
+    curves = pd.DataFrame(correct, columns=grid).groupby(cohort_names(frame, by).to_numpy()).mean().T
+    curves["all"] = correct.mean(axis=0)
+    return curves.rename_axis("threshold")
+
+
 def balancing_thresholds(frame: pd.DataFrame, y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str],
-                         by: Sequence[str], threshold: float = 0.5,
-                         grid: np.ndarray = np.round(np.arange(0.02, 0.99, 0.01), 2)) -> pd.DataFrame:
+                         by: Sequence[str], threshold: float = 0.5) -> pd.DataFrame:
     """Per label, the threshold that minimises the accuracy gap (max - min) between the cohorts of `by`.
 
     Reported next to the gap at the default threshold; never applied to the other results.
     """
-    cohorts = cohort_names(frame, by).to_numpy()
-    names = sorted(set(cohorts))
-    members = np.stack([cohorts == name for name in names]).astype(float)  # (C, N)
     records = []
     for j, label in enumerate(labels):
-        truth = y_true[:, j] >= 0.5
-
-        def per_cohort(thresholds: np.ndarray) -> np.ndarray:  # (C, T) accuracies
-            correct = (y_prob[:, j, None] >= thresholds[None, :]) == truth[:, None]
-            return members @ correct / members.sum(axis=1, keepdims=True)
-
-        acc = per_cohort(grid)
-        gaps = acc.max(axis=0) - acc.min(axis=0)
-        overall = ((y_prob[:, j, None] >= grid[None, :]) == truth[:, None]).mean(axis=0)
-        best = np.lexsort((-overall, gaps))[0]  # smallest gap, then highest accuracy
-        default = per_cohort(np.array([threshold]))[:, 0]
+        curves = threshold_curves(frame, y_true[:, j], y_prob[:, j], by)
+        cohorts = curves.drop(columns="all")
+        gaps = (cohorts.max(axis=1) - cohorts.min(axis=1)).to_numpy()
+        best = np.lexsort((-curves["all"].to_numpy(), gaps))[0]  # smallest gap, then highest accuracy
+        default = threshold_curves(frame, y_true[:, j], y_prob[:, j], by, np.array([threshold])).iloc[0]
+        at_default = default.drop("all")
         records.append({"label": label, "cohorts": " x ".join(by), "threshold": threshold,
-                        "gap": default.max() - default.min(), "worst_cohort": names[int(default.argmin())],
-                        "accuracy": float(((y_prob[:, j] >= threshold) == truth).mean()),
-                        "balancing_threshold": float(grid[best]), "gap_balanced": float(gaps[best]),
-                        "accuracy_balanced": float(overall[best])})
+                        "gap": at_default.max() - at_default.min(), "worst_cohort": at_default.idxmin(),
+                        "accuracy": default["all"], "balancing_threshold": float(curves.index[best]),
+                        "gap_balanced": float(gaps[best]), "accuracy_balanced": float(curves["all"].iloc[best])})
     return pd.DataFrame(records).set_index("label")
 
 
@@ -475,7 +477,11 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
             figures["saliency"].append(plots.gradcam_grid(grid, f"{r.name}: Grad-CAM for {label}",
                                                           out / f"gradcam_{label}_{r.name}.png", r.note))
     figures["slices"] = [plots.slice_curves(slices, labels, STATS, out / "slices.png", note)]
-    figures["calibration"] = [plots.reliability(curves, calibration, labels, out / "reliability.png", note)]
+    figures["calibration"] = [
+        plots.reliability(curves, calibration, labels, out / "reliability.png", note),
+        plots.threshold_curves({r.name: {label: threshold_curves(rows, y_true[:, j], r.probs[:, j], pairs[0])
+                                         for j, label in enumerate(labels)} for r in runs},
+                               thresholds, out / "thresholds.png", note)]
 
     # ---- report
     a, b = pairs[0]

@@ -186,3 +186,27 @@ def reliability(curves: Mapping[str, Mapping[str, pd.DataFrame]], ece: pd.DataFr
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle("Reliability diagrams")
     return save(fig, path, note)
+
+
+def threshold_curves(curves: Mapping[str, Mapping[str, pd.DataFrame]], thresholds: pd.DataFrame, path: Path,
+                     note: str = "") -> Path:
+    """Cohort accuracy vs decision threshold; dotted: the default, solid: the cohort-balancing threshold."""
+    labels = list(next(iter(curves.values())))
+    fig, axes = _grid(len(curves), len(labels), (4.2, 3.0))
+    for r, (model, per_label) in enumerate(curves.items()):
+        for c, label in enumerate(labels):
+            ax, curve, row = axes[r, c], per_label[label], thresholds.loc[(model, label)]
+            for k, cohort in enumerate(curve.columns):
+                ax.plot(curve.index, curve[cohort], color="black" if cohort == "all" else MODEL_COLOURS[k % 10],
+                        lw=2.2 if cohort == "all" else 1.4, ls="--" if cohort == "all" else "-", label=cohort)
+            ax.axvline(row["threshold"], color="0.5", ls=":")
+            ax.axvline(row["balancing_threshold"], color="0.2")
+            ax.set_title(f"{model}: {label}\ngap {row['gap']:.0%} at {row['threshold']:g}, "
+                         f"{row['gap_balanced']:.0%} at {row['balancing_threshold']:g}")
+            ax.set_xlabel("decision threshold")
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="best")
+    fig.suptitle("Accuracy per cohort vs threshold (dotted: default, solid: cohort-balancing; reported, not applied)")
+    return save(fig, path, note)

@@ -34,7 +34,7 @@ def test_every_figure_exists_is_linked_and_is_a_valid_png(report):
     from PIL import Image
 
     expected = {"cohorts_Male_Young.png", "cohorts_Male_Eyeglasses.png", "train_distribution.png", "confusion.png",
-                "latent_pca_tiny.png", "latent_pca_tiny-2.png", "slices.png", "reliability.png",
+                "latent_pca_tiny.png", "latent_pca_tiny-2.png", "slices.png", "reliability.png", "thresholds.png",
                 *(f"gradcam_{label}_{name}.png" for label in ("Male", "Young") for name in ("tiny", "tiny-2"))}
     found = {p.name for p in report.glob("*.png")}
     assert expected <= found
