@@ -125,8 +125,13 @@ def load_predictor_model(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray]
         return lite, lite.labels, lite.image_size
     from celeba.model import load_model
 
+    import tensorflow as tf
+
     model, labels = load_model(path)
-    return (lambda batch: np.asarray(model.predict_on_batch(batch))), labels, int(model.input_shape[1])
+    size = int(model.input_shape[1])
+    # One trace for every batch size (predict_on_batch retraces per shape: seconds per new face count).
+    call = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3])])
+    return (lambda batch: call(tf.constant(batch, tf.float32)).numpy()), labels, size
 
 
 @dataclass
@@ -195,8 +200,8 @@ class PredictConfig:
     max_megapixels: float = MAX_MEGAPIXELS
 
 
-def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str]]:
-    """(one result per readable image, one message per unusable image), in input order."""
+def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str], tuple[str, ...]]:
+    """(one result per readable image, one message per unusable image, labels), in input order."""
     from tqdm.auto import tqdm
 
     if not cfg.paths:
@@ -215,7 +220,7 @@ def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str]]:
             faces = predictor.predict([rgb for _, rgb in good], cfg.detect)
             results += [predictor.result(str(path), rgb, f) for (path, rgb), f in zip(good, faces)]
             bar.update(len(chunk))
-    return results, errors
+    return results, errors, predictor.labels
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -223,13 +228,13 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def results_table(results: list[dict[str, Any]]):
+def results_table(results: list[dict[str, Any]], labels: Sequence[str]):
     """One row per face: file, face number, box, one probability column per label, positive labels."""
     import pandas as pd
 
     rows = [{"file": r["file"], "face": i, **face["box"], **face["probabilities"], "labels": " ".join(face["labels"])}
             for r in results for i, face in enumerate(r["faces"])]
-    return pd.DataFrame(rows, columns=None if rows else ["file", "face", "x", "y", "w", "h", "labels"])
+    return pd.DataFrame(rows, columns=["file", "face", "x", "y", "w", "h", *labels, "labels"])
 
 
 def split_positionals(argv: Sequence[str], cls: type = PredictConfig) -> list[str]:
@@ -262,14 +267,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _main(cfg: PredictConfig) -> None:
-    results, errors = run_predict(cfg)
+    results, errors, labels = run_predict(cfg)
     fmt = "json" if cfg.json else "csv" if cfg.csv else cfg.format
     if fmt == "json":
         print(json.dumps(results, indent=2))
     elif fmt == "csv":
-        results_table(results).to_csv(sys.stdout, index=False, float_format="%.4f")
+        results_table(results, labels).to_csv(sys.stdout, index=False, float_format="%.4f")
     else:
-        table = results_table(results)
+        table = results_table(results, labels)
         print(table.to_string(index=False, float_format="{:.3f}".format) if len(table) else "(no faces)")
     faceless = [r["file"] for r in results if not r["faces"]]
     if faceless:
