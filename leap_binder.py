@@ -143,7 +143,10 @@ def _train_labels(folder: Path) -> np.ndarray:
 
 @tensorleap_preprocess()
 def preprocess() -> List[PreprocessResponse]:
-    index = load_index(data_dir())
+    try:
+        index = load_index(data_dir())
+    except data.CelebADataError as exc:
+        raise data.CelebADataError(f"{exc}; the integration reads its data folder from {DATA_DIR_ENV}") from None
     return [response(data.split(index, partition), state) for partition, state in STATES.items()]
 
 
