@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from fastapi import FastAPI, HTTPException, Query, UploadFile  # module level: FastAPI resolves annotations here
+
 from celeba.predict import MAX_BYTES, MAX_MEGAPIXELS, ImageError, ImageTooLarge, Predictor, decode_photo
 
 log = logging.getLogger(__name__)
@@ -20,8 +22,6 @@ log = logging.getLogger(__name__)
 
 def create_app(predictor: Predictor | Path, max_bytes: int = MAX_BYTES, max_megapixels: float = MAX_MEGAPIXELS):
     """The FastAPI app around one loaded model (a Predictor, or a model path to load)."""
-    from fastapi import FastAPI, HTTPException, Query, UploadFile
-
     if not isinstance(predictor, Predictor):
         predictor = Predictor(Path(predictor))
     app = FastAPI(title="CelebA attributes",

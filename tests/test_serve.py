@@ -1,0 +1,128 @@
+"""The service over a real socket on 127.0.0.1: uvicorn in a thread, requests as the client."""
+
+import io
+import socket
+import threading
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from celeba.data import image_dir
+from celeba.predict import Predictor
+from celeba.serve import check_loopback, create_app
+
+TIMEOUT = 60  # seconds per request: generous for a shared 2-core machine, still bounded
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(Predictor(tiny_model), max_bytes=300_000, max_megapixels=1.0)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "server did not start in 30 s"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def face_jpeg(sample_dir) -> bytes:
+    return sorted(image_dir(sample_dir).glob("*.jpg"))[1].read_bytes()
+
+
+def test_health_and_openapi_page(server):
+    health = requests.get(f"{server}/health", timeout=TIMEOUT).json()
+    assert health["status"] == "ok" and health["labels"] == ["Male", "Young"] and health["max_bytes"] == 300_000
+    spec = requests.get(f"{server}/openapi.json", timeout=TIMEOUT).json()
+    assert "/predict" in spec["paths"] and "post" in spec["paths"]["/predict"]
+    assert requests.get(f"{server}/docs", timeout=TIMEOUT).status_code == 200
+
+
+def test_predict_finds_the_face_in_a_celeba_photo(server, face_jpeg):
+    r = requests.post(f"{server}/predict", files={"file": ("me.jpg", face_jpeg, "image/jpeg")}, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["file"] == "me.jpg" and (body["width"], body["height"]) == (178, 218)
+    assert len(body["faces"]) == 1
+    face = body["faces"][0]
+    assert set(face["probabilities"]) == {"Male", "Young"}
+    assert all(0 <= p <= 1 for p in face["probabilities"].values())
+    assert 40 < face["box"]["w"] < 160 and face["labels"] == [k for k, p in face["probabilities"].items() if p >= 0.5]
+
+
+def test_no_detect_scores_the_whole_image_like_the_cli(server, face_jpeg, tiny_model):
+    r = requests.post(f"{server}/predict", params={"detect": "false"},
+                      files={"file": ("me.jpg", face_jpeg, "image/jpeg")}, timeout=TIMEOUT)
+    faces = r.json()["faces"]
+    assert faces[0]["box"] == {"x": 0, "y": 0, "w": 178, "h": 218}
+    from celeba.predict import decode_photo
+
+    local = Predictor(tiny_model).predict([decode_photo(face_jpeg, "me.jpg")], detect=False)[0][0]
+    assert faces[0]["probabilities"] == local.probabilities
+
+
+def test_photo_without_a_face_is_200_with_an_empty_list(server):
+    blank = _png(Image.new("RGB", (320, 240), (128, 128, 128)))
+    r = requests.post(f"{server}/predict", files={"file": ("wall.png", blank, "image/png")}, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.json()["faces"] == []
+
+
+@pytest.mark.parametrize("name, data, status, message", [
+    ("empty.jpg", b"", 400, "empty.jpg: empty file"),
+    ("notes.jpg", b"just some text, not a picture", 415, "notes.jpg: not an image"),
+    ("big.jpg", b"\xff\xd8" + bytes(400_000), 413, "over the 0.3 MB limit"),
+    ("wide.png", _png(Image.new("L", (1600, 1000))), 413, "1.6 megapixels is over the 1 megapixel limit"),
+])
+def test_bad_uploads_get_4xx_with_a_clear_message(server, name, data, status, message):
+    r = requests.post(f"{server}/predict", files={"file": (name, data)}, timeout=TIMEOUT)
+    assert r.status_code == status
+    assert message in r.json()["detail"]
+
+
+def test_missing_upload_field_is_422(server):
+    r = requests.post(f"{server}/predict", timeout=TIMEOUT)
+    assert r.status_code == 422
+
+
+def test_grayscale_and_rgba_uploads_work(server, face_jpeg):
+    rgb = Image.open(io.BytesIO(face_jpeg))
+    for image in (rgb.convert("L"), rgb.convert("RGBA")):
+        r = requests.post(f"{server}/predict", files={"file": ("x.png", _png(image))}, timeout=TIMEOUT)
+        assert r.status_code == 200 and len(r.json()["faces"]) == 1
+
+
+def test_concurrent_requests_all_succeed(server, face_jpeg):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(_):
+        return requests.post(f"{server}/predict", files={"file": ("me.jpg", face_jpeg)}, timeout=TIMEOUT)
+
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(post, range(8)))
+    probs = [r.json()["faces"][0]["probabilities"] for r in responses]
+    assert all(r.status_code == 200 for r in responses) and all(p == probs[0] for p in probs)
+
+
+def test_only_loopback_hosts_are_allowed():
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert check_loopback(host) == host
+    for host in ("0.0.0.0", "192.168.1.10", "example.com", "::"):
+        with pytest.raises(ValueError, match="only loopback"):
+            check_loopback(host)
