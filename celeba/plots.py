@@ -154,16 +154,21 @@ def slice_curves(tables: Mapping[str, pd.DataFrame], labels: Sequence[str], stat
     for c, stat in enumerate(stats):
         for r, label in enumerate(labels):
             ax = axes[r, c]
+            lowest = 0.5
             for k, (model, table) in enumerate(tables.items()):
                 part = table[table["kind"] == stat]
-                ax.plot(range(len(part)), part[f"{label}_accuracy"], "o-", color=MODEL_COLOURS[k % 10], label=model)
+                acc = part[f"{label}_accuracy"].to_numpy()
+                error = np.sqrt(acc * (1 - acc) / np.maximum(part["n"].to_numpy(), 1))  # binomial standard error
+                ax.errorbar(np.arange(len(part)) + 0.06 * k, acc, error, fmt="o-", capsize=3,
+                            color=MODEL_COLOURS[k % 10], label=model)
+                lowest = min(lowest, np.nanmin(acc - error) - 0.03)
             ax.set_xticks(range(len(part)), [f"{s.split(' ', 1)[1]}\nn={n}" for s, n in zip(part.index, part["n"])],
                           fontsize=7)
             ax.set_title(f"{label} accuracy vs {stat.replace('_', ' ')}")
-            ax.set_ylim(max(0.0, ax.get_ylim()[0]), 1.0)
+            ax.set_ylim(max(0.0, lowest), 1.0)
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle("Slices by image statistics (quantile bins)")
+    fig.suptitle("Slices by image statistics (quantile bins; bars: binomial standard error)")
     return save(fig, path, note)
 
 
