@@ -134,8 +134,9 @@ def _row(sample_id: str, preprocess: PreprocessResponse) -> pd.DataFrame:
 
 
 @lru_cache(maxsize=4)
-def _train_labels(folder: Path) -> np.ndarray:
-    return data.labels_array(data.split(load_index(folder), "train"), LABELS)
+def _weighted_bce(folder: Path):
+    """The weighted BCE training would build: class-balanced weights from this folder's train partition."""
+    return losses.make_loss("weighted-bce", data.labels_array(data.split(load_index(folder), "train"), LABELS))
 
 
 # --------------------------------------------------------------------------- dataset
@@ -223,8 +224,7 @@ def bce_loss(gt: np.ndarray, prediction: np.ndarray) -> np.ndarray:
 
 @tensorleap_custom_loss("weighted_bce")
 def weighted_bce_loss(gt: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    """Class-balanced BCE with the weights training would compute from this data's train partition."""
-    return _per_sample(losses.make_loss("weighted-bce", _train_labels(data_dir())), gt, prediction)
+    return _per_sample(_weighted_bce(data_dir()), gt, prediction)
 
 
 @tensorleap_custom_metric("label", direction={f"{label}_{kind}": direction for label in LABELS
