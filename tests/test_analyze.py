@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from celeba.analyze import (AnalyzeConfig, balancing_thresholds, calibration_curve, join_repeated, main,
-                            parse_pairs, saliency_picks)
+from celeba.analyze import (AnalyzeConfig, balancing_thresholds, calibration_curve, findings, join_repeated,
+                            main, parse_pairs, saliency_picks)
 from celeba.config import parse_config
 from celeba.data import CelebADataError, load_index, split
 
@@ -144,3 +144,17 @@ def test_missing_model_is_one_clear_error(tmp_path, capsys):
         main(["--model", str(tmp_path / "nope.keras"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert "nope.keras: model file not found" in capsys.readouterr().err
+
+
+def test_findings_name_the_worst_cohort_and_whether_the_gap_closed():
+    def cohorts(young_women: float) -> pd.DataFrame:
+        return pd.DataFrame({"n": [10, 20], "Young_accuracy": [0.9, young_women]},
+                            index=["Male & Young", "Not Male & Young"])
+
+    confusion = pd.DataFrame({"fpr": [0.2, 0.5]},
+                             index=pd.MultiIndex.from_tuples([("Young", "Male"), ("Young", "Not Male")]))
+    lines = findings({"bce": cohorts(0.6), "weighted": cohorts(0.8)}, {"bce": confusion, "weighted": confusion},
+                     ["Young"])
+    assert "bce: Young accuracy ranges from 60.0% (Not Male & Young, n=20) to 90.0% (Male & Young)" in lines[0]
+    assert "false-positive rate 50.0% (Not Male) vs 20.0% (Male)" in lines[1]
+    assert lines[-1] == "Young cohort gap 30.0% (bce) -> 10.0% (weighted): narrower by 20.0%."
