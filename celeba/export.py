@@ -140,20 +140,26 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
             "size_bytes": len(flatbuffer), "keras_size_bytes": Path(cfg.model).stat().st_size}
     card_path(out).write_text(json.dumps(card, indent=2))  # labels first: TFLiteModel reads them
 
+    card["parity"] = verify(model, out, cfg)
+    card_path(out).write_text(json.dumps(card, indent=2))
+    return card
+
+
+def verify(model, out: Path, cfg: ExportConfig) -> dict[str, Any]:
+    """Compare the exported file with the Keras model on `cfg.parity_dir`; print it, raise ParityError on failure."""
     tolerance = TOLERANCE[cfg.quantize] if cfg.tolerance is None else cfg.tolerance
+    size = int(model.input_shape[1])
     check = parity(model, TFLiteModel(out), _batches(cfg.parity_dir, None, cfg.parity_limit, size, cfg.batch_size))
     check |= {"tolerance": tolerance, "min_agreement": cfg.min_agreement,
               "passed": check["max_abs_diff"] <= tolerance and check["label_agreement"] >= cfg.min_agreement}
-    card["parity"] = check
-    card_path(out).write_text(json.dumps(card, indent=2))
-    print(f"wrote {out} ({len(flatbuffer) / 1e6:.2f} MB; Keras model {card['keras_size_bytes'] / 1e6:.2f} MB)")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB; Keras model {Path(cfg.model).stat().st_size / 1e6:.2f} MB)")
     print(f"parity on {check['images']} images of {cfg.parity_dir}: max |dp| {check['max_abs_diff']:.5f} "
           f"(tolerance {tolerance:g}), mean |dp| {check['mean_abs_diff']:.5f}, "
           f"labels agree {check['label_agreement']:.2%} (need {cfg.min_agreement:.0%}): "
           f"{'PASS' if check['passed'] else 'FAIL'}")
     if not check["passed"]:
         raise ParityError(f"{out}: parity check failed ({check})")
-    return card
+    return check
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,88 @@
+"""TFLite export of the tiny model, with the parity check on the shipped sample.
+
+The tiny model (1 epoch on 32 images) has a narrow output range, so a probability tolerance is easy
+for it to meet; label agreement and the direct comparison against Keras below are the sharper checks.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from celeba.data import SAMPLE_DIR
+from celeba.export import TOLERANCE, ExportConfig, ParityError, TFLiteModel, export, main, parity, verify
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    cards = {}
+    for quantize in ("float16", "int8"):
+        cfg = ExportConfig(model=tiny_model, quantize=quantize, out=out / f"tiny-{quantize}.tflite", representative=32)
+        cards[quantize] = export(cfg)
+    return out, cards
+
+
+@pytest.mark.parametrize("quantize", ["float16", "int8"])
+def test_parity_on_the_whole_shipped_sample(exported, quantize):
+    out, cards = exported
+    check = cards[quantize]["parity"]
+    assert check["images"] == 299  # every image of the embedded sample
+    assert check["passed"] and check["max_abs_diff"] <= TOLERANCE[quantize]
+    assert check["label_agreement"] >= 0.99
+    card = json.loads((out / f"tiny-{quantize}.json").read_text())
+    assert card["config"]["labels"] == ["Male", "Young"] and card["parity"] == check
+
+
+def test_quantized_files_are_smaller(exported, tiny_model):
+    out, cards = exported
+    keras_size = tiny_model.stat().st_size
+    fp16, int8 = (out / "tiny-float16.tflite").stat().st_size, (out / "tiny-int8.tflite").stat().st_size
+    assert int8 < fp16 < keras_size
+    assert fp16 < 0.6 * keras_size and int8 < 0.35 * keras_size  # half and a quarter of float32 weights, roughly
+
+
+def test_tflite_model_matches_keras_on_any_batch_size(exported, tiny_model):
+    from celeba.model import load_model
+
+    out, _ = exported
+    model, labels = load_model(tiny_model)
+    lite = TFLiteModel(out / "tiny-float16.tflite")
+    assert lite.labels == labels and lite.image_size == 64
+    x = np.random.default_rng(0).uniform(0, 255, (5, 64, 64, 3)).astype(np.float32)
+    expected = np.asarray(model.predict_on_batch(x))
+    np.testing.assert_allclose(lite(x), expected, atol=TOLERANCE["float16"])
+    np.testing.assert_allclose(lite(x[:1]), expected[:1], atol=TOLERANCE["float16"])  # resized input tensor
+
+
+def test_parity_detects_a_model_that_disagrees(tiny_model):
+    from celeba.model import load_model
+
+    model, _ = load_model(tiny_model)
+    flipped = lambda x: 1 - np.asarray(model.predict_on_batch(x))  # noqa: E731
+    x = np.random.default_rng(1).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    check = parity(model, flipped, iter([x]))
+    assert check["images"] == 4
+    assert check["label_agreement"] < 0.5 or check["max_abs_diff"] > 0.01  # 1 - p disagrees unless p == 0.5
+
+
+def test_failed_parity_raises_with_the_numbers(exported, tiny_model, capsys):
+    from celeba.model import load_model
+
+    out, _ = exported
+    model, _ = load_model(tiny_model)
+    cfg = ExportConfig(model=tiny_model, quantize="float16", tolerance=-1.0, parity_limit=16)
+    with pytest.raises(ParityError, match="parity check failed"):
+        verify(model, out / "tiny-float16.tflite", cfg)
+    printed = capsys.readouterr().out
+    assert "parity on 16 images" in printed and "FAIL" in printed
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "nope.keras")])
+    assert exit_info.value.code == 2 and "nope.keras: model file not found" in capsys.readouterr().err
+
+
+def test_default_parity_data_is_the_shipped_sample():
+    assert ExportConfig().parity_dir == SAMPLE_DIR and ExportConfig().min_agreement == 0.99
