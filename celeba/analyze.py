@@ -196,21 +196,27 @@ def threshold_curves(frame: pd.DataFrame, y_true: np.ndarray, y_prob: np.ndarray
     return curves.rename_axis("threshold")
 
 
+def balancing_cohorts(label: str, by: Sequence[str]) -> list[str]:
+    return [a for a in by if a != label] or list(by)
+
+
 def balancing_thresholds(frame: pd.DataFrame, y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str],
                          by: Sequence[str], threshold: float = 0.5) -> pd.DataFrame:
     """Per label, the threshold that minimises the accuracy gap (max - min) between the cohorts of `by`.
 
-    Reported next to the gap at the default threshold; never applied to the other results.
+    A label is balanced across the cohorts of the other attributes (Young across Male / Not Male): across its own
+    classes "balancing" would only trade recall for specificity. Reported, never applied to the other results.
     """
     records = []
     for j, label in enumerate(labels):
-        curves = threshold_curves(frame, y_true[:, j], y_prob[:, j], by)
+        groups = balancing_cohorts(label, by)
+        curves = threshold_curves(frame, y_true[:, j], y_prob[:, j], groups)
         cohorts = curves.drop(columns="all")
         gaps = (cohorts.max(axis=1) - cohorts.min(axis=1)).to_numpy()
         best = np.lexsort((-curves["all"].to_numpy(), gaps))[0]  # smallest gap, then highest accuracy
-        default = threshold_curves(frame, y_true[:, j], y_prob[:, j], by, np.array([threshold])).iloc[0]
+        default = threshold_curves(frame, y_true[:, j], y_prob[:, j], groups, np.array([threshold])).iloc[0]
         at_default = default.drop("all")
-        records.append({"label": label, "cohorts": " x ".join(by), "threshold": threshold,
+        records.append({"label": label, "cohorts": " x ".join(groups), "threshold": threshold,
                         "gap": at_default.max() - at_default.min(), "worst_cohort": at_default.idxmin(),
                         "accuracy": default["all"], "balancing_threshold": float(curves.index[best]),
                         "gap_balanced": float(gaps[best]), "accuracy_balanced": float(curves["all"].iloc[best])})
@@ -384,10 +390,12 @@ def saliency_rows(run: ModelRun, rows: pd.DataFrame, y_true: np.ndarray, label: 
             result.append((title, np.zeros((0, 1, 1, 3), np.uint8), []))
             continue
         images = np.stack([load_image(rows.at[i, "path"], run.image_size).numpy() for i in idx])
-        pushes_up = run.probs[idx, j] >= threshold if kind == "errors" else np.full(len(idx), kind == "highest")
-        towards = gradcam(run.model, images, output, True, grad_model)
-        away = gradcam(run.model, images, output, False, grad_model)
-        cams = np.where(pushes_up[:, None, None], towards, away)
+        if kind == "errors":  # explain the wrong answer: towards the label for false positives, away for misses
+            pushes_up = run.probs[idx, j] >= threshold
+            cams = np.where(pushes_up[:, None, None], gradcam(run.model, images, output, True, grad_model),
+                            gradcam(run.model, images, output, False, grad_model))
+        else:
+            cams = gradcam(run.model, images, output, kind == "highest", grad_model)
         captions = [f"p={run.probs[i, j]:.2f} y={int(y_true[i, j])}" for i in idx]
         result.append((title, np.stack([overlay(im, cam) for im, cam in zip(images, cams)]), captions))
     return result
@@ -509,7 +517,8 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     figures["slices"] = [plots.slice_curves(slices, labels, STATS, out / "slices.png", note)]
     figures["calibration"] = [
         plots.reliability(curves, calibration, labels, out / "reliability.png", note),
-        plots.threshold_curves({r.name: {label: threshold_curves(rows, y_true[:, j], r.probs[:, j], pairs[0])
+        plots.threshold_curves({r.name: {label: threshold_curves(rows, y_true[:, j], r.probs[:, j],
+                                                                  balancing_cohorts(label, pairs[0]))
                                          for j, label in enumerate(labels)} for r in runs},
                                thresholds, out / "thresholds.png", note)]
 
@@ -539,8 +548,9 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
          f"is the Laplacian variance. Worst slices: at least {cfg.min_slice} images.", figures["slices"],
          [("worst slices", worst)]),
         ("Calibration and cohort-balancing thresholds",
-         f"The balancing threshold minimises the accuracy gap between the {a} x {b} cohorts; it is reported here "
-         "and NOT applied to any other number in this report.", figures["calibration"],
+         f"The balancing threshold minimises a label's accuracy gap between the cohorts of the other attribute(s) of "
+         f"{a} x {b} (e.g. {b} across {a} / Not {a}); it is reported here and NOT applied to any other number.",
+         figures["calibration"],
          [("calibration", calibration), ("thresholds", thresholds)]),
     ]
     report = write_report(out, sections, header)

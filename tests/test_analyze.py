@@ -105,8 +105,9 @@ def test_balancing_threshold_recovers_a_shifted_cohort():
     frame = pd.DataFrame({"Male": [1, 1, 1, 1, 0, 0, 0, 0], "Young": [1, 1, 0, 0, 1, 1, 0, 0]})
     y = frame[["Young"]].to_numpy(float)
     p = np.array([[0.8], [0.9], [0.2], [0.1], [0.45], [0.4], [0.1], [0.05]])
-    table = balancing_thresholds(frame, y, p, ["Young"], by=["Male"])
+    table = balancing_thresholds(frame, y, p, ["Young"], by=["Male", "Young"])
     row = table.loc["Young"]
+    assert row["cohorts"] == "Male"  # Young is balanced across genders, not across its own classes
     assert row["gap"] == pytest.approx(0.5) and row["worst_cohort"] == "Not Male"
     assert 0.2 < row["balancing_threshold"] <= 0.45
     assert row["gap_balanced"] == 0 and row["accuracy_balanced"] == 1
