@@ -1,4 +1,4 @@
-"""`poetry run export --format tflite [--quantize float16|int8]`: a small model file plus a parity check.
+"""`poetry run export --format tflite|onnx [--quantize float16|int8]`: a small model file plus a parity check.
 
 The exported model keeps the Keras model's contract: float32 pixels in [0, 255] from
 `celeba.data.preprocess_image` in, float32 probabilities out (the [-1, 1] scaling is inside it;
@@ -8,6 +8,7 @@ sample: every image through both models, maximum probability difference and labe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -63,6 +64,31 @@ class TFLiteModel:
         return self.interpreter.get_tensor(self._output).copy()
 
 
+class OnnxModel:
+    """A `.onnx` file (onnxruntime) as a callable: batch of [0, 255] float32 images -> probabilities."""
+
+    def __init__(self, path: Path, num_threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: ONNX model not found (make one with `poetry run export --format onnx`)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or os.cpu_count()
+        self.path, self.session = path, ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._input = self.session.get_inputs()[0].name
+        self.image_size = int(self.session.get_inputs()[0].shape[1])
+        card = path.with_suffix(".json")
+        self.labels = tuple(json.loads(card.read_text())["config"]["labels"]) if card.is_file() else ()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input: np.asarray(batch, np.float32)})[0]
+
+
+def load_exported(path: Path) -> TFLiteModel | OnnxModel:
+    return OnnxModel(path) if Path(path).suffix == ".onnx" else TFLiteModel(path)
+
+
 def _batches(data_dir: Path, partition: str | None, limit: int | None, image_size: int,
              batch_size: int) -> Iterator[np.ndarray]:
     from celeba.data import load_index, make_dataset, split
@@ -93,7 +119,18 @@ def convert(model, quantize: Literal["none", "float16", "int8"], representative:
         return converter.convert()
 
 
-def parity(model, lite: TFLiteModel, batches: Iterator[np.ndarray], threshold: float = 0.5) -> dict[str, Any]:
+def convert_onnx(model, opset: int = 17) -> bytes:
+    """ONNX bytes via tf2onnx (float32; quantize with onnxruntime's tools if needed)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    size = int(model.input_shape[1])
+    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="image"),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    return proto.SerializeToString()
+
+
+def parity(model, lite, batches: Iterator[np.ndarray], threshold: float = 0.5) -> dict[str, Any]:
     """Both models on the same preprocessed images: probability differences and label agreement."""
     keras_probs, lite_probs = [], []
     for x in batches:
@@ -110,9 +147,9 @@ class ExportConfig:
     """Export a trained model to TFLite and check it against the Keras model on the shipped sample."""
 
     model: Path = Path("models/mobilenetv2-bce.keras")
-    format: Literal["tflite"] = "tflite"
-    quantize: Literal["none", "float16", "int8"] = "float16"
-    out: Path | None = None  # default: beside the model, <name>-<quantize>.tflite
+    format: Literal["tflite", "onnx"] = "tflite"
+    quantize: Literal["none", "float16", "int8"] = "float16"  # tflite only; onnx is exported as float32
+    out: Path | None = None  # default: beside the model, <name>-<quantize>.tflite or <name>-float32.onnx
     data_dir: Path = SAMPLE_DIR  # int8 calibration images come from its training partition
     representative: int = 100  # training images for int8 calibration
     parity_dir: Path = SAMPLE_DIR  # the shipped sample: every image is compared
@@ -128,17 +165,25 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
 
     model, labels = load_model(cfg.model)
     size = int(model.input_shape[1])
-    out = cfg.out or Path(cfg.model).with_name(f"{Path(cfg.model).stem}-{cfg.quantize}.tflite")
-    representative = (_batches(cfg.data_dir, "train", cfg.representative, size, cfg.batch_size)
-                      if cfg.quantize == "int8" else None)
-    log.info("converting %s to TFLite (%s)", cfg.model, cfg.quantize)
-    flatbuffer = convert(model, cfg.quantize, representative)
+    if cfg.format == "onnx":
+        cfg = dataclasses.replace(cfg, quantize="none")
+    suffix = "-float32.onnx" if cfg.format == "onnx" else f"-{cfg.quantize}.tflite"
+    out = cfg.out or Path(cfg.model).with_name(Path(cfg.model).stem + suffix)
+    if card_path(out) == card_path(cfg.model):  # the export's card would overwrite the model's run card
+        raise FileExistsError(f"--out {out}: pick another name than the model's ({cfg.model})")
+    log.info("converting %s to %s (%s)", cfg.model, cfg.format, cfg.quantize)
+    if cfg.format == "onnx":
+        flatbuffer = convert_onnx(model)
+    else:
+        representative = (_batches(cfg.data_dir, "train", cfg.representative, size, cfg.batch_size)
+                          if cfg.quantize == "int8" else None)
+        flatbuffer = convert(model, cfg.quantize, representative)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(flatbuffer)
     card = {"source_model": str(cfg.model), "format": cfg.format, "quantize": cfg.quantize,
             "config": {"labels": list(labels), "image_size": size},
             "size_bytes": len(flatbuffer), "keras_size_bytes": Path(cfg.model).stat().st_size}
-    card_path(out).write_text(json.dumps(card, indent=2))  # labels first: TFLiteModel reads them
+    card_path(out).write_text(json.dumps(card, indent=2))  # labels first: the exported model reads them
 
     card["parity"] = verify(model, out, cfg)
     card_path(out).write_text(json.dumps(card, indent=2))
@@ -149,7 +194,7 @@ def verify(model, out: Path, cfg: ExportConfig) -> dict[str, Any]:
     """Compare the exported file with the Keras model on `cfg.parity_dir`; print it, raise ParityError on failure."""
     tolerance = TOLERANCE[cfg.quantize] if cfg.tolerance is None else cfg.tolerance
     size = int(model.input_shape[1])
-    check = parity(model, TFLiteModel(out), _batches(cfg.parity_dir, None, cfg.parity_limit, size, cfg.batch_size))
+    check = parity(model, load_exported(out), _batches(cfg.parity_dir, None, cfg.parity_limit, size, cfg.batch_size))
     check |= {"tolerance": tolerance, "min_agreement": cfg.min_agreement,
               "passed": check["max_abs_diff"] <= tolerance and check["label_agreement"] >= cfg.min_agreement}
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB; Keras model {Path(cfg.model).stat().st_size / 1e6:.2f} MB)")
@@ -175,5 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ParityError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
+        except FileExistsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
 
     run_cli(job)

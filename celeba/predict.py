@@ -116,12 +116,12 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
 
 
 def load_predictor_model(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], int]:
-    """(batch of [0,255] float32 images -> probabilities, labels, image size) for a `.keras` or `.tflite` file."""
+    """(batch of [0,255] float32 images -> probabilities, labels, image size) for a .keras, .tflite or .onnx file."""
     path = Path(path)
-    if path.suffix == ".tflite":
-        from celeba.export import TFLiteModel
+    if path.suffix in (".tflite", ".onnx"):
+        from celeba.export import load_exported
 
-        lite = TFLiteModel(path)
+        lite = load_exported(path)
         return lite, lite.labels, lite.image_size
     from celeba.model import load_model
 
@@ -188,7 +188,7 @@ class PredictConfig:
     """Attribute probabilities for every face in photos (files or folders)."""
 
     paths: tuple[Path, ...] = ()  # image files or folders (also positional: `predict a.jpg photos/`)
-    model: Path = Path("models/mobilenetv2-bce.keras")  # a .keras model (run card beside it) or an exported .tflite
+    model: Path = Path("models/mobilenetv2-bce.keras")  # .keras (run card beside it) or exported .tflite/.onnx
     detect: bool = True  # --no-detect: the images are already CelebA-style aligned crops
     threshold: float = 0.5
     max_faces: int = 10  # per image, largest first

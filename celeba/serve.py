@@ -55,7 +55,7 @@ def create_app(predictor: Predictor | Path, max_bytes: int = MAX_BYTES, max_mega
 class ServeConfig:
     """Serve a trained model over HTTP: POST /predict, GET /health, OpenAPI page at /docs."""
 
-    model: Path = Path("models/mobilenetv2-bce.keras")  # .keras (run card beside it) or exported .tflite
+    model: Path = Path("models/mobilenetv2-bce.keras")  # .keras (run card beside it) or exported .tflite/.onnx
     host: str = "127.0.0.1"  # loopback only: put a reverse proxy in front to expose it
     port: int = 8000
     max_bytes: int = MAX_BYTES  # larger uploads get 413

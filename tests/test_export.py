@@ -20,6 +20,7 @@ def exported(tiny_model, tmp_path_factory):
     for quantize in ("float16", "int8"):
         cfg = ExportConfig(model=tiny_model, quantize=quantize, out=out / f"tiny-{quantize}.tflite", representative=32)
         cards[quantize] = export(cfg)
+    cards["onnx"] = export(ExportConfig(model=tiny_model, format="onnx", out=out / "tiny.onnx"))
     return out, cards
 
 
@@ -32,6 +33,24 @@ def test_parity_on_the_whole_shipped_sample(exported, quantize):
     assert check["label_agreement"] >= 0.99
     card = json.loads((out / f"tiny-{quantize}.json").read_text())
     assert card["config"]["labels"] == ["Male", "Young"] and card["parity"] == check
+
+
+def test_onnx_export_matches_keras_and_serves_predictions(exported, tiny_model):
+    from celeba.predict import Predictor
+
+    out, cards = exported
+    check = cards["onnx"]["parity"]
+    assert check["images"] == 299 and check["passed"] and check["max_abs_diff"] <= TOLERANCE["none"]
+    onnx, keras_model = Predictor(out / "tiny.onnx"), Predictor(tiny_model)
+    assert onnx.labels == ("Male", "Young") and onnx.image_size == 64
+    photo = np.random.default_rng(2).integers(0, 256, (218, 178, 3), dtype=np.uint8)
+    a, b = (p.predict([photo], detect=False)[0][0].probabilities for p in (onnx, keras_model))
+    assert a == pytest.approx(b, abs=1e-3)
+
+
+def test_export_refuses_to_overwrite_the_run_card(tiny_model):
+    with pytest.raises(FileExistsError, match="another name"):
+        export(ExportConfig(model=tiny_model, format="onnx", out=tiny_model.with_suffix(".onnx")))
 
 
 def test_quantized_files_are_smaller(exported, tiny_model):
