@@ -134,20 +134,31 @@ def _short(x: float) -> str:
 
 def slice_masks(frame: pd.DataFrame, stats: pd.DataFrame, pairs: Sequence[tuple[str, str]],
                 bins: int) -> dict[str, tuple[str, np.ndarray]]:
-    """Named boolean masks over the rows: each attribute value, each pair cohort, each quantile bin of a statistic."""
+    """Named boolean masks over the rows: each attribute value, each pair cohort, each quantile bin of a statistic.
+
+    A cohort that holds exactly the rows of an earlier slice (Male & Not Heavy_Makeup = Male) is listed once.
+    """
     masks: dict[str, tuple[str, np.ndarray]] = {}
+    seen: set[bytes] = set()
+
+    def add(name: str, kind: str, mask: np.ndarray, dedupe: bool = True) -> None:
+        if name not in masks and not (dedupe and mask.tobytes() in seen):
+            masks[name] = (kind, mask)
+            seen.add(mask.tobytes())
+
     for pair in pairs:
         for attribute in pair:
             values = frame[attribute].to_numpy() == 1
-            masks[attribute] = ("attribute", values)
-            masks[f"Not {attribute}"] = ("attribute", ~values)
+            add(attribute, "attribute", values)
+            add(f"Not {attribute}", "attribute", ~values)
         names = cohort_names(frame, pair).to_numpy()
         for name in sorted(set(names)):
-            masks[name] = ("cohort", names == name)
+            add(name, "cohort", names == name)
     for stat in STATS:
         binned = pd.qcut(stats[stat].to_numpy(), bins, duplicates="drop")
         for interval in binned.categories:
-            masks[f"{stat} {_short(interval.left)}-{_short(interval.right)}"] = (stat, np.asarray(binned == interval))
+            add(f"{stat} {_short(interval.left)}-{_short(interval.right)}", stat, np.asarray(binned == interval),
+                dedupe=False)  # every bin stays, so the slice curves keep their x axis
     return masks
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from celeba.analyze import (AnalyzeConfig, balancing_thresholds, calibration_curve, findings, join_repeated,
-                            main, parse_pairs, saliency_picks)
+                            main, parse_pairs, saliency_picks, slice_masks)
 from celeba.config import parse_config
 from celeba.data import CelebADataError, load_index, split
 
@@ -159,3 +159,15 @@ def test_findings_name_the_worst_cohort_and_whether_the_gap_closed():
     assert "bce: Young accuracy ranges from 60.0% (Not Male & Young, n=20) to 90.0% (Male & Young)" in lines[0]
     assert "false-positive rate 50.0% (Not Male) vs 20.0% (Male)" in lines[1]
     assert lines[-1] == "Young cohort gap 30.0% (bce) -> 10.0% (weighted): narrower by 20.0%."
+
+
+def test_slice_masks_list_each_slice_once_and_keep_every_bin():
+    frame = pd.DataFrame({"Male": [1, 1, 0, 0, 0, 1], "Heavy_Makeup": [0, 0, 1, 1, 0, 0]})
+    stats = pd.DataFrame({"mean_luminance": np.linspace(0.1, 0.9, 6), "sharpness": [5.0, 1, 4, 2, 6, 3]})
+    masks = slice_masks(frame, stats, [("Male", "Heavy_Makeup")], bins=3)
+    assert "Male" in masks and "Male & Not Heavy_Makeup" not in masks  # same rows as "Male"
+    assert "Heavy_Makeup" in masks and "Not Male & Heavy_Makeup" not in masks  # same rows as "Heavy_Makeup"
+    assert masks["Not Male & Not Heavy_Makeup"][1].tolist() == [False, False, False, False, True, False]
+    for stat in ("mean_luminance", "sharpness"):
+        bins = [mask for kind, mask in masks.values() if kind == stat]
+        assert len(bins) == 3 and np.sum(bins, axis=0).tolist() == [1] * 6
