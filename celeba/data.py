@@ -18,13 +18,13 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 PARTITIONS = {0: "train", 1: "validation", 2: "test"}
-ATTRIBUTES = (
+ATTRIBUTES = tuple(
     "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
     "Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup "
     "High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose "
     "Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat "
-    "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
-).split()
+    "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young".split()
+)
 IMAGE_DIR = "img_align_celeba"
 ATTR_FILES = ("list_attr_celeba.txt", "list_attr_celeba.csv")
 PARTITION_FILES = ("list_eval_partition.txt", "list_eval_partition.csv")
