@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -71,40 +71,10 @@ LABELS, IMAGE_SIZE = _model_config(model_path())
 # --------------------------------------------------------------------------- the index, once per process
 
 
-def pose_proxies(landmarks: pd.DataFrame) -> pd.DataFrame:
-    """Head-pose proxies from the 5 aligned landmarks, scale-free (divided by the eye distance).
-
-    yaw: nose offset from the eyes' midpoint (0 = frontal, sign = turn direction); pitch: where the nose
-    sits between the eye line (0) and the mouth line (1); roll: eye-line angle in degrees.
-    """
-    lm = landmarks.astype(np.float64)
-    eye_dx, eye_dy = lm["righteye_x"] - lm["lefteye_x"], lm["righteye_y"] - lm["lefteye_y"]
-    eye_distance = np.hypot(eye_dx, eye_dy)
-    eye_x, eye_y = (lm["lefteye_x"] + lm["righteye_x"]) / 2, (lm["lefteye_y"] + lm["righteye_y"]) / 2
-    mouth_y = (lm["leftmouth_y"] + lm["rightmouth_y"]) / 2
-    return pd.DataFrame({
-        "pose_yaw": (lm["nose_x"] - eye_x) / eye_distance.replace(0, np.nan),
-        "pose_pitch": (lm["nose_y"] - eye_y) / (mouth_y - eye_y).replace(0, np.nan),
-        "pose_roll": np.degrees(np.arctan2(eye_dy, eye_dx)),
-        "eye_distance": eye_distance,
-    }, index=landmarks.index).astype(np.float32)
-
-
-def _landmarks_file(folder: Path) -> Optional[Path]:
-    try:
-        return data._find(folder, (data.LANDMARKS_FILE,))
-    except data.CelebADataError:
-        return None
-
-
 @lru_cache(maxsize=4)
 def load_index(folder: Path) -> pd.DataFrame:
-    """`celeba.data.load_index`, plus pose proxies where the landmarks file exists. Cached per folder."""
-    index = data.load_index(folder)
-    landmarks = _landmarks_file(folder)
-    if landmarks is not None:
-        index = index.join(pose_proxies(data.read_landmarks(landmarks)), on="image_id")
-    return index
+    """`celeba.data.load_index` (pose proxies included where the landmarks file exists), once per folder."""
+    return data.load_index(folder)
 
 
 @dataclass(frozen=True)

@@ -142,12 +142,38 @@ def read_landmarks(path: Path) -> pd.DataFrame:
     return frame.astype(np.float32)
 
 
+def pose_proxies(landmarks: pd.DataFrame) -> pd.DataFrame:
+    """Head-pose proxies from the 5 aligned landmarks, scale-free (divided by the eye distance).
+
+    yaw: nose offset from the eyes' midpoint (0 = frontal, sign = turn direction); pitch: where the nose
+    sits between the eye line (0) and the mouth line (1); roll: eye-line angle in degrees.
+    """
+    lm = landmarks.astype(np.float64)
+    eye_dx, eye_dy = lm["righteye_x"] - lm["lefteye_x"], lm["righteye_y"] - lm["lefteye_y"]
+    eye_distance = np.hypot(eye_dx, eye_dy)
+    eye_x, eye_y = (lm["lefteye_x"] + lm["righteye_x"]) / 2, (lm["lefteye_y"] + lm["righteye_y"]) / 2
+    mouth_y = (lm["leftmouth_y"] + lm["rightmouth_y"]) / 2
+    return pd.DataFrame({
+        "pose_yaw": (lm["nose_x"] - eye_x) / eye_distance.replace(0, np.nan),
+        "pose_pitch": (lm["nose_y"] - eye_y) / (mouth_y - eye_y).replace(0, np.nan),
+        "pose_roll": np.degrees(np.arctan2(eye_dy, eye_dx)),
+        "eye_distance": eye_distance,
+    }, index=landmarks.index).astype(np.float32)
+
+
 def _find(data_dir: Path, names: Sequence[str]) -> Path:
     for name in names:
         for candidate in (data_dir / name, data_dir / "Anno" / name, data_dir / "Eval" / name):
             if candidate.is_file():
                 return candidate
     raise _error(data_dir, f"none of {', '.join(names)} found (is this a CelebA folder?)")
+
+
+def _find_optional(data_dir: Path, name: str) -> Path | None:
+    try:
+        return _find(data_dir, (name,))
+    except CelebADataError:
+        return None
 
 
 def image_dir(data_dir: Path) -> Path:
@@ -172,7 +198,7 @@ def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
 
 
 def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
-    """One row per usable image: image_id, path, partition, the 40 attributes, identity (if known).
+    """One row per usable image: image_id, path, partition, the 40 attributes, identity and pose proxies (if known).
 
     Rows whose image is missing (a partial download, or the shared subset) are skipped with a
     warning and a count; so are unreadable images when `check_images` is set.
@@ -187,6 +213,9 @@ def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
         log.warning("%d attribute rows have no partition and are skipped", len(attrs) - len(frame))
     if (data_dir / IDENTITY_FILE).is_file():
         frame = frame.join(read_identities(data_dir / IDENTITY_FILE), how="left")
+    landmarks = _find_optional(data_dir, LANDMARKS_FILE)
+    if landmarks is not None:
+        frame = frame.join(pose_proxies(read_landmarks(landmarks)), how="left")
 
     folder = image_dir(data_dir)
     present = {entry.name for entry in os.scandir(folder)}
