@@ -126,3 +126,15 @@ def measure_framing(images: Iterable[np.ndarray]) -> tuple[Framing, int, int]:
         raise ValueError("no face found in any image: cannot measure the framing")
     return Framing(*(round(float(v), 3) for v in np.median(ratios, axis=0))), len(ratios), seen
 
+
+
+if __name__ == "__main__":  # `python -m celeba.faces [CELEBA_DIR]`: re-measure CELEBA_FRAMING
+    import sys
+
+    from PIL import Image
+
+    from celeba.data import SAMPLE_DIR, image_dir
+
+    paths = sorted(image_dir(sys.argv[1] if len(sys.argv) > 1 else SAMPLE_DIR).glob("*.jpg"))
+    framing, found, seen = measure_framing(np.asarray(Image.open(p).convert("RGB")) for p in paths)
+    print(f"{framing} (face found in {found} of {seen} images; in use: {CELEBA_FRAMING})")
