@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from fastapi import FastAPI, HTTPException, Query, UploadFile  # module level: FastAPI resolves annotations here
+from fastapi import FastAPI, HTTPException, Query, Request, UploadFile  # module level: FastAPI resolves annotations
+from fastapi.responses import JSONResponse
 
 from celeba.predict import MAX_BYTES, MAX_MEGAPIXELS, ImageError, ImageTooLarge, Predictor, decode_photo
 
 log = logging.getLogger(__name__)
+MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file in a multipart body
 
 
 def create_app(predictor: Predictor | Path, max_bytes: int = MAX_BYTES, max_megapixels: float = MAX_MEGAPIXELS):
@@ -26,6 +28,15 @@ def create_app(predictor: Predictor | Path, max_bytes: int = MAX_BYTES, max_mega
         predictor = Predictor(Path(predictor))
     app = FastAPI(title="CelebA attributes",
                   description=f"Probabilities of {', '.join(predictor.labels)} for every face in a photo.")
+
+    @app.middleware("http")
+    async def refuse_large_bodies(request: Request, call_next):
+        """Say 413 from the Content-Length header, before the multipart parser spools the whole upload."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_bytes + MULTIPART_OVERHEAD:
+            return JSONResponse({"detail": f"upload of {int(length) / 1e6:.1f} MB is over the "
+                                           f"{max_bytes / 1e6:.1f} MB limit"}, status_code=413)
+        return await call_next(request)
 
     @app.get("/health")
     def health() -> dict[str, Any]:

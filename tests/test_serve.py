@@ -87,7 +87,8 @@ def test_photo_without_a_face_is_200_with_an_empty_list(server):
 @pytest.mark.parametrize("name, data, status, message", [
     ("empty.jpg", b"", 400, "empty.jpg: empty file"),
     ("notes.jpg", b"just some text, not a picture", 415, "notes.jpg: not an image"),
-    ("big.jpg", b"\xff\xd8" + bytes(400_000), 413, "over the 0.3 MB limit"),
+    ("big.jpg", b"\xff\xd8" + bytes(400_000), 413, "upload of 0.4 MB is over the 0.3 MB limit"),  # header
+    ("bigger.jpg", b"\xff\xd8" + bytes(310_000), 413, "bigger.jpg: 0.3 MB is over the 0.3 MB limit"),  # by size
     ("wide.png", _png(Image.new("L", (1600, 1000))), 413, "1.6 megapixels is over the 1 megapixel limit"),
 ])
 def test_bad_uploads_get_4xx_with_a_clear_message(server, name, data, status, message):
