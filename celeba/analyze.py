@@ -40,6 +40,7 @@ class AnalyzeConfig:
     faces: int = 6  # faces per Grad-CAM row
     bins: int = 5  # quantile bins of mean luminance and sharpness
     min_slice: int = 20  # smallest slice listed among the worst slices
+    balance_tolerance: float = 0.02  # the balancing threshold may cost at most this much of the best accuracy
     check_images: bool = False  # decode every image up front and skip unreadable ones
     seed: int = 0
 
@@ -212,8 +213,9 @@ def balancing_cohorts(label: str, by: Sequence[str]) -> list[str]:
 
 
 def balancing_thresholds(frame: pd.DataFrame, y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str],
-                         by: Sequence[str], threshold: float = 0.5) -> pd.DataFrame:
-    """Per label, the threshold that minimises the accuracy gap (max - min) between the cohorts of `by`.
+                         by: Sequence[str], threshold: float = 0.5, tolerance: float = 0.02) -> pd.DataFrame:
+    """Per label, the threshold that minimises the accuracy gap (max - min) between the cohorts of `by`, among the
+    thresholds whose overall accuracy is within `tolerance` of the best (else "everything negative" often wins).
 
     A label is balanced across the cohorts of the other attributes (Young across Male / Not Male): across its own
     classes "balancing" would only trade recall for specificity. Reported, never applied to the other results.
@@ -224,7 +226,9 @@ def balancing_thresholds(frame: pd.DataFrame, y_true: np.ndarray, y_prob: np.nda
         curves = threshold_curves(frame, y_true[:, j], y_prob[:, j], groups)
         cohorts = curves.drop(columns="all")
         gaps = (cohorts.max(axis=1) - cohorts.min(axis=1)).to_numpy()
-        best = np.lexsort((-curves["all"].to_numpy(), gaps))[0]  # smallest gap, then highest accuracy
+        overall = curves["all"].to_numpy()
+        gaps = np.where(overall >= overall.max() - tolerance, gaps, np.inf)
+        best = np.lexsort((-overall, gaps))[0]  # smallest allowed gap, then highest accuracy
         default = threshold_curves(frame, y_true[:, j], y_prob[:, j], groups, np.array([threshold])).iloc[0]
         at_default = default.drop("all")
         records.append({"label": label, "cohorts": " x ".join(groups), "threshold": threshold,
@@ -478,7 +482,8 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
             ece_rows.append({"model": r.name, "label": label, "ece": ece,
                              "brier": float(np.mean((r.probs[:, j] - y_true[:, j]) ** 2))})
     calibration = pd.DataFrame(ece_rows).set_index(["model", "label"])
-    thresholds = pd.concat({r.name: balancing_thresholds(rows, y_true, r.probs, labels, pairs[0], cfg.threshold)
+    thresholds = pd.concat({r.name: balancing_thresholds(rows, y_true, r.probs, labels, pairs[0], cfg.threshold,
+                                                               cfg.balance_tolerance)
                             for r in runs}, names=["model"])
     distribution = {pair: train_distribution(train, pair, labels) for pair in pairs} if len(train) else {}
     deltas = delta_table({r.name: summary(metrics[r.name], cohorts[pairs[0]][r.name],
@@ -560,7 +565,8 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
          [("worst slices", worst)]),
         ("Calibration and cohort-balancing thresholds",
          f"The balancing threshold minimises a label's accuracy gap between the cohorts of the other attribute(s) of "
-         f"{a} x {b} (e.g. {b} across {a} / Not {a}); it is reported here and NOT applied to any other number.",
+         f"{a} x {b} (e.g. {b} across {a} / Not {a}) among the thresholds within {cfg.balance_tolerance:g} of the "
+         "best overall accuracy; it is reported here and NOT applied to any other number.",
          figures["calibration"],
          [("calibration", calibration), ("thresholds", thresholds)]),
     ]

@@ -113,6 +113,21 @@ def test_balancing_threshold_recovers_a_shifted_cohort():
     assert row["gap_balanced"] == 0 and row["accuracy_balanced"] == 1
 
 
+def test_balancing_threshold_does_not_buy_balance_with_accuracy():
+    # Scores separate young men well and young women barely: predicting "not Young" for everyone has no gap.
+    rng = np.random.default_rng(1)
+    male = rng.integers(0, 2, 2000)
+    young = rng.integers(0, 2, 2000)
+    p = np.clip(0.5 + (young - 0.5) * np.where(male == 1, 0.6, 0.1) + rng.normal(0, 0.15, 2000), 0, 1)
+    frame = pd.DataFrame({"Male": male, "Young": young})
+    y = young[:, None].astype(float)
+    free = balancing_thresholds(frame, y, p[:, None], ["Young"], ["Male"], tolerance=1.0).loc["Young"]
+    kept = balancing_thresholds(frame, y, p[:, None], ["Young"], ["Male"], tolerance=0.02).loc["Young"]
+    best = max(((p >= t) == (young == 1)).mean() for t in np.round(np.arange(0.02, 0.99, 0.01), 2))
+    assert kept["accuracy_balanced"] >= best - 0.02
+    assert free["gap_balanced"] <= kept["gap_balanced"] and free["accuracy_balanced"] < best - 0.02
+
+
 def test_calibration_curve_and_ece():
     curve, ece = calibration_curve(np.ones(10), np.full(10, 0.9))
     assert ece == pytest.approx(0.1) and curve["n"].sum() == 10
