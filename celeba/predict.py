@@ -17,13 +17,14 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from celeba.data import _MAGIC, CelebADataError
+from celeba.data import CelebADataError
 from celeba.faces import Box, faces_in
 
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 10_000_000
 MAX_MEGAPIXELS = 40.0
+TF_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}  # what training's decoder reads: decode these exactly like training
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # EXIF orientation -> PIL transpose that makes the photo upright (phones store it rotated).
 _EXIF_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
@@ -61,7 +62,7 @@ def decode_photo(data: bytes, name: str, max_bytes: int = MAX_BYTES,
                 raise ImageTooLarge(f"{name}: {width}x{height} = {width * height / 1e6:.1f} megapixels is over "
                                     f"the {max_megapixels:g} megapixel limit")
             orientation = header.getexif().get(0x0112, 1)
-            rgb = None if data.startswith(_MAGIC) else np.asarray(header.convert("RGB"))
+            rgb = None if header.format in TF_FORMATS else np.asarray(header.convert("RGB"))
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
