@@ -42,7 +42,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> None:
-    cfg = parse_config(EvalConfig, argv, "Evaluate a saved model on a CelebA partition.")
+    cfg = parse_config(EvalConfig, argv)
     _setup()
     from celeba.evaluate import evaluate
 

@@ -31,3 +31,11 @@ def test_bad_choice_is_rejected(capsys):
     assert "invalid choice: 'focal'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_config(EvalConfig, ["--partition", "dev"])
+
+
+def test_help_comes_from_the_field_comments(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--resume, --no-resume continue an interrupted run from its last epoch" in text
+    assert "--loss {bce,weighted-bce}" in text
