@@ -17,14 +17,14 @@ from celeba.export import TOLERANCE, ExportConfig, ParityError, TFLiteModel, exp
 def exported(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     cards = {}
-    for quantize in ("float16", "int8"):
+    for quantize in ("float16", "int8", "int16x8"):
         cfg = ExportConfig(model=tiny_model, quantize=quantize, out=out / f"tiny-{quantize}.tflite", representative=32)
         cards[quantize] = export(cfg)
     cards["onnx"] = export(ExportConfig(model=tiny_model, format="onnx", out=out / "tiny.onnx"))
     return out, cards
 
 
-@pytest.mark.parametrize("quantize", ["float16", "int8"])
+@pytest.mark.parametrize("quantize", ["float16", "int8", "int16x8"])
 def test_parity_on_the_whole_shipped_sample(exported, quantize):
     out, cards = exported
     check = cards[quantize]["parity"]
