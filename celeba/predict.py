@@ -81,8 +81,10 @@ def decode_photo(data: bytes, name: str, max_bytes: int = MAX_BYTES,
 def _tf_decode(data: bytes, name: str) -> np.ndarray:
     import tensorflow as tf
 
+    from celeba.data import decode_image
+
     try:
-        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+        return decode_image(data, name).numpy()
     except tf.errors.InvalidArgumentError as exc:
         raise ImageError(f"{name}: corrupt image ({exc.message.splitlines()[0]})") from None
 
