@@ -67,7 +67,7 @@ class ServeConfig:
     """Serve a trained model over HTTP: POST /predict, GET /health, OpenAPI page at /docs."""
 
     model: Path = Path("models/mobilenetv2-bce.keras")  # .keras (run card beside it) or exported .tflite/.onnx
-    host: str = "127.0.0.1"  # loopback only: put a reverse proxy in front to expose it
+    host: str = "127.0.0.1"  # loopback by default; 0.0.0.0 (e.g. in a container) exposes it, unauthenticated
     port: int = 8000
     max_bytes: int = MAX_BYTES  # larger uploads get 413
     max_megapixels: float = MAX_MEGAPIXELS  # larger images get 413 (checked before decoding)
@@ -75,20 +75,14 @@ class ServeConfig:
     max_faces: int = 10
 
 
-def check_loopback(host: str) -> str:
-    """Refuse anything but a loopback address: this service has no authentication."""
+def is_loopback(host: str) -> bool:
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"--host {host}: only loopback addresses (127.0.0.1, ::1, localhost) are allowed")
-    return host
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import sys
-
     import uvicorn
 
     from celeba.cli import _setup, run_cli
@@ -96,11 +90,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     cfg = parse_config(ServeConfig, argv, ServeConfig.__doc__)
     _setup()
-    try:
-        check_loopback(cfg.host)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    if not is_loopback(cfg.host):  # e.g. 0.0.0.0 inside a container: allowed, but say what it means
+        log.warning("--host %s: reachable from other machines, and the service has no authentication", cfg.host)
 
     def job() -> None:
         predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces)
