@@ -99,26 +99,6 @@ def fresh_model(size: int):
     return model
 
 
-class EpochTimer:
-    """Seconds of each training epoch (keras callback built lazily so importing this file stays cheap)."""
-
-    def __new__(cls):
-        import keras
-
-        class _Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.seconds: list[float] = []
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self._start = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.seconds.append(time.perf_counter() - self._start)
-
-        return _Timer()
-
-
 # --------------------------------------------------------------------------- sections
 
 
@@ -127,6 +107,7 @@ def bench_pipeline(cfg: BenchConfig, rows, size: int = 96) -> dict[str, Any]:
     import tensorflow as tf
 
     from celeba.data import make_dataset
+    from celeba.train import Throughput
 
     count = lambda b: int(b[0].shape[0])  # noqa: E731
     pipeline = rate(*timed_pass(make_dataset(rows, LABELS, size, cfg.batch_size, training=True, augment=True), count))
@@ -137,10 +118,10 @@ def bench_pipeline(cfg: BenchConfig, rows, size: int = 96) -> dict[str, Any]:
     model = fresh_model(size)
     x = tf.random.uniform((cfg.batch_size, size, size, 3), 0, 255)
     y = tf.cast(tf.random.uniform((cfg.batch_size, len(LABELS))) > 0.5, tf.float32)
-    timer = EpochTimer()
+    timer = Throughput()
     in_memory = tf.data.Dataset.from_tensors((x, y)).repeat(cfg.steps)
     model.fit(in_memory, epochs=3, verbose=0, callbacks=[timer], shuffle=False)
-    consumption = rate(cfg.steps * cfg.batch_size, min(timer.seconds[1:]))
+    consumption = rate(cfg.steps * cfg.batch_size, min(timer.epoch_seconds[1:]))
     return {"image_size": size, "tf_data_images_per_s": pipeline, "tf_data_no_augment_images_per_s": plain,
             "naive_pil_images_per_s": naive,
             "training_consumption_images_per_s": consumption,
@@ -152,6 +133,7 @@ def bench_pipeline(cfg: BenchConfig, rows, size: int = 96) -> dict[str, Any]:
 def bench_training(cfg: BenchConfig, rows) -> list[dict[str, Any]]:
     """model.fit images/s per size, without and with caching decoded images (best of epochs 2 and 3)."""
     from celeba.data import make_dataset
+    from celeba.train import Throughput
 
     results = []
     train_rows = rows.iloc[:cfg.steps * cfg.batch_size]
@@ -159,12 +141,12 @@ def bench_training(cfg: BenchConfig, rows) -> list[dict[str, Any]]:
         for cache in (False, True):
             model = fresh_model(size)
             ds = make_dataset(train_rows, LABELS, size, cfg.batch_size, training=True, cache=cache)
-            timer = EpochTimer()
+            timer = Throughput()
             # Epoch 1: tracing (and filling the cache); epochs 2 and 3 are timed, the faster one counts
             # (one epoch is a few seconds: a neighbour's burst of CPU can halve it).
             model.fit(ds, epochs=3, verbose=0, callbacks=[timer], shuffle=False)
             results.append({"image_size": size, "cache": cache,
-                            "train_images_per_s": rate(len(train_rows), min(timer.seconds[1:]))})
+                            "train_images_per_s": rate(len(train_rows), min(timer.epoch_seconds[1:]))})
     return results
 
 

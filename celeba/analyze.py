@@ -318,8 +318,8 @@ def run_models(cfg: AnalyzeConfig, rows: pd.DataFrame) -> tuple[list[ModelRun], 
     """Load every model; embeddings and probabilities in one pass per model (a two-output view of it)."""
     import keras
 
-    from celeba.evaluate import model_image_size, predict
-    from celeba.model import card_path, load_model
+    from celeba.evaluate import predict
+    from celeba.model import card_path, load_model, model_image_size
 
     loaded = [load_model(path) for path in cfg.model]
     labels = tuple(label for label in loaded[0][1] if all(label in lab for _, lab in loaded))

@@ -14,7 +14,7 @@ import pandas as pd
 from celeba.config import EvalConfig
 from celeba.data import CelebADataError, labels_array, load_index, make_dataset, split
 from celeba.metrics import cohort_accuracy, label_metrics
-from celeba.model import load_model
+from celeba.model import load_model, model_image_size
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,6 @@ def predict(model: keras.Model, rows: pd.DataFrame, labels: Sequence[str], image
     """Probabilities, one row per row of `rows`, in order (no shuffling, no augmentation)."""
     ds = make_dataset(rows, labels, image_size, batch_size, training=False)
     return model.predict(ds, verbose="auto")
-
-
-def model_image_size(model: keras.Model) -> int:
-    return int(model.input_shape[1])
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:

@@ -127,7 +127,9 @@ def convert_onnx(model, opset: int = 17) -> bytes:
     import tensorflow as tf
     import tf2onnx
 
-    size = int(model.input_shape[1])
+    from celeba.model import model_image_size
+
+    size = model_image_size(model)
     spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="image"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
     return proto.SerializeToString()
@@ -164,10 +166,10 @@ class ExportConfig:
 
 def export(cfg: ExportConfig) -> dict[str, Any]:
     """Write the .tflite and its card (labels, parity), raise ParityError when parity fails."""
-    from celeba.model import card_path, load_model
+    from celeba.model import card_path, load_model, model_image_size
 
     model, labels = load_model(cfg.model)
-    size = int(model.input_shape[1])
+    size = model_image_size(model)
     if cfg.format == "onnx":
         cfg = dataclasses.replace(cfg, quantize="none")
     suffix = "-float32.onnx" if cfg.format == "onnx" else f"-{cfg.quantize}.tflite"
@@ -195,8 +197,10 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
 
 def verify(model, out: Path, cfg: ExportConfig) -> dict[str, Any]:
     """Compare the exported file with the Keras model on `cfg.parity_dir`; print it, raise ParityError on failure."""
+    from celeba.model import model_image_size
+
     tolerance = TOLERANCE[cfg.quantize] if cfg.tolerance is None else cfg.tolerance
-    size = int(model.input_shape[1])
+    size = model_image_size(model)
     check = parity(model, load_exported(out), _batches(cfg.parity_dir, None, cfg.parity_limit, size, cfg.batch_size))
     check |= {"tolerance": tolerance, "min_agreement": cfg.min_agreement,
               "passed": check["max_abs_diff"] <= tolerance and check["label_agreement"] >= cfg.min_agreement}

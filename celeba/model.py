@@ -85,6 +85,11 @@ def without_optimizer_warnings() -> Iterator[None]:
         yield
 
 
+def model_image_size(model: keras.Model) -> int:
+    """The square input side a saved model expects (its images must be preprocessed to it)."""
+    return int(model.input_shape[1])
+
+
 def card_path(model_path: Path) -> Path:
     return Path(model_path).with_suffix(".json")
 

@@ -126,12 +126,12 @@ def load_predictor_model(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray]
 
         lite = load_exported(path)
         return lite, lite.labels, lite.image_size
-    from celeba.model import load_model
+    from celeba.model import load_model, model_image_size
 
     import tensorflow as tf
 
     model, labels = load_model(path)
-    size = int(model.input_shape[1])
+    size = model_image_size(model)
     # One trace for every batch size (predict_on_batch retraces per shape: seconds per new face count).
     call = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3])])
     return (lambda batch: call(tf.constant(batch, tf.float32)).numpy()), labels, size

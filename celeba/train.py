@@ -59,11 +59,11 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 class Throughput(keras.callbacks.Callback):
-    """Seconds spent in training batches (validation excluded), for images/second."""
+    """Seconds spent in the training batches of each epoch (validation excluded), for images/second."""
 
     def __init__(self):
         super().__init__()
-        self.seconds, self.epochs = 0.0, 0
+        self.epoch_seconds: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -73,8 +73,7 @@ class Throughput(keras.callbacks.Callback):
         self._train_end = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds += (self._train_end or time.perf_counter()) - self._start
-        self.epochs += 1
+        self.epoch_seconds.append((self._train_end or time.perf_counter()) - self._start)
 
 
 @dataclass
@@ -205,10 +204,11 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
                            for label, p, n in zip(labels, loss.pos_weights, loss.neg_weights)}
                           if isinstance(loss, WeightedBinaryCrossentropy) else None),
         "validation_metrics": json.loads(metrics.to_json(orient="index")),
-        "epochs_trained": throughput.epochs,
+        "epochs_trained": len(throughput.epoch_seconds),
         "time_s": round(train_seconds, 1),
-        "train_images_per_s": round(throughput.epochs and
-                                    len(rows["train"]) * throughput.epochs / throughput.seconds, 1),
+        "train_images_per_s": round(len(throughput.epoch_seconds) and
+                                    len(rows["train"]) * len(throughput.epoch_seconds)
+                                    / sum(throughput.epoch_seconds), 1),
         "environment": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
                         "cpus": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
                         "precision": policy},
