@@ -21,7 +21,8 @@ class TrainConfig:
 
     data_dir: Path = SAMPLE_DIR  # a CelebA folder (official or Kaggle layout); default: the embedded sample
     labels: tuple[str, ...] = ("Male", "Young")  # any of the 40 CelebA attributes
-    loss: Literal["bce", "weighted-bce"] = "bce"  # weighted-bce: class-balanced per-label weights from train
+    loss: Literal["bce", "weighted-bce", "focal"] = "bce"  # weighted-bce: class-balanced weights; focal: gamma 2
+    sampling: Literal["natural", "balanced"] = "natural"  # balanced: every label cohort equally often per batch
     weights: str = "imagenet"  # 'imagenet' (downloaded by Keras), 'none' (from scratch) or a local .h5 file
     image_size: int = 128  # square input side; ImageNet weights exist for 96, 128, 160, 192, 224
     batch_size: int = 32  # per replica
@@ -30,7 +31,7 @@ class TrainConfig:
     learning_rate: float = 1e-3  # peak of the cosine schedule (head phase; fine-tuning uses a tenth)
     dense_units: int = 128  # width of the head's hidden layer
     dropout: float = 0.3  # dropout before the sigmoid layer
-    augment: bool = True  # flip, rotation, zoom, brightness, contrast on training batches
+    augment: bool = True  # flip, rotation, shift, scale, brightness, contrast on training batches
     cache: bool = False  # keep decoded images in memory after the first epoch
     check_images: bool = True  # decode every image once up front and skip unreadable ones
     limit: int | None = None  # at most N images from every partition (quick runs)

@@ -322,35 +322,72 @@ def labels_array(rows: pd.DataFrame, labels: Sequence[str]) -> np.ndarray:
     return rows[list(labels)].to_numpy(dtype=np.float32)
 
 
+def cohort_keys(y: np.ndarray) -> np.ndarray:
+    """One integer per row for its combination of label values (Male x Young -> 0..3)."""
+    y = np.asarray(y, dtype=np.int64)
+    return (y * (1 << np.arange(y.shape[1]))).sum(axis=1) if y.size else np.zeros(len(y), np.int64)
+
+
 def make_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, batch_size: int,
-                 training: bool = False, augment: bool = True, cache: bool = False, seed: int = 0):
-    """(image, label) batches: parallel decode -> crop/resize -> [cache] -> shuffle -> batch -> augment -> prefetch."""
+                 training: bool = False, cache: bool = False, seed: int = 0, sampling: str = "natural"):
+    """(image, label) batches: parallel decode -> crop/resize -> [cache] -> shuffle -> batch -> prefetch.
+
+    Random augmentation is not here: `celeba.train` runs `make_augmenter` on whole batches inside the
+    training graph, where the accelerator is, so the pipeline only decodes.
+    `sampling="balanced"` draws every cohort of the labels (e.g. Male x Young) equally often;
+    an epoch keeps the partition's size.
+    """
     import tensorflow as tf
 
-    autotune = tf.data.AUTOTUNE
+    if sampling not in SAMPLING:
+        raise ValueError(f"unknown sampling {sampling!r}; choose from {SAMPLING}")
+    y = labels_array(rows, labels)
+    if training and sampling == "balanced":
+        keys = cohort_keys(y)
+        parts = [_decoded(rows[keys == key], labels, image_size, True, cache, seed + int(key)).repeat()
+                 for key in np.unique(keys)]
+        ds = tf.data.Dataset.sample_from_datasets(parts, seed=seed, stop_on_empty_dataset=False).take(len(rows))
+    else:
+        ds = _decoded(rows, labels, image_size, training, cache, seed)
+    options = tf.data.Options()
+    options.deterministic = not training  # evaluation keeps row order; training may take whichever is ready
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+SAMPLING = ("natural", "balanced")
+
+
+def _decoded(rows: pd.DataFrame, labels: Sequence[str], image_size: int, shuffle: bool, cache: bool, seed: int):
+    """Unbatched (image, label) pairs; shuffles cheap paths, or decoded images once they are cached."""
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices((rows["path"].to_numpy(dtype=str), labels_array(rows, labels)))
-    if training and not cache:  # shuffle cheap paths, not decoded images
+    if shuffle and not cache:
         ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda path, y: (load_image(path, image_size), y), num_parallel_calls=autotune)
+    ds = ds.map(lambda path, y: (load_image(path, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()
-        if training:
+        if shuffle:
             ds = ds.shuffle(min(len(rows), 10_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if training and augment:
-        augmenter = make_augmenter(seed)
-        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=autotune)
-    return ds.prefetch(autotune)
+    return ds
 
 
-def make_augmenter(seed: int = 0):
-    """Small, label-preserving augmentations (a flipped face keeps its gender and age)."""
+def make_augmenter(seed: int = 0, framing: bool = True):
+    """Small, label-preserving augmentations for training batches (a flipped face keeps its gender and age).
+
+    `framing` adds shift (up to 12% of the side) and scale (0.8-1.2) jitter, so that a face framed a little
+    differently from CelebA's alignment (a phone photo, another detector's crop) is still scored well.
+    """
     import keras
 
+    framing_layers = [
+        keras.layers.RandomTranslation(0.12, 0.12, fill_mode="reflect", seed=seed),
+        keras.layers.RandomZoom((-0.2, 0.2), fill_mode="reflect", seed=seed),
+    ] if framing else [keras.layers.RandomZoom(0.08, fill_mode="reflect", seed=seed)]
     return keras.Sequential([
         keras.layers.RandomFlip("horizontal", seed=seed),
         keras.layers.RandomRotation(0.03, fill_mode="reflect", seed=seed),
-        keras.layers.RandomZoom(0.08, fill_mode="reflect", seed=seed),
+        *framing_layers,
         keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
         keras.layers.RandomContrast(0.1, seed=seed),
     ], name="augment")

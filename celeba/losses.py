@@ -46,7 +46,7 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "pos_weights": self.pos_weights, "neg_weights": self.neg_weights}
 
 
-LOSSES = ("bce", "weighted-bce")
+LOSSES = ("bce", "weighted-bce", "focal")
 
 
 def make_loss(name: str, y_train: np.ndarray | None = None) -> keras.losses.Loss:
@@ -57,4 +57,6 @@ def make_loss(name: str, y_train: np.ndarray | None = None) -> keras.losses.Loss
         if y_train is None:
             raise ValueError("weighted-bce needs the training labels to compute class weights")
         return WeightedBinaryCrossentropy(*class_balanced_weights(y_train))
+    if name == "focal":  # down-weights easy examples, so the hard (often minority-cohort) ones drive training
+        return keras.losses.BinaryFocalCrossentropy(gamma=2.0, name="focal")
     raise ValueError(f"unknown loss {name!r}; choose from {LOSSES}")

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from celeba.config import TrainConfig
-from celeba.data import CelebADataError, check_labels, labels_array, load_index, make_dataset, split
+from celeba.data import CelebADataError, check_labels, labels_array, load_index, make_augmenter, make_dataset, split
 from celeba.losses import WeightedBinaryCrossentropy, make_loss
 from celeba.model import build_model, card_path, set_backbone_trainable, without_optimizer_warnings
 
@@ -42,11 +42,14 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Keep the model with the lowest validation loss across phases, written atomically."""
+    """Keep the model with the lowest validation loss across phases, written atomically.
 
-    def __init__(self, path: Path, monitor: str = "val_loss"):
+    `target` is the model to save: the bare model, not the training wrapper with its augmentation.
+    """
+
+    def __init__(self, path: Path, target: keras.Model, monitor: str = "val_loss"):
         super().__init__()
-        self.path, self.monitor = path, monitor
+        self.path, self.target, self.monitor = path, target, monitor
         self.state_path = path.with_suffix(".json")
         self.best = json.loads(self.state_path.read_text())["best"] if self.state_path.is_file() else np.inf
 
@@ -54,7 +57,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is not None and value < self.best:
             self.best = float(value)
-            save_atomic(self.model, self.path)
+            save_atomic(self.target, self.path)
             write_json_atomic({"best": self.best, "epoch": epoch}, self.state_path)
 
 
@@ -74,6 +77,10 @@ class Throughput(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_seconds.append((self._train_end or time.perf_counter()) - self._start)
+
+
+def images_per_s(images_per_epoch: int, epoch_seconds: Sequence[float]) -> float:
+    return round(images_per_epoch * len(epoch_seconds) / sum(epoch_seconds), 1) if epoch_seconds else 0.0
 
 
 @dataclass
@@ -112,8 +119,21 @@ def set_precision(mixed: bool) -> str:
     return keras.mixed_precision.global_policy().name
 
 
-def compile_for(model: keras.Model, phase: Phase, loss: keras.losses.Loss, steps: int) -> None:
+def with_augmentation(model: keras.Model, seed: int) -> keras.Model:
+    """The model to fit: random augmentation of whole batches, then the model.
+
+    The augmentation runs in the training graph (on the GPU when there is one) and is inactive at
+    inference; only the bare `model` is ever saved, so exported models carry none of it.
+    """
+    return keras.Sequential([keras.Input(model.input_shape[1:], name="image"), make_augmenter(seed), model],
+                            name="train_with_augmentation")
+
+
+def compile_for(model: keras.Model, phase: Phase, loss: keras.losses.Loss, steps: int,
+                trainer: keras.Model | None = None) -> None:
+    """Set the phase's trainable layers on `model`, then compile `trainer` (the model, or its augmented wrapper)."""
     set_backbone_trainable(model, phase.backbone_trainable, phase.freeze_batchnorm)
+    model = trainer or model
     schedule = keras.optimizers.schedules.CosineDecay(phase.learning_rate, decay_steps=max(1, steps * phase.epochs),
                                                       alpha=0.01)
     n = model.output_shape[-1]
@@ -150,21 +170,23 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     strategy = distribution_strategy()
     with strategy.scope():
         model = build_model(len(labels), cfg.image_size, cfg.weights, cfg.dense_units, cfg.dropout)
+        trainer = with_augmentation(model, cfg.seed) if cfg.augment else model
         loss = make_loss(cfg.loss, y_train)
 
     batch = cfg.batch_size * strategy.num_replicas_in_sync
-    train_ds = make_dataset(rows["train"], labels, cfg.image_size, batch, training=True, augment=cfg.augment,
-                            cache=cfg.cache, seed=cfg.seed)
+    train_ds = make_dataset(rows["train"], labels, cfg.image_size, batch, training=True, cache=cfg.cache,
+                            seed=cfg.seed, sampling=cfg.sampling)
     val_ds = make_dataset(rows["validation"], labels, cfg.image_size, batch, cache=cfg.cache)
     steps = int(np.ceil(len(rows["train"]) / batch))
 
     best_path = run_dir / "best.keras"
-    throughput = Throughput()
+    throughputs: dict[str, Throughput] = {}
     offset = 0
     for phase in plan_phases(cfg):
         done_path = run_dir / f"phase-{phase.name}.weights.h5"
+        throughput = throughputs[phase.name] = Throughput()
         with strategy.scope():
-            compile_for(model, phase, loss, steps)
+            compile_for(model, phase, loss, steps, trainer)
         if cfg.resume and done_path.is_file():
             log.info("resume: phase %r already done, loading %s", phase.name, done_path)
             with without_optimizer_warnings():
@@ -174,13 +196,13 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
                      "trainable" if phase.backbone_trainable else "frozen")
             callbacks = [
                 keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase.name)),
-                BestCheckpoint(best_path),
+                BestCheckpoint(best_path, model),
                 keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
                 keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
                 throughput,
                 *extra_callbacks,
             ]
-            model.fit(train_ds, validation_data=val_ds, initial_epoch=offset, epochs=offset + phase.epochs,
+            trainer.fit(train_ds, validation_data=val_ds, initial_epoch=offset, epochs=offset + phase.epochs,
                       callbacks=callbacks, verbose="auto", shuffle=False)  # tf.data shuffles
             save_atomic(model, done_path)
         offset += phase.epochs
@@ -204,11 +226,12 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
                            for label, p, n in zip(labels, loss.pos_weights, loss.neg_weights)}
                           if isinstance(loss, WeightedBinaryCrossentropy) else None),
         "validation_metrics": json.loads(metrics.to_json(orient="index")),
-        "epochs_trained": len(throughput.epoch_seconds),
+        "epochs_trained": sum(len(t.epoch_seconds) for t in throughputs.values()),
         "time_s": round(train_seconds, 1),
-        "train_images_per_s": round(len(throughput.epoch_seconds) and
-                                    len(rows["train"]) * len(throughput.epoch_seconds)
-                                    / sum(throughput.epoch_seconds), 1),
+        "train_images_per_s": images_per_s(len(rows["train"]), [s for t in throughputs.values()
+                                                                 for s in t.epoch_seconds]),
+        "train_images_per_s_by_phase": {name: images_per_s(len(rows["train"]), t.epoch_seconds)
+                                        for name, t in throughputs.items() if t.epoch_seconds},
         "environment": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
                         "cpus": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
                         "precision": policy},
