@@ -346,7 +346,7 @@ def make_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, bat
         keys = cohort_keys(y)
         parts = [_decoded(rows[keys == key], labels, image_size, True, cache, seed + int(key)).repeat()
                  for key in np.unique(keys)]
-        ds = tf.data.Dataset.sample_from_datasets(parts, seed=seed, stop_on_empty_dataset=False).take(len(rows))
+        ds = tf.data.Dataset.sample_from_datasets(parts, seed=seed, rerandomize_each_iteration=True).take(len(rows))
     else:
         ds = _decoded(rows, labels, image_size, training, cache, seed)
     options = tf.data.Options()

@@ -173,7 +173,7 @@ def test_preprocess_crops_the_centre_square():
     assert out[..., 0].max() < 1 and out[..., 2].min() > 254
 
 
-def test_dataset_keeps_order_and_only_augments_training(sample_dir):
+def test_dataset_keeps_order_and_only_shuffles_training(sample_dir):
     rows = data.split(data.load_index(sample_dir), "validation", limit=10)
     ds = data.make_dataset(rows, ["Male", "Young"], 48, 4)
     images, labels = map(np.concatenate, zip(*[(x.numpy(), y.numpy()) for x, y in ds]))
@@ -184,7 +184,39 @@ def test_dataset_keeps_order_and_only_augments_training(sample_dir):
     train = data.make_dataset(rows, ["Male"], 48, 10, training=True, seed=1)
     x1, _ = next(iter(train))
     x2, _ = next(iter(train))
-    assert x1.shape == (10, 48, 48, 3) and not np.allclose(x1.numpy(), x2.numpy())
+    assert x1.shape == (10, 48, 48, 3) and not np.allclose(x1.numpy(), x2.numpy())  # reshuffled each pass
+    # The pipeline only decodes: every training image is one of the plain images, unaugmented.
+    plain = {image.tobytes() for image in images[:, :, :, :]}
+    assert {image.tobytes() for image in x1.numpy()} <= plain
+
+
+def test_balanced_sampling_draws_every_cohort_equally(sample_dir):
+    rows = data.split(data.load_index(sample_dir), "train")
+    labels = ["Male", "Young"]
+    natural = np.bincount(data.cohort_keys(data.labels_array(rows, labels)), minlength=4) / len(rows)
+    assert natural.min() < 0.2  # the sample is imbalanced (not-young women are rare), so the test means something
+    ds = data.make_dataset(rows, labels, 16, 50, training=True, sampling="balanced", seed=3)
+    epochs = [np.concatenate([y.numpy() for _, y in ds]) for _ in range(4)]
+    assert [len(e) for e in epochs] == [len(rows)] * 4  # an epoch keeps the partition's size
+    assert not np.array_equal(epochs[0], epochs[1])  # new draws every epoch
+    shares = np.bincount(data.cohort_keys(np.concatenate(epochs)), minlength=4) / (4 * len(rows))
+    np.testing.assert_allclose(shares, 0.25, atol=0.055)  # 800 draws: 3.6 standard errors
+
+
+def test_unknown_sampling_is_refused(sample_dir):
+    rows = data.split(data.load_index(sample_dir), "train", 4)
+    with pytest.raises(ValueError, match="unknown sampling"):
+        data.make_dataset(rows, ["Male"], 16, 2, training=True, sampling="stratified")
+
+
+def test_augmenter_jitters_framing_but_keeps_shape():
+    images = np.random.default_rng(0).uniform(0, 255, (4, 48, 48, 3)).astype(np.float32)
+    augmenter = data.make_augmenter(seed=1)
+    out = augmenter(images, training=True).numpy()
+    assert out.shape == images.shape and not np.allclose(out, images)
+    np.testing.assert_allclose(augmenter(images, training=False).numpy(), images)  # inactive at inference
+    names = {layer.__class__.__name__ for layer in augmenter.layers}
+    assert {"RandomTranslation", "RandomZoom", "RandomFlip"} <= names
 
 
 def test_cached_dataset_yields_the_same_images(sample_dir):

@@ -39,8 +39,8 @@ def test_make_loss_validates():
     assert isinstance(make_loss("weighted-bce", Y), WeightedBinaryCrossentropy)
     with pytest.raises(ValueError, match="needs the training labels"):
         make_loss("weighted-bce")
-    with pytest.raises(ValueError, match="unknown loss 'focal'"):
-        make_loss("focal")
+    with pytest.raises(ValueError, match="unknown loss 'dice'"):
+        make_loss("dice")
 
 
 def test_weighted_model_loads_without_custom_objects(tmp_path):
@@ -54,3 +54,14 @@ def test_weighted_model_loads_without_custom_objects(tmp_path):
             "print(type(m.loss).__name__, m.loss.pos_weights, m.loss.neg_weights)" % str(path))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("WeightedBinaryCrossentropy [1.5, 0.25] [0.75, 4.0]")
+
+
+def test_focal_loss_weights_hard_examples_more_than_bce():
+    focal, bce = make_loss("focal"), make_loss("bce")
+    easy_true, easy_pred = np.array([[1.0]], np.float32), np.array([[0.95]], np.float32)
+    hard_true, hard_pred = np.array([[1.0]], np.float32), np.array([[0.3]], np.float32)
+    ratio_easy = float(focal(easy_true, easy_pred)) / float(bce(easy_true, easy_pred))
+    ratio_hard = float(focal(hard_true, hard_pred)) / float(bce(hard_true, hard_pred))
+    assert ratio_easy < ratio_hard < 1  # (1 - p)^gamma shrinks the easy example's share far more
+    restored = keras.losses.deserialize(keras.losses.serialize(focal))
+    assert float(restored(hard_true, hard_pred)) == pytest.approx(float(focal(hard_true, hard_pred)))

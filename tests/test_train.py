@@ -13,7 +13,8 @@ from celeba.config import TrainConfig
 from celeba.data import SAMPLE_DIR, labels_array, load_index, split
 from celeba.losses import class_balanced_weights
 from celeba.model import build_model, load_model
-from celeba.train import distribution_strategy, plan_phases, save_atomic, set_precision, train
+from celeba.train import (Phase, compile_for, distribution_strategy, plan_phases, save_atomic, set_precision, train,
+                          with_augmentation)
 
 
 def test_tiny_model_run_card(tiny_model):
@@ -91,3 +92,42 @@ def test_save_atomic_keeps_the_old_file_when_saving_fails(tmp_path, monkeypatch)
     assert path.read_bytes() == before
     assert np.allclose(keras.models.load_model(path).predict(np.zeros((1, 32, 32, 3)), verbose=0),
                        model.predict(np.zeros((1, 32, 32, 3)), verbose=0))
+
+
+def test_weights_file_loads_and_head_phase_leaves_the_backbone_unchanged(tmp_path):
+    source = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None)
+    for layer in source.layers:  # recognisable values, unlike any random initialisation
+        layer.set_weights([np.full_like(w, 0.01 * (i + 1)) for i, w in enumerate(layer.get_weights())])
+    weights = tmp_path / "backbone.weights.h5"
+    source.save_weights(weights)
+    model = build_model(2, 32, str(weights))
+    conv = model.get_layer("Conv1").get_weights()[0]
+    np.testing.assert_allclose(conv, source.get_layer("Conv1").get_weights()[0])  # --weights PATH was loaded
+
+    backbone_before = [w.copy() for layer in model.layers if layer.name not in ("head_dense", "head_bn",
+                       "predictions") for w in layer.get_weights()]
+    head_before = model.get_layer("head_dense").get_weights()[0].copy()
+    trainer = with_augmentation(model, seed=0)
+    compile_for(model, Phase("head", 1, 1e-2, False, True), keras.losses.BinaryCrossentropy(), 4, trainer)
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)
+    y = (np.random.default_rng(1).uniform(size=(16, 2)) > 0.5).astype(np.float32)
+    trainer.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    backbone_after = [w for layer in model.layers if layer.name not in ("head_dense", "head_bn", "predictions")
+                      for w in layer.get_weights()]
+    assert all(np.array_equal(a, b) for a, b in zip(backbone_before, backbone_after))  # BatchNorm stats too
+    assert not np.allclose(head_before, model.get_layer("head_dense").get_weights()[0])  # the head did learn
+
+
+def test_augmentation_wrapper_is_inactive_at_inference_and_never_saved(tiny_model):
+    model, _ = load_model(tiny_model)
+    assert not any("augment" in layer.name for layer in model.layers)  # the saved model has no augmentation
+    trainer = with_augmentation(model, seed=0)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(trainer(x, training=False), model(x, training=False), atol=1e-6)
+    assert not np.allclose(trainer.layers[0](x, training=True), x)  # ...and active in training
+
+
+def test_run_card_reports_images_per_second_by_phase(tiny_model):
+    card = json.loads(tiny_model.with_suffix(".json").read_text())
+    assert set(card["train_images_per_s_by_phase"]) == {"full"}  # --weights none: one phase
+    assert card["train_images_per_s_by_phase"]["full"] > 0
