@@ -133,6 +133,7 @@ def test_data_root_resolution_follows_the_platform_rules(tmp_path):
     assert binder.data_dir(environ={**env, "CELEBA_DATA_DIR": "/local"}) == Path("/local")  # local override
 
 
+@pytest.mark.slow
 def test_requirements_txt_lists_only_what_the_bundle_imports(bundle_run):
     """requirements.txt (what the platform installs) names exactly the declared dependencies the pushed code
     imports: every one it imports directly (static), and none that the bundle run did not import (dynamic)."""
