@@ -168,6 +168,16 @@ def test_leap_test_passes_out_of_the_box_with_the_committed_model():
     assert result.stdout.count("Successful!") == 0
 
 
+
+@pytest.mark.slow
+def test_leap_test_exits_1_and_names_every_place_tried_without_a_volume(tmp_path):
+    env = clean_env(GENERIC_HOST_PATH=f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    result = subprocess.run([sys.executable, "leap_test.py", "--volume"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"tried {tmp_path / 'a' / 'celeba'}, {tmp_path / 'b' / 'celeba'}" in result.stdout
+    assert "FAILED: 0/" in result.stdout
+
 # --------------------------------------------------------------------------- the binder, in-process
 
 
