@@ -1,12 +1,16 @@
 """Tensorleap integration: code-loader's decorators over the `celeba` package, and nothing else.
 
-Every encoder, loss, metric and visualizer calls the package, so Tensorleap sees exactly the pixels,
-labels and losses that training saw. Settings (environment variables):
+Every encoder, loss and metric calls the package, so Tensorleap sees exactly the pixels, labels and
+losses that training saw. Settings live in `project_config.yaml` beside this file (uploaded with it);
+two environment variables override them for local runs only:
 
-- CELEBA_DATA_DIR: a CelebA folder in the official layout; default: the embedded sample.
-- CELEBA_LEAP_MODEL: the `.keras` model (its run card beside it gives the labels and image size);
-  default: models/mobilenetv2-bce.keras.
-- TL_DISABLE_ANALYTICS=true: keeps code-loader from sending usage events (each import stalls offline).
+- CELEBA_DATA_DIR: a CelebA folder in the official layout, instead of `data_root` on the data volume.
+- CELEBA_LEAP_MODEL: the ONNX model `load_model` opens locally, instead of the config's `model`
+  (on the platform the pushed model is used and this function's body does not run).
+
+Importing this file needs numpy, pandas, PyYAML, OpenCV, scikit-learn and code-loader only: TensorFlow is
+imported by the first call that needs it (the input encoder, the losses), not by metadata-only workers.
+TL_DISABLE_ANALYTICS=true keeps code-loader from sending usage events (each import stalls offline).
 
 No `from __future__ import annotations` here: code-loader reads the visualizers' return annotations
 as real classes.
@@ -14,58 +18,134 @@ as real classes.
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
+import yaml
 from code_loader.contract.datasetclasses import PredictionTypeHandler, PreprocessResponse
 from code_loader.contract.enums import DatasetMetadataType, DataStateType, LeapDataType, MetricDirection
-from code_loader.contract.visualizer_classes import LeapHorizontalBar, LeapImage, LeapImageWithHeatmap
+from code_loader.contract.visualizer_classes import LeapHorizontalBar, LeapImage
 from code_loader.inner_leap_binder.leapbinder_decorators import (
     tensorleap_custom_loss, tensorleap_custom_metric, tensorleap_custom_visualizer, tensorleap_gt_encoder,
     tensorleap_input_encoder, tensorleap_integration_test, tensorleap_load_model, tensorleap_metadata,
     tensorleap_preprocess)
 
-from celeba import data, image_stats, losses, metrics, saliency
-from celeba.config import TrainConfig
-from celeba.model import card_path
-from celeba.model import load_model as load_keras_model
+from celeba import data, image_stats, metrics
 
 ROOT = Path(__file__).resolve().parent
+CONFIG_FILE = ROOT / "project_config.yaml"
 DATA_DIR_ENV = "CELEBA_DATA_DIR"
 MODEL_ENV = "CELEBA_LEAP_MODEL"
-DEFAULT_MODEL = ROOT / "models" / "mobilenetv2-bce.keras"
 STATES = {"train": DataStateType.training, "validation": DataStateType.validation, "test": DataStateType.test}
-CONFUSION_DIRECTIONS = {"accuracy": MetricDirection.Upward, "tp": MetricDirection.Upward,
-                        "tn": MetricDirection.Upward, "fp": MetricDirection.Downward, "fn": MetricDirection.Downward}
 
 
 # --------------------------------------------------------------------------- settings
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV) or data.SAMPLE_DIR)
+@dataclass(frozen=True)
+class ProjectConfig:
+    """`project_config.yaml`: what the platform cannot learn from the uploaded model file alone."""
+
+    data_root: str = "celeba"
+    labels: Tuple[str, ...] = ("Male", "Young")
+    image_size: int = 96
+    class_weights: Optional[Dict[str, Dict[str, float]]] = None  # label -> {positive: w, negative: w}
+    sample_limit_per_split: Optional[int] = None
+    model: str = "models/celeba8k-bce-float32.onnx"
+    path: Path = field(default=CONFIG_FILE, compare=False)
+
+    @classmethod
+    def read(cls, path: Path = CONFIG_FILE) -> "ProjectConfig":
+        """Parse and check the file; every problem names the file and the setting."""
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise data.CelebADataError(f"{path}: cannot read the integration settings ({exc})") from None
+        unknown = sorted(set(raw) - {f for f in cls.__dataclass_fields__ if f != "path"})
+        if unknown:
+            raise data.CelebADataError(f"{path}: unknown setting(s) {unknown}")
+        config = cls(**{**raw, "path": Path(path)})
+        try:
+            labels = data.check_labels(tuple(config.labels))
+        except data.CelebADataError as exc:
+            raise data.CelebADataError(f"{path}: labels: {exc}") from None
+        if not isinstance(config.image_size, int) or config.image_size < 32:
+            raise data.CelebADataError(f"{path}: image_size must be an integer >= 32, got {config.image_size!r}")
+        limit = config.sample_limit_per_split
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise data.CelebADataError(f"{path}: sample_limit_per_split must be a positive integer or null, "
+                                       f"got {limit!r}")
+        weights = config.class_weights
+        if weights is not None and (set(weights) != set(labels) or any(
+                set(w) != {"positive", "negative"} for w in weights.values())):
+            raise data.CelebADataError(f"{path}: class_weights needs {{positive: w, negative: w}} for exactly "
+                                       f"the labels {list(labels)}, got {weights}")
+        return cls(**{**raw, "labels": labels, "path": Path(path)})
+
+    def pos_neg_weights(self) -> Tuple[List[float], List[float]]:
+        """The weights in label order, as `celeba.losses.WeightedBinaryCrossentropy` takes them."""
+        assert self.class_weights is not None
+        return ([float(self.class_weights[label]["positive"]) for label in self.labels],
+                [float(self.class_weights[label]["negative"]) for label in self.labels])
+
+
+def _flag(value: Optional[str]) -> bool:
+    return (value or "").strip().lower() not in ("", "0", "false", "no")
+
+
+def data_dir_candidates(root: str, environ: Mapping[str, str] = os.environ) -> List[Path]:
+    """Where a data root is looked for, in order: as given if absolute; else `/nfs/<root>` on the cloud
+    platform (IS_CLOUD); else under every GENERIC_HOST_PATH entry (':'-separated, on-premise volumes);
+    else `~/tensorleap/data/<root>`."""
+    if Path(root).is_absolute():
+        return [Path(root)]
+    if _flag(environ.get("IS_CLOUD")):
+        return [Path("/nfs") / root]
+    hosts = [entry for entry in environ.get("GENERIC_HOST_PATH", "").split(":") if entry]
+    if hosts:
+        return [Path(entry) / root for entry in hosts]
+    return [Path.home() / "tensorleap" / "data" / root]
+
+
+def data_dir(config: Optional[ProjectConfig] = None, environ: Mapping[str, str] = os.environ) -> Path:
+    """The CelebA folder: CELEBA_DATA_DIR (local override), else the first existing data-root candidate."""
+    if environ.get(DATA_DIR_ENV):
+        return Path(environ[DATA_DIR_ENV])
+    config = config or CONFIG
+    candidates = data_dir_candidates(config.data_root, environ)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise data.CelebADataError(
+        f"CelebA folder {config.data_root!r} (data_root in {config.path.name}) not found; tried "
+        f"{', '.join(str(c) for c in candidates)}. Put CelebA (official layout) on the data volume under that "
+        f"name, or for a local run set {DATA_DIR_ENV}")
+
+
+_model_override: Optional[Path] = None
+
+
+def use_model(path: Optional[Path]) -> None:
+    """Run `load_model` on this file (leap_test.py --model); None: back to CELEBA_LEAP_MODEL / the config."""
+    global _model_override
+    _model_override = None if path is None else Path(path)
 
 
 def model_path() -> Path:
-    return Path(os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
-
-
-def _model_config(path: Path) -> Tuple[Tuple[str, ...], int]:
-    """(labels, image size) from the model's run card; the training defaults when there is none yet."""
-    defaults = TrainConfig()
-    card = card_path(path)
-    if not card.is_file():
-        return tuple(defaults.labels), defaults.image_size
-    config = json.loads(card.read_text())["config"]
-    return tuple(config.get("labels", defaults.labels)), int(config.get("image_size", defaults.image_size))
+    """The ONNX model for local runs: `use_model`, else CELEBA_LEAP_MODEL, else the config's `model`."""
+    if _model_override is not None:
+        return _model_override
+    configured = Path(os.environ.get(MODEL_ENV) or CONFIG.model)
+    return configured if configured.is_absolute() else ROOT / configured
 
 
 # Fixed at import: code-loader needs the label names when the decorators run.
-LABELS, IMAGE_SIZE = _model_config(model_path())
+CONFIG = ProjectConfig.read()
+LABELS = CONFIG.labels
 
 
 # --------------------------------------------------------------------------- the index, once per process
@@ -73,8 +153,12 @@ LABELS, IMAGE_SIZE = _model_config(model_path())
 
 @lru_cache(maxsize=4)
 def load_index(folder: Path) -> pd.DataFrame:
-    """`celeba.data.load_index` (pose proxies included where the landmarks file exists), once per folder."""
-    return data.load_index(folder)
+    """`celeba.data.load_index` plus the raw landmark coordinates where the landmarks file exists."""
+    index = data.load_index(folder)
+    landmarks_file = data._find_optional(Path(folder), data.LANDMARKS_FILE)
+    if landmarks_file is not None:
+        index = index.join(data.read_landmarks(landmarks_file), on="image_id")
+    return index
 
 
 @dataclass(frozen=True)
@@ -103,29 +187,21 @@ def _row(sample_id: str, preprocess: PreprocessResponse) -> pd.DataFrame:
     return preprocess.data.row(sample_id)
 
 
-@lru_cache(maxsize=4)
-def _weighted_bce(folder: Path):
-    """The weighted BCE training would build: class-balanced weights from this folder's train partition."""
-    return losses.make_loss("weighted-bce", data.labels_array(data.split(load_index(folder), "train"), LABELS))
-
-
 # --------------------------------------------------------------------------- dataset
 
 
 @tensorleap_preprocess()
 def preprocess() -> List[PreprocessResponse]:
-    try:
-        index = load_index(data_dir())
-    except data.CelebADataError as exc:
-        raise data.CelebADataError(f"{exc}; the integration reads its data folder from {DATA_DIR_ENV}") from None
-    return [response(data.split(index, partition), state) for partition, state in STATES.items()]
+    index = load_index(data_dir())
+    return [response(data.split(index, partition, CONFIG.sample_limit_per_split), state)
+            for partition, state in STATES.items()]
 
 
 @tensorleap_input_encoder("image", channel_dim=-1)
 def input_image(sample_id: str, preprocess: PreprocessResponse) -> np.ndarray:
     """float32 HxWx3 in [0, 255]: `celeba.data.load_image`, the preprocessing training uses."""
     path = _row(sample_id, preprocess)["path"].iat[0]
-    return data.load_image(path, IMAGE_SIZE).numpy()
+    return data.load_image(path, CONFIG.image_size).numpy()
 
 
 @tensorleap_gt_encoder("labels")
@@ -140,20 +216,24 @@ def metadata_attributes(sample_id: str, preprocess: PreprocessResponse) -> Dict[
     return {name: int(row[name].iat[0]) for name in data.ATTRIBUTES}
 
 
-_SAMPLE_TYPES = {"identity": DatasetMetadataType.int, "pose_yaw": DatasetMetadataType.float,
-                 "pose_pitch": DatasetMetadataType.float, "pose_roll": DatasetMetadataType.float,
-                 "eye_distance": DatasetMetadataType.float}
+_POSE = ("pose_yaw", "pose_pitch", "pose_roll", "eye_distance")
+_SAMPLE_TYPES = {"cohort": DatasetMetadataType.string, "identity": DatasetMetadataType.string,
+                 **{name: DatasetMetadataType.float for name in _POSE + data.LANDMARKS}}
 
 
 @tensorleap_metadata("sample", _SAMPLE_TYPES)
-def metadata_sample(sample_id: str, preprocess: PreprocessResponse) -> Dict[str, Union[str, int, float, None]]:
-    """Male x Young cohort, partition, and identity / pose proxies where those CelebA files exist."""
+def metadata_sample(sample_id: str, preprocess: PreprocessResponse) -> Dict[str, Union[str, float, None]]:
+    """Male x Young cohort; where those CelebA files exist, the identity (a category: a string), pose proxies
+    and the raw landmark pixel coordinates. A sample missing from a present file gets None."""
     row = _row(sample_id, preprocess)
-    values = {"cohort": str(metrics.cohort_names(row).iat[0]), "partition": str(row["partition"].iat[0])}
-    for name, kind in _SAMPLE_TYPES.items():
+    values: Dict[str, Union[str, float, None]] = {"cohort": str(metrics.cohort_names(row).iat[0])}
+    if "identity" in row.columns:
+        identity = row["identity"].iat[0]
+        values["identity"] = None if pd.isna(identity) else str(int(identity))
+    for name in _POSE + data.LANDMARKS:
         if name in row.columns:
             value = row[name].iat[0]
-            values[name] = None if pd.isna(value) else (int(value) if kind is DatasetMetadataType.int else float(value))
+            values[name] = None if pd.isna(value) else float(value)
     return values
 
 
@@ -163,47 +243,100 @@ def metadata_image(sample_id: str, preprocess: PreprocessResponse) -> Dict[str, 
     return image_stats.file_statistics(_row(sample_id, preprocess)["path"].iat[0])
 
 
-# --------------------------------------------------------------------------- model, losses, metrics
+# --------------------------------------------------------------------------- model
 
 
-@lru_cache(maxsize=2)
-def keras_model(path: Path):
-    model, labels = load_keras_model(path)
-    if labels != LABELS:
-        raise ValueError(f"{path}: model labels {labels} differ from the integration's {LABELS}")
-    return model
+def check_model(session, config: ProjectConfig, path: Path) -> None:
+    """The ONNX model must take `image_size` px and give one output per label; where its metadata (written by
+    `poetry run export --format onnx`) names labels or class weights, they must be the config's."""
+    shape, outputs = session.get_inputs()[0].shape, session.get_outputs()[0].shape
+    problems = []
+    if shape[1:] != [config.image_size, config.image_size, 3]:
+        problems.append(f"takes input {shape[1:]}, the config says image_size {config.image_size} "
+                        f"([{config.image_size}, {config.image_size}, 3])")
+    if outputs[-1] != len(config.labels):
+        problems.append(f"has {outputs[-1]} outputs, the config names {len(config.labels)} labels")
+    meta = session.get_modelmeta().custom_metadata_map
+    if "labels" in meta and tuple(json.loads(meta["labels"])) != config.labels:
+        problems.append(f"was trained on labels {json.loads(meta['labels'])}, the config says {list(config.labels)}")
+    trained_weights = json.loads(meta.get("class_weights", "null"))
+    if trained_weights is not None and trained_weights != config.class_weights:
+        problems.append(f"was trained with class_weights {trained_weights}, the config says {config.class_weights}")
+    if problems:
+        raise ValueError(f"{path}: does not match {config.path.name}: " + "; ".join(problems))
 
 
 @tensorleap_load_model([PredictionTypeHandler("attributes", list(LABELS), channel_dim=-1)])
 def load_model():
-    return keras_model(model_path())
+    """The pushed model as the platform runs it: an onnxruntime session over the ONNX export."""
+    import onnxruntime as ort
+
+    path = model_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX model not found (make it with `poetry run export --model "
+                                f"models/<model>.keras --format onnx`)")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    check_model(session, CONFIG, path)
+    return session
+
+
+# --------------------------------------------------------------------------- losses and metrics
 
 
 def _per_sample(loss, gt: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """A Keras loss, unreduced: one value per sample (the platform hands float16, Keras wants float32)."""
-    import tensorflow as tf
-
-    values = loss.call(tf.constant(gt, tf.float32), tf.constant(prediction, tf.float32))
+    values = loss.call(np.asarray(gt, np.float32), np.asarray(prediction, np.float32))
     return np.asarray(values, dtype=np.float32)
 
 
 @tensorleap_custom_loss("bce")
 def bce_loss(gt: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    from celeba import losses  # Keras: imported where a loss runs, not by every worker
+
     return _per_sample(losses.make_loss("bce"), gt, prediction)
 
 
-@tensorleap_custom_loss("weighted_bce")
-def weighted_bce_loss(gt: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    return _per_sample(_weighted_bce(data_dir()), gt, prediction)
+if CONFIG.class_weights is not None:
+    @tensorleap_custom_loss("weighted_bce")
+    def weighted_bce_loss(gt: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+        """Training's weighted BCE with the class weights of project_config.yaml (the model's training set)."""
+        from celeba import losses
+
+        return _per_sample(losses.WeightedBinaryCrossentropy(*CONFIG.pos_neg_weights()), gt, prediction)
+
+
+# Per label: 0/1 per sample; conditional rates (NaN where the condition does not hold, so a cohort's mean is
+# its recall, miss rate, specificity, fall-out); confidence: the probability's distance from the threshold,
+# scaled to [0, 1] (|2p - 1| at 0.5); margin: the same, signed + when right and - when wrong, so the most
+# negative margins are the confident mistakes.
+METRIC_DIRECTIONS = {"accuracy": MetricDirection.Upward, "tp": MetricDirection.Upward, "tn": MetricDirection.Upward,
+                     "fp": MetricDirection.Downward, "fn": MetricDirection.Downward,
+                     "recall": MetricDirection.Upward, "miss_rate": MetricDirection.Downward,
+                     "specificity": MetricDirection.Upward, "fall_out": MetricDirection.Downward,
+                     "confidence": MetricDirection.Upward, "margin": MetricDirection.Upward}
+
+
+def label_metrics(gt: np.ndarray, prediction: np.ndarray, threshold: float = 0.5) -> Dict[str, np.ndarray]:
+    """{kind: (samples, labels) float32} for every kind of METRIC_DIRECTIONS."""
+    gt, prediction = np.asarray(gt, np.float32), np.asarray(prediction, np.float32)
+    values = metrics.sample_confusion(gt, prediction, threshold)
+    positive = gt >= 0.5
+    values["recall"] = np.where(positive, values["tp"], np.nan)
+    values["miss_rate"] = np.where(positive, values["fn"], np.nan)
+    values["specificity"] = np.where(positive, np.nan, values["tn"])
+    values["fall_out"] = np.where(positive, np.nan, values["fp"])
+    signed = (prediction - threshold) / np.where(prediction >= threshold, 1 - threshold, threshold)
+    values["confidence"] = np.abs(signed)
+    values["margin"] = np.where(positive, signed, -signed)
+    return {kind: values[kind].astype(np.float32) for kind in METRIC_DIRECTIONS}
 
 
 @tensorleap_custom_metric("label", direction={f"{label}_{kind}": direction for label in LABELS
-                                              for kind, direction in CONFUSION_DIRECTIONS.items()})
-def label_confusion(gt: np.ndarray, prediction: np.ndarray) -> Dict[str, np.ndarray]:
-    """Per sample and label: accuracy and TP/TN/FP/FN as 0/1, from `celeba.metrics.sample_confusion`."""
-    confusion = metrics.sample_confusion(gt.astype(np.float32), prediction.astype(np.float32))
-    return {f"{label}_{kind}": confusion[kind][:, j] for j, label in enumerate(LABELS)
-            for kind in CONFUSION_DIRECTIONS}
+                                              for kind, direction in METRIC_DIRECTIONS.items()})
+def label_metric(gt: np.ndarray, prediction: np.ndarray) -> Dict[str, np.ndarray]:
+    """Per sample and label: `<label>_<kind>` for every kind of METRIC_DIRECTIONS."""
+    values = label_metrics(gt, prediction)
+    return {f"{label}_{kind}": values[kind][:, j] for j, label in enumerate(LABELS) for kind in METRIC_DIRECTIONS}
 
 
 # --------------------------------------------------------------------------- visualizers
@@ -226,21 +359,6 @@ def labels_visualizer(prediction: np.ndarray, gt: np.ndarray) -> LeapHorizontalB
                              gt=_single(gt).astype(np.float32))
 
 
-@lru_cache(maxsize=2)
-def _gradcam_model(path: Path):
-    return saliency.gradcam_model(keras_model(path))
-
-
-@tensorleap_custom_visualizer("gradcam", LeapDataType.ImageWithHeatmap)
-def gradcam_visualizer(image: np.ndarray) -> LeapImageWithHeatmap:
-    """Grad-CAM of every label over the face (needs the model file where the visualizer runs)."""
-    image = np.clip(_single(image), 0, 255).astype(np.float32)  # antialiased resizing overshoots 255 a little
-    model = keras_model(model_path())
-    heatmaps = [saliency.gradcam(model, image[None], j, grad_model=_gradcam_model(model_path()))[0]
-                for j in range(len(LABELS))]
-    return LeapImageWithHeatmap(image=image, heatmaps=np.stack(heatmaps).astype(np.float32), labels=list(LABELS))
-
-
 # --------------------------------------------------------------------------- integration test
 
 
@@ -250,13 +368,13 @@ def integration_test(sample_id: str, preprocess: PreprocessResponse) -> None:
     image = input_image(sample_id, preprocess)
     gt = gt_labels(sample_id, preprocess)
     model = load_model()
-    prediction = model(image)
+    prediction = model.run(None, {model.get_inputs()[0].name: image})[0]
     bce_loss(gt, prediction)
-    weighted_bce_loss(gt, prediction)
-    label_confusion(gt, prediction)
+    if CONFIG.class_weights is not None:
+        weighted_bce_loss(gt, prediction)
+    label_metric(gt, prediction)
     image_visualizer(image)
     labels_visualizer(prediction, gt)
-    gradcam_visualizer(image)
     metadata_attributes(sample_id, preprocess)
     metadata_sample(sample_id, preprocess)
     metadata_image(sample_id, preprocess)

@@ -1,29 +1,50 @@
-"""Everything code-loader can check locally: `LeapLoader.check_dataset()`, then the integration test on the
-first samples of every partition. Prints a status table; exits non-zero on any failure.
+"""Everything code-loader can check without the platform, on the model the platform will run.
 
-    TL_DISABLE_ANALYTICS=true CELEBA_LEAP_MODEL=models/<model>.keras python leap_test.py [--samples N]
+1. `LeapLoader.check_dataset()`: every encoder and metadata field on every partition;
+2. the integration test on the first `--samples` ids of every partition, with the ONNX model;
+3. one sample fetched the way the platform fetches it (`LeapLoader.get_sample`), run through the model, then
+   every registered loss, metric and visualizer through LeapLoader's own `run_*` calls.
+
+Prints what it checked (data folder, model, settings), a status table and the sample's results; exits 1 on
+any failure.
+
+    python leap_test.py [--samples N] [--model PATH.onnx] [--data-dir DIR | --volume]
+
+Data: `--data-dir`, else CELEBA_DATA_DIR, else (in a repository checkout, unless `--volume`) the embedded
+sample `data/celeba-sample/`, else `data_root` of project_config.yaml on the data volume, as on the platform.
+Model: `--model`, else CELEBA_LEAP_MODEL, else `model` of project_config.yaml.
 """
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")  # code-loader otherwise sends usage events (stalls offline)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent
 ENTRY_FILE = "leap_binder.py"
+SAMPLE_DIR = ROOT / "data" / "celeba-sample"  # absent in a pushed bundle: there the volume is used
+
+Row = Tuple[str, bool, str]
 
 
-def check_dataset() -> Tuple[bool, List[Tuple[str, bool, str]], dict]:
+def _failure(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip()
+
+
+def check_dataset() -> Tuple[bool, List[Row], dict]:
     """Run code-loader's own dataset check; returns (valid, [(check, passed, detail)], the binder's globals)."""
     from code_loader import LeapLoader
     from code_loader.leaploader import global_leap_binder
 
-    result = LeapLoader(str(ROOT), ENTRY_FILE).check_dataset()
+    loader = LeapLoader(str(ROOT), ENTRY_FILE)
+    result = loader.check_dataset()
     rows = [(payload.name, payload.is_passed, "; ".join(f"{k}: {v}" for k, v in payload.display.items()))
             for payload in result.payloads]
     if result.general_error:
@@ -32,29 +53,84 @@ def check_dataset() -> Tuple[bool, List[Tuple[str, bool, str]], dict]:
     # LeapLoader executes the entry file as an anonymous module; the registered test's globals are that
     # module, so what follows runs the very functions code-loader checked (importing the file again would
     # register every decorator twice).
-    binder = test_func.__globals__ if test_func is not None else {}
+    binder = dict(test_func.__globals__, loader=loader) if test_func is not None else {}
     return result.is_valid, rows, binder
 
 
-def run_integration_tests(binder: dict, samples: int) -> List[Tuple[str, bool, str]]:
+def run_integration_tests(binder: dict, samples: int) -> List[Row]:
     """The decorated integration test on the first `samples` ids of every partition."""
     rows = []
     try:
         responses = binder["preprocess"]()
     except Exception as exc:  # already in check_dataset's table; say why nothing more ran
-        return [("integration_test (not run: preprocess failed)", False, f"{type(exc).__name__}: {exc}")]
+        return [("integration_test (not run: preprocess failed)", False, _failure(exc))]
     for preprocess in responses:
         for sample_id in preprocess.sample_ids[:samples]:
             name = f"integration_test[{preprocess.state.value}:{sample_id}]"
             try:
-                binder["integration_test"](sample_id, preprocess)
+                with contextlib.redirect_stdout(io.StringIO()):  # code-loader prints "Successful!" per call
+                    binder["integration_test"](sample_id, preprocess)
                 rows.append((name, True, ""))
             except Exception as exc:  # report every failure, not just the first
-                rows.append((name, False, "".join(traceback.format_exception_only(exc)).strip()))
+                rows.append((name, False, _failure(exc)))
     return rows
 
 
-def print_table(rows: Sequence[Tuple[str, bool, str]]) -> None:
+def custom_handlers() -> Dict[str, Any]:
+    """The binder's own losses, metrics and visualizers ('loss bce': handler data), without code-loader's
+    built-in ones (registered in every integration; the platform runs only what the binder wires)."""
+    from code_loader.default_losses import loss_name_to_function
+    from code_loader.default_metrics import metrics_names_to_functions_and_direction
+    from code_loader.leaploader import global_leap_binder
+    from code_loader.visualizers.default_visualizers import DefaultVisualizer
+
+    setup = global_leap_binder.setup_container
+    built_in = {"loss": set(loss_name_to_function), "metric": set(metrics_names_to_functions_and_direction),
+                "visualizer": {v.value for v in DefaultVisualizer}}
+    handlers = ([("loss", h.custom_loss_handler_data) for h in setup.custom_loss_handlers]
+                + [("metric", h.metric_handler_data) for h in setup.metrics]
+                + [("visualizer", h.visualizer_handler_data) for h in setup.visualizers])
+    return {f"{kind} {data.name}": data for kind, data in handlers if data.name not in built_in[kind]}
+
+
+def run_handlers(binder: dict) -> Tuple[List[Row], Dict[str, Any]]:
+    """One validation sample as the platform handles it: fetched by LeapLoader, through the ONNX model, then
+    every registered loss, metric and visualizer by LeapLoader's `run_*` calls. Returns rows and the values."""
+    import numpy as np
+    from code_loader.contract.enums import DataStateEnum
+
+    loader = binder["loader"]
+    state = DataStateEnum.validation
+    try:
+        sample_id = loader.get_preprocess_sample_ids()[state][0]
+        sample = loader.get_sample(state, sample_id)
+        session = binder["load_model"]()
+        image = sample.inputs["image"][None]
+        prediction = session.run(None, {session.get_inputs()[0].name: image})[0]
+    except Exception as exc:
+        return [("sample through the model", False, _failure(exc))], {}
+    tensors = {"image": image, "gt": sample.gt["labels"][None], "prediction": prediction}
+    values: Dict[str, Any] = {"sample_id": sample_id, "metadata": sample.metadata,
+                              "gt": tensors["gt"][0].tolist(), "prediction": prediction[0].tolist()}
+    rows: List[Row] = [(f"sample through the model [validation:{sample_id}]", True, "")]
+    runners = {"loss": loader.run_custom_loss, "metric": loader.run_metric, "visualizer": loader.run_visualizer}
+    for name, handler in custom_handlers().items():
+        run = runners[name.split()[0]]
+        try:
+            unknown = [arg for arg in handler.arg_names if arg not in tensors]
+            if unknown:
+                raise KeyError(f"argument(s) {unknown}: leap_test.py feeds only {sorted(tensors)}")
+            with contextlib.redirect_stdout(io.StringIO()):
+                result = run(handler.name, np.array([sample_id]), state,
+                             {arg: tensors[arg] for arg in handler.arg_names})
+            values[name] = result
+            rows.append((name, True, ""))
+        except Exception as exc:
+            rows.append((name, False, _failure(exc)))
+    return rows, values
+
+
+def print_table(rows: Sequence[Row]) -> None:
     width = max(len(name) for name, _, _ in rows)
     print(f"{'check'.ljust(width)} | status")
     print("-" * (width + 9))
@@ -64,15 +140,74 @@ def print_table(rows: Sequence[Tuple[str, bool, str]]) -> None:
             print("    " + detail.replace("\n", "\n    "))
 
 
+def _short(value: Any) -> str:
+    import numpy as np
+
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_short(v)}" for k, v in value.items())
+    if isinstance(value, np.ndarray):
+        return np.array2string(np.atleast_1d(value.squeeze()), precision=3, separator=" ")
+    if hasattr(value, "__dataclass_fields__"):  # a visualizer's Leap* object: its type and data shape
+        data = getattr(value, "data", getattr(value, "body", None))
+        return f"{type(value).__name__}{tuple(np.shape(data))}"
+    return repr(value)
+
+
+def print_sample(values: Dict[str, Any]) -> None:
+    if not values:
+        return
+    print(f"\nvalidation sample {values['sample_id']}: gt {values['gt']}, prediction "
+          f"{[round(p, 3) for p in values['prediction']]}")
+    print("  metadata: " + ", ".join(f"{k}={v!r}" for k, v in values["metadata"].items()
+                                      if not k.startswith("attribute_")) + " (+ the attribute_* fields)")
+    for name, value in values.items():
+        if name.startswith(("loss ", "metric ", "visualizer ")):
+            print(f"  {name}: {_short(value)}")
+
+
+def choose_data_dir(data_dir: Optional[Path], volume: bool) -> str:
+    """Set CELEBA_DATA_DIR for the binder where a folder was chosen; returns where the data comes from."""
+    if data_dir is not None:
+        os.environ["CELEBA_DATA_DIR"] = str(data_dir)
+        return "--data-dir"
+    if os.environ.get("CELEBA_DATA_DIR"):
+        return "CELEBA_DATA_DIR"
+    if not volume and SAMPLE_DIR.is_dir():
+        os.environ["CELEBA_DATA_DIR"] = str(SAMPLE_DIR)
+        return "the embedded sample; --volume looks up data_root on the data volume instead"
+    return "data_root of project_config.yaml, found on the data volume"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=2, help="integration-test samples per partition")
+    parser.add_argument("--model", type=Path, help="the ONNX model (default: model in project_config.yaml)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", type=Path, help="a CelebA folder (official layout)")
+    where.add_argument("--volume", action="store_true",
+                        help="look up data_root on the data volume, as the platform does")
     args = parser.parse_args(argv)
 
+    source = choose_data_dir(args.data_dir, args.volume)
     valid, rows, binder = check_dataset()
     if binder:
+        binder["use_model"](args.model)
+        config = binder["CONFIG"]
+        try:
+            data_note = f"{binder['data_dir']()} ({source})"
+            counts = ", ".join(f"{r.state.value} {len(r.sample_ids)}" for r in binder["preprocess"]())
+        except Exception as exc:
+            data_note, counts = f"not found ({source})", f"none ({_failure(exc)})"
+        print(f"data:     {data_note}\nsamples:  {counts} (sample_limit_per_split: {config.sample_limit_per_split})")
+        print(f"model:    {binder['model_path']()}\nsettings: {config.path}: labels {list(config.labels)}, "
+              f"image_size {config.image_size}, class_weights {'set' if config.class_weights else 'none'}\n")
         rows += run_integration_tests(binder, args.samples)
+        handler_rows, values = run_handlers(binder)
+        rows += handler_rows
+    else:
+        values = {}
     print_table(rows)
+    print_sample(values)
     ok = valid and bool(binder) and all(passed for _, passed, _ in rows)
     print(f"\n{'OK' if ok else 'FAILED'}: {sum(p for _, p, _ in rows)}/{len(rows)} checks passed")
     return 0 if ok else 1

@@ -4,7 +4,13 @@ Builds a large index by tiling the embedded sample (distinct ids, real image fil
 encoder on its first and last sample (the ratio should be ~1: a lookup, not a walk through the data),
 then the per-sample latency of input + GT + metadata, as the platform calls them.
 
+With `--data-dir` (a real CelebA folder), also compares, in the same process and alternating sample by
+sample, the binder against the reference access pattern of many integrations: every encoder (input, GT,
+metadata: three per sample) finds its sample with `tf.data.Dataset...skip(idx).take(1)`, walking the
+dataset up to the sample each time. Both start at training index `--reference-index`.
+
     python benchmarks/bench_leap_encoder.py [--rows 20000] [--repeats 20] [--samples 50]
+    python benchmarks/bench_leap_encoder.py --data-dir ../shared/data/celeba --reference-index 15000
 """
 
 import json
@@ -33,6 +39,9 @@ class BenchConfig:
     repeats: int = 20  # timed input-encoder calls on each of the first and the last sample
     samples: int = 50  # samples (spread over the index) for the input + GT + metadata latency
     out: Optional[Path] = ROOT / "benchmarks" / "results" / "leap_encoder.json"
+    data_dir: Optional[Path] = None  # a real CelebA folder: adds the comparison with the tf.data skip pattern
+    reference_index: int = 15_000  # first training index of that comparison
+    reference_samples: int = 20  # consecutive samples from there, each timed both ways
 
 
 def tiled_index(base: pd.DataFrame, rows: int) -> pd.DataFrame:
@@ -46,6 +55,64 @@ def seconds(call: Callable[[], object]) -> float:
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
+
+
+class SkipReference:
+    """The reference access pattern: one tf.data pipeline over the partition; each encoder call walks it with
+    `.skip(idx).take(1)` to its sample, then decodes (input), or reads the labels (GT) or attributes (metadata)."""
+
+    def __init__(self, rows: pd.DataFrame, labels, image_size: int):
+        import tensorflow as tf
+
+        from celeba import data
+
+        self.image_size, self.load_image = image_size, data.load_image
+        self.dataset = tf.data.Dataset.from_tensor_slices({
+            "path": rows["path"].to_numpy(), "labels": data.labels_array(rows, labels),
+            "attributes": rows[list(data.ATTRIBUTES)].to_numpy("int32")})
+
+    def _item(self, idx: int) -> dict:
+        return next(iter(self.dataset.skip(idx).take(1)))
+
+    def sample(self, idx: int) -> tuple:
+        image = self.load_image(self._item(idx)["path"], self.image_size).numpy()
+        gt = self._item(idx)["labels"].numpy()
+        attributes = self._item(idx)["attributes"].numpy()
+        return image, gt, attributes
+
+
+def compare_with_reference(cfg: "BenchConfig") -> dict:
+    """Median ms per sample (input + GT + attribute metadata) at `cfg.reference_index`: binder vs skip pattern."""
+    import leap_binder
+    from code_loader.contract.enums import DataStateType
+
+    from celeba import data
+
+    rows = data.split(leap_binder.load_index(Path(cfg.data_dir)), "train")
+    if len(rows) < cfg.reference_index + cfg.reference_samples:
+        raise SystemExit(f"error: {cfg.data_dir}: its training partition has {len(rows)} usable images, fewer "
+                         f"than --reference-index + --reference-samples")
+    preprocess = leap_binder.response(rows, DataStateType.training)
+    reference = SkipReference(rows, leap_binder.LABELS, leap_binder.CONFIG.image_size)
+
+    def ours(idx: int) -> tuple:
+        sample_id = preprocess.sample_ids[idx]
+        return (leap_binder.input_image(sample_id, preprocess), leap_binder.gt_labels(sample_id, preprocess),
+                leap_binder.metadata_attributes(sample_id, preprocess))
+
+    start = cfg.reference_index
+    for run in (ours, reference.sample):  # warm-up (tracing, first file reads), then the same samples both ways
+        run(start - 1)
+    times = {"reference_skip": [], "binder": []}
+    for idx in range(start, start + cfg.reference_samples):
+        a, b = reference.sample(idx), ours(idx)
+        assert (a[0] == b[0]).all() and (a[1] == b[1]).all(), f"index {idx}: both ways must read the same sample"
+        times["reference_skip"].append(seconds(lambda: reference.sample(idx)) * 1e3)
+        times["binder"].append(seconds(lambda: ours(idx)) * 1e3)
+    medians = {name: round(statistics.median(values), 2) for name, values in times.items()}
+    return {"data_dir": str(cfg.data_dir), "train_rows": len(rows), "index": start, "samples": cfg.reference_samples,
+            "ms_per_sample_median": medians,
+            "reference_over_binder": round(medians["reference_skip"] / medians["binder"], 2)}
 
 
 def main(argv=None) -> dict:
@@ -76,19 +143,27 @@ def main(argv=None) -> dict:
     totals = [sum(values) for values in zip(*per_part.values())]
 
     result = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "image_size": leap_binder.IMAGE_SIZE,
+        "config": {k: (str(v.relative_to(ROOT)) if v.is_absolute() and v.is_relative_to(ROOT) else str(v))
+                   if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "image_size": leap_binder.CONFIG.image_size,
         "input_first_ms": round(first_ms, 3), "input_last_ms": round(last_ms, 3),
         "last_over_first": round(last_ms / first_ms, 3),
         "sample_ms_median": round(statistics.median(totals), 3), "sample_ms_mean": round(statistics.mean(totals), 3),
         "part_ms_mean": {name: round(statistics.mean(values), 3) for name, values in per_part.items()},
     }
-    print(f"index: {cfg.rows} rows (tiled sample), image size {leap_binder.IMAGE_SIZE}")
+    print(f"index: {cfg.rows} rows (tiled sample), image size {leap_binder.CONFIG.image_size}")
     print(f"input encoder, median of {cfg.repeats}: first sample {first_ms:.2f} ms, last sample {last_ms:.2f} ms, "
           f"last/first = {last_ms / first_ms:.2f}")
     print(f"input + GT + metadata per sample ({len(spread)} samples): median {result['sample_ms_median']:.2f} ms, "
           f"mean {result['sample_ms_mean']:.2f} ms")
     print("  mean per part: " + ", ".join(f"{k} {v:.2f} ms" for k, v in result["part_ms_mean"].items()))
+    if cfg.data_dir:
+        result["reference"] = compare_with_reference(cfg)
+        ref = result["reference"]
+        print(f"{ref['data_dir']}, training index {ref['index']}.. ({ref['samples']} samples of {ref['train_rows']}), "
+              f"input + GT + attribute metadata, median per sample: tf.data skip x3 "
+              f"{ref['ms_per_sample_median']['reference_skip']:.2f} ms, binder "
+              f"{ref['ms_per_sample_median']['binder']:.2f} ms ({ref['reference_over_binder']:.1f}x)")
     if cfg.out:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
         cfg.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -122,8 +122,12 @@ def convert(model, quantize: Literal["none", "float16", "int8", "int16x8"], repr
         return converter.convert()
 
 
-def convert_onnx(model, opset: int = 17) -> bytes:
-    """ONNX bytes via tf2onnx (float32; quantize with onnxruntime's tools if needed)."""
+def convert_onnx(model, opset: int = 17, metadata: dict[str, str] | None = None) -> bytes:
+    """ONNX bytes via tf2onnx (float32; quantize with onnxruntime's tools if needed).
+
+    `metadata` goes into the file's metadata_props: the model travels alone (e.g. to Tensorleap), without its card.
+    """
+    import onnx
     import tensorflow as tf
     import tf2onnx
 
@@ -132,6 +136,7 @@ def convert_onnx(model, opset: int = 17) -> bytes:
     size = model_image_size(model)
     spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="image"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    onnx.helper.set_model_props(proto, metadata or {})
     return proto.SerializeToString()
 
 
@@ -178,7 +183,10 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
         raise FileExistsError(f"--out {out}: pick another name than the model's ({cfg.model})")
     log.info("converting %s to %s (%s)", cfg.model, cfg.format, cfg.quantize)
     if cfg.format == "onnx":
-        flatbuffer = convert_onnx(model)
+        run_card = json.loads(card_path(cfg.model).read_text()) if card_path(cfg.model).is_file() else {}
+        flatbuffer = convert_onnx(model, metadata={  # JSON values: what celeba reads back (leap_binder.py)
+            "labels": json.dumps(list(labels)), "image_size": str(size),
+            "class_weights": json.dumps(run_card.get("class_weights"))})
     else:
         representative = (_batches(cfg.data_dir, "train", cfg.representative, size, cfg.batch_size)
                           if cfg.quantize in ("int8", "int16x8") else None)

@@ -6,7 +6,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
 COHORT_ATTRIBUTES = ("Male", "Young")
 
@@ -14,6 +13,10 @@ COHORT_ATTRIBUTES = ("Male", "Young")
 def label_metrics(y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str],
                   threshold: float = 0.5) -> pd.DataFrame:
     """One row per label: accuracy, precision, recall, F1, ROC-AUC and TP/TN/FP/FN counts."""
+    # scikit-learn takes seconds to import: only here, so the per-sample helpers (Tensorleap workers) stay light
+    from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_score, recall_score,
+                                 roc_auc_score)
+
     y_true = np.asarray(y_true).astype(int)
     y_pred = (np.asarray(y_prob) >= threshold).astype(int)
     rows = []
