@@ -55,7 +55,7 @@ class ProjectConfig:
     image_size: int = 96
     class_weights: Optional[Dict[str, Dict[str, float]]] = None  # label -> {positive: w, negative: w}
     sample_limit_per_split: Optional[int] = None
-    model: str = "models/celeba8k-bce-float32.onnx"
+    model: str = "models/celeba16k-bce-float32.onnx"
     path: Path = field(default=CONFIG_FILE, compare=False)
 
     @classmethod
