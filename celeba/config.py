@@ -15,6 +15,10 @@ from typing import Any, Literal, Sequence
 from celeba.data import SAMPLE_DIR
 
 
+class ConfigError(ValueError):
+    """A flag value that cannot work; the message reads "--flag: why". The CLI prints it as `error: ...`, exit 2."""
+
+
 @dataclass
 class TrainConfig:
     """Defaults train on the embedded sample in a few minutes on 2 CPU cores."""
