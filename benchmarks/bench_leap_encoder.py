@@ -29,19 +29,21 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from celeba.config import parse_config  # noqa: E402
+from celeba.config import opt, parse_config  # noqa: E402
 from celeba.data import SAMPLE_DIR  # noqa: E402
 
 
 @dataclass
 class BenchConfig:
-    rows: int = 20_000  # size of the tiled index
-    repeats: int = 20  # timed input-encoder calls on each of the first and the last sample
-    samples: int = 50  # samples (spread over the index) for the input + GT + metadata latency
-    out: Optional[Path] = ROOT / "benchmarks" / "results" / "leap_encoder.json"
-    data_dir: Optional[Path] = None  # a real CelebA folder: adds the comparison with the tf.data skip pattern
-    reference_index: int = 15_000  # first training index of that comparison
-    reference_samples: int = 20  # consecutive samples from there, each timed both ways
+    rows: int = opt(20_000, "size of the tiled index")
+    repeats: int = opt(20, "timed input-encoder calls on each of the first and the last sample")
+    samples: int = opt(50, "samples (spread over the index) for the input + GT + metadata latency")
+    out: Optional[Path] = opt(ROOT / "benchmarks" / "results" / "leap_encoder.json", "the JSON report",
+                              none="no file")
+    data_dir: Optional[Path] = opt(None, "a real CelebA folder: adds the comparison with the tf.data skip pattern",
+                                   none="none (the embedded sample only)")
+    reference_index: int = opt(15_000, "first training index of that comparison")
+    reference_samples: int = opt(20, "consecutive samples from there, each timed both ways")
 
 
 def tiled_index(base: pd.DataFrame, rows: int) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from celeba.config import DEFAULT_MODEL, opt
 from celeba.data import SAMPLE_DIR
 
 
@@ -20,11 +21,11 @@ from celeba.data import SAMPLE_DIR
 class FramingConfig:
     """Accuracy of detect-and-crop on aligned images pasted into larger photos vs the aligned images themselves."""
 
-    model: Path = Path("models/mobilenetv2-bce.keras")
-    data_dir: Path = SAMPLE_DIR
-    partition: str = "test"
-    limit: int = 500
-    out: Path = Path("benchmarks/results/framing.json")
+    model: Path = opt(DEFAULT_MODEL, "the .keras model (run card beside it)")
+    data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder (official or Kaggle layout)")
+    partition: str = opt("test", "which official partition")
+    limit: int = opt(500, "at most N images")
+    out: Path = opt(Path("benchmarks/results/framing.json"), "the JSON report")
 
 
 def paste(rgb: np.ndarray, scale: float = 1.5) -> np.ndarray:
@@ -72,12 +73,9 @@ def run(cfg: FramingConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from celeba.cli import _setup, run_cli
-    from celeba.config import parse_config
+    from celeba.cli import run_script
 
-    cfg = parse_config(FramingConfig, argv, FramingConfig.__doc__)
-    _setup()
-    run_cli(lambda: run(cfg))
+    run_script(FramingConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from celeba.config import opt
 from celeba.data import SAMPLE_DIR
 
 LABELS = ("Male", "Young")
@@ -31,17 +32,17 @@ LABELS = ("Male", "Young")
 class BenchConfig:
     """Benchmark the input pipeline, training, inference (Keras/TFLite/ONNX) and the HTTP service."""
 
-    data_dir: Path = SAMPLE_DIR
-    images: int = 256  # images per pipeline pass and per training epoch
-    steps: int = 8  # timed training steps per configuration (after one warm-up epoch)
-    sizes: tuple[int, ...] = (96, 128)  # training image sizes
-    batch_size: int = 32
-    model: Path | None = None  # a trained .keras for inference/service; default: a random 96 px model
-    latency_calls: int = 100  # single-image calls per inference backend
-    requests: int = 100  # HTTP requests in the load loop
-    concurrency: int = 4  # client threads of the load loop
-    sections: tuple[str, ...] = ("pipeline", "training", "inference", "service")
-    out: Path = Path("benchmarks/results/latest.json")
+    data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder (official or Kaggle layout)")
+    images: int = opt(256, "images per pipeline pass and per training epoch")
+    steps: int = opt(8, "timed training steps per configuration (after one warm-up epoch)")
+    sizes: tuple[int, ...] = opt((96, 128), "training image sizes")
+    batch_size: int = opt(32, "images per batch")
+    model: Path | None = opt(None, "a trained .keras for inference and service", none="a random 96 px model")
+    latency_calls: int = opt(100, "single-image calls per inference backend")
+    requests: int = opt(100, "HTTP requests in the load loop")
+    concurrency: int = opt(4, "client threads of the load loop")
+    sections: tuple[str, ...] = opt(("pipeline", "training", "inference", "service"), "what to measure")
+    out: Path = opt(Path("benchmarks/results/latest.json"), "the JSON report")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -207,7 +208,7 @@ def bench_service(cfg: BenchConfig, model_path: Path, image: Path) -> dict[str, 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     serve = Path(sys.executable).with_name("serve")
-    command = [str(serve)] if serve.exists() else [sys.executable, "-c", "from celeba.serve import main; main()"]
+    command = [str(serve)] if serve.exists() else [sys.executable, "-m", "celeba", "serve"]
     server = subprocess.Popen([*command, "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -275,6 +276,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
     from celeba.data import load_index
+    from celeba.runcard import RunCard
     from celeba.train import save_atomic
 
     index = load_index(cfg.data_dir)
@@ -287,7 +289,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         if model_path is None and {"inference", "service"} & set(cfg.sections):
             model_path = workdir / "random96.keras"  # same speed as a trained 96 px model
             save_atomic(fresh_model(96), model_path)
-            (workdir / "random96.json").write_text(json.dumps({"config": {"labels": list(LABELS)}}))
+            RunCard(model=str(model_path), config={"labels": list(LABELS), "image_size": 96}).save(model_path)
         if "pipeline" in cfg.sections:
             print("benchmarking the input pipeline ...", file=sys.stderr)
             report["pipeline"] = bench_pipeline(cfg, rows)
@@ -309,13 +311,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from celeba.cli import _setup, run_cli
-    from celeba.config import parse_config
+    from celeba.cli import run_script
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cfg = parse_config(BenchConfig, argv, BenchConfig.__doc__)
-    _setup()
-    run_cli(lambda: run(cfg))
+    run_script(BenchConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,7 @@ slices and calibration for one or more saved models side by side, as PNGs plus o
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -13,14 +11,16 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from celeba.config import parse_config
+from celeba.config import DEFAULT_MODEL, opt
 from celeba.data import SAMPLE_DIR, CelebADataError, check_labels, labels_array, load_index, split
 from celeba.metrics import cohort_accuracy, cohort_names, label_metrics
+from celeba.runcard import RunCard, card_path
 
 log = logging.getLogger(__name__)
 
 STATS = ("mean_luminance", "sharpness")
 PROJECTIONS = ("pca", "tsne", "umap")
+MIN_CELL = 30  # cohorts with fewer test images are left out of the headline gaps (too noisy to rank)
 SPLIT_BY = "Male"  # confusion matrices of the other labels are also split by gender (women falsely called Young)
 
 
@@ -28,21 +28,23 @@ SPLIT_BY = "Male"  # confusion matrices of the other labels are also split by ge
 class AnalyzeConfig:
     """Bias analysis of saved models on one CelebA partition. Repeat --model to compare models side by side."""
 
-    model: tuple[Path, ...] = (Path("models/mobilenetv2-bce.keras"),)  # the first is the delta table's reference
-    data_dir: Path = SAMPLE_DIR
-    partition: Literal["train", "validation", "test"] = "test"
-    out: Path | None = None  # default: reports/analysis-<partition>/
-    limit: int | None = None  # first N images of the partition (quick runs)
-    batch_size: int = 64
-    threshold: float = 0.5
-    pairs: tuple[str, ...] = ("Male,Young", "Male,Eyeglasses", "Young,Pale_Skin", "Male,Heavy_Makeup")  # cohorts
-    projections: tuple[str, ...] = ("pca", "tsne", "umap")  # 2-D latent projections; umap only when installed
-    faces: int = 6  # faces per Grad-CAM row
-    bins: int = 5  # quantile bins of mean luminance and sharpness
-    min_slice: int = 20  # smallest slice listed among the worst slices
-    balance_tolerance: float = 0.02  # the balancing threshold may cost at most this much of the best accuracy
-    check_images: bool = False  # decode every image up front and skip unreadable ones
-    seed: int = 0
+    model: tuple[Path, ...] = opt((DEFAULT_MODEL,), "saved .keras models (run cards beside them); repeat --model or "
+                                                    "list several; the first is the reference of the deltas")
+    data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder (official or Kaggle layout)")
+    partition: Literal["train", "validation", "test"] = opt("test", "which official partition to analyse")
+    out: Path | None = opt(None, "folder for report.md, the figures and the CSVs", none="reports/analysis-<partition>/")
+    limit: int | None = opt(None, "only the first N images of the partition (quick runs)", none="all")
+    batch_size: int = opt(64, "images per prediction batch")
+    threshold: float = opt(0.5, "the decision threshold used everywhere")
+    pairs: tuple[str, ...] = opt(("Male,Young", "Male,Eyeglasses", "Young,Pale_Skin", "Male,Heavy_Makeup"),
+                                 "attribute pairs A,B whose 2x2 cohorts get a heatmap; the first drives the summary")
+    projections: tuple[str, ...] = opt(("pca", "tsne", "umap"), "2-D latent projections (umap only when installed)")
+    faces: int = opt(6, "faces per Grad-CAM row")
+    bins: int = opt(5, "quantile bins of mean luminance and sharpness")
+    min_slice: int = opt(20, "smallest slice listed among the worst slices")
+    balance_tolerance: float = opt(0.02, "the balancing threshold may cost at most this much of the best accuracy")
+    check_images: bool = opt(False, "decode every image up front and skip unreadable ones")
+    seed: int = opt(0, "seed of the t-SNE / UMAP projections")
 
 
 @dataclass
@@ -56,26 +58,10 @@ class ModelRun:
     label_index: list[int]  # columns of the common labels in the model's outputs
     probs: np.ndarray
     embeddings: np.ndarray
+    card: RunCard | None = None
 
 
 # --------------------------------------------------------------------------- command line
-
-
-def join_repeated(argv: Sequence[str], flag: str = "--model") -> list[str]:
-    """argparse keeps only the last of repeated nargs+ flags; here `--model a --model b` means both."""
-    values, rest, taking = [], [], False
-    for token in argv:
-        if token == flag:
-            taking = True
-        elif token.startswith(flag + "="):
-            values.append(token.split("=", 1)[1])
-            taking = False
-        elif taking and not token.startswith("-"):
-            values.append(token)
-        else:
-            taking = False
-            rest.append(token)
-    return ([flag, *values] if values else []) + rest
 
 
 def parse_pairs(pairs: Sequence[str]) -> list[tuple[str, str]]:
@@ -86,15 +72,6 @@ def parse_pairs(pairs: Sequence[str]) -> list[tuple[str, str]]:
             raise CelebADataError(f"--pairs: {pair!r} must be two different attributes like Male,Young")
         result.append(check_labels(parts))
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    from celeba.cli import _setup, run_cli
-
-    argv = join_repeated(sys.argv[1:] if argv is None else argv)
-    cfg = parse_config(AnalyzeConfig, argv, AnalyzeConfig.__doc__)
-    _setup()
-    run_cli(lambda: analyze(cfg))
 
 
 # --------------------------------------------------------------------------- tables (numpy / pandas)
@@ -263,17 +240,28 @@ def delta_table(summaries: dict[str, pd.Series]) -> pd.DataFrame:
     return table
 
 
+def pts(difference: float) -> str:
+    """A difference of two rates in percentage points ("a gap of 14.3%" would read as a relative change)."""
+    return f"{difference * 100:.1f} pts"
+
+
 def findings(cohorts: dict[str, pd.DataFrame], confusion: dict[str, pd.DataFrame], labels: Sequence[str],
              split_by: str = SPLIT_BY) -> list[str]:
     """Plain sentences for the top of the report: each label's cohort gap, error rates by gender, and deltas."""
     lines, gaps = [], {}
     for model, table in cohorts.items():
+        big_enough = table["n"] >= MIN_CELL
         for label in labels:
             acc = table[f"{label}_accuracy"]
+            small = ", ".join(f"{c} (n={table.at[c, 'n']})" for c in acc.index[~big_enough])
+            if big_enough.sum() >= 2:  # cells of a handful of images would make the headline gap noise
+                acc = acc[big_enough]
+            caveat = (f"; left out, under {MIN_CELL} images: {small}" if big_enough.sum() >= 2 else
+                      f"; caution, under {MIN_CELL} images: {small}") if small else ""
             gaps[model, label] = acc.max() - acc.min()
             lines.append(f"{model}: {label} accuracy ranges from {acc.min():.1%} ({acc.idxmin()}, "
-                         f"n={table.at[acc.idxmin(), 'n']}) to {acc.max():.1%} ({acc.idxmax()}), "
-                         f"a gap of {gaps[model, label]:.1%}.")
+                         f"n={table.at[acc.idxmin(), 'n']}) to {acc.max():.1%} ({acc.idxmax()}, "
+                         f"n={table.at[acc.idxmax(), 'n']}), a gap of {pts(gaps[model, label])}{caveat}.")
         for label in labels:
             if label == split_by:
                 continue
@@ -287,21 +275,42 @@ def findings(cohorts: dict[str, pd.DataFrame], confusion: dict[str, pd.DataFrame
         for label in labels:
             before, after = gaps[models[0], label], gaps[model, label]
             verdict = "narrower" if after < before else "wider" if after > before else "unchanged"
-            lines.append(f"{label} cohort gap {before:.1%} ({models[0]}) -> {after:.1%} ({model}): {verdict} "
-                         f"by {abs(after - before):.1%}.")
+            lines.append(f"{label} cohort gap {pts(before)} ({models[0]}) -> {pts(after)} ({model}): {verdict} "
+                         f"by {pts(abs(after - before))}.")
     return lines
 
 
 # --------------------------------------------------------------------------- models, images, embeddings
 
 
-def describe(card: dict[str, Any]) -> str:
-    """'from scratch, 96 px, 20 epochs, bce, 4000 train images': said next to every figure."""
-    cfg = card.get("config", {})
+def describe(card: RunCard | None) -> str:
+    """'bce, from scratch, 96 px, 20 epochs, 4000 train images': said next to every figure."""
+    cfg = card.config if card else {}
     weights = str(cfg.get("weights", "?"))
     init = {"none": "from scratch", "imagenet": "ImageNet init"}.get(weights.lower(), f"init {Path(weights).name}")
     return (f"{cfg.get('loss', '?')}, {init}, {cfg.get('image_size', '?')} px, {cfg.get('epochs', '?')} epochs, "
-            f"{card.get('data', {}).get('train', '?')} train images")
+            f"{card.data.get('train', '?') if card else '?'} train images")
+
+
+def trained_on(card: RunCard | None) -> str | None:
+    """The data folder a model was trained on, from its run card (absolute when the card has provenance)."""
+    if card is None:
+        return None
+    return card.provenance.get("data_dir") or card.config.get("data_dir")
+
+
+def distribution_note(data_dir: Path, runs: Sequence[ModelRun]) -> str:
+    """Whose training data the training-partition figure shows: the analysed folder's, which may not be the models'."""
+    text = f"Training partition of {data_dir} (the analysed folder)."
+    for run in runs:
+        source = trained_on(run.card)
+        if source is None:
+            text += f" {run.name}: no run card, training data unknown."
+        elif Path(source).resolve() == Path(data_dir).resolve():
+            text += f" {run.name} was trained on this data."
+        else:
+            text += f" {run.name} was trained on {source}, not on this folder."
+    return text
 
 
 def unique_names(paths: Sequence[Path]) -> list[str]:
@@ -319,7 +328,7 @@ def run_models(cfg: AnalyzeConfig, rows: pd.DataFrame) -> tuple[list[ModelRun], 
     import keras
 
     from celeba.evaluate import predict
-    from celeba.model import card_path, load_model, model_image_size
+    from celeba.model import load_model, model_image_size
 
     loaded = [load_model(path) for path in cfg.model]
     labels = tuple(label for label in loaded[0][1] if all(label in lab for _, lab in loaded))
@@ -327,13 +336,14 @@ def run_models(cfg: AnalyzeConfig, rows: pd.DataFrame) -> tuple[list[ModelRun], 
         raise CelebADataError(f"the models share no label: {[list(lab) for _, lab in loaded]}")
     runs = []
     for path, name, (model, model_labels) in zip(cfg.model, unique_names(cfg.model), loaded):
-        card = json.loads(card_path(path).read_text()) if card_path(path).is_file() else {}
+        card = RunCard.load(path) if card_path(path).is_file() else None
         size = model_image_size(model)
         both = keras.Model(model.inputs, [model.get_layer("embedding").output, model.output])
         log.info("%s: embeddings and predictions for %d images", name, len(rows))
         embeddings, probs = predict(both, rows, model_labels, size, cfg.batch_size)
         index = [model_labels.index(label) for label in labels]
-        runs.append(ModelRun(name, f"{name}: {describe(card)}", model, size, index, probs[:, index], embeddings))
+        runs.append(ModelRun(name, f"{name}: {describe(card)}", model, size, index, probs[:, index], embeddings,
+                             card))
     return runs, labels
 
 
@@ -347,7 +357,7 @@ def image_statistics(rows: pd.DataFrame) -> pd.DataFrame:
 
     with ThreadPoolExecutor(4) as pool:
         stats = list(tqdm(pool.map(file_statistics, rows["path"]), total=len(rows), desc="image statistics",
-                          unit="img", leave=False))
+                          unit="img", leave=False, disable=None))  # None: no bar when stderr is not a terminal
     return pd.DataFrame(stats, index=rows.index)
 
 
@@ -513,7 +523,8 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     figures["cohorts"] = [plots.cohort_heatmaps(cohorts[pair], pair, labels, out / f"cohorts_{pair[0]}_{pair[1]}.png",
                                                 note) for pair in pairs]
     if distribution:
-        figures["cohorts"].append(plots.train_distribution(distribution, labels, out / "train_distribution.png"))
+        figures["cohorts"].append(plots.train_distribution(distribution, labels, out / "train_distribution.png",
+                                                           distribution_note(cfg.data_dir, runs)))
     figures["confusion"] = [plots.confusion_grid(confusion, out / "confusion.png", note)]
     figures["latent"] = []
     for r in runs:
@@ -553,7 +564,8 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
         ("Accuracy per cohort", "Accuracy of each label inside every cohort (cell counts in the figures).",
          figures["cohorts"],
          [(f"{p} x {q}", pd.concat(cohorts[(p, q)], names=["model"])) for p, q in pairs]
-         + [(f"training partition, {p} x {q}", t) for (p, q), t in distribution.items()]),
+         + [(f"training partition, {p} x {q} ({distribution_note(cfg.data_dir, runs)})", t)
+            for (p, q), t in distribution.items()]),
         ("Confusion matrices", f"Per label, and the other labels split by {SPLIT_BY} (fpr: false positive rate).",
          figures["confusion"], [("confusion", pd.concat(confusion, names=["model"]))]),
         ("Latent space", "Pooled backbone embeddings in 2-D, coloured by ground truth and by prediction.",
@@ -571,7 +583,5 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
          [("calibration", calibration), ("thresholds", thresholds)]),
     ]
     report = write_report(out, sections, header)
-    print("\n" + "\n".join(facts) + f"\n\n{markdown_table(deltas)}\n")
-    print(f"wrote {report} and {sum(map(len, figures.values()))} figures in {out}")
     return {"report": report, "out": out, "labels": labels, "models": names, "figures": figures,
             "summary": deltas, "findings": facts, "cohorts": cohorts, "thresholds": thresholds}

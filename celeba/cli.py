@@ -1,59 +1,267 @@
-"""Entry points of `poetry run train | evaluate | test`."""
+"""The one command-line layer: parsing, logging set-up, printing, and exceptions -> exit codes.
+
+`celeba train|evaluate|analyze|predict|serve|export|test` (also `python -m celeba ...`), and the same commands as
+`poetry run train`, `poetry run evaluate`, ... The pipeline modules return data and print nothing; every line a
+command prints is written here. Exit codes: 0 done, 1 an exported model failed its parity check, 2 bad input
+(one `error: <what>: <why>` line), 130 interrupted.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
-
-from celeba.config import EvalConfig, TrainConfig, parse_config
+from typing import Any, Callable, NoReturn, Sequence
 
 log = logging.getLogger("celeba")
 
 
-def _setup() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the way
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+# --------------------------------------------------------------------------- the commands
 
 
-def run_cli(job: Callable[[], object]) -> None:
-    """Run a job; bad input ends with one clear line and exit code 2, not a stack trace."""
-    from celeba.data import CelebADataError
-    from celeba.model import WeightsError
-
-    try:
-        job()
-    except (CelebADataError, WeightsError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: run again with --resume to continue from the last completed epoch", file=sys.stderr)
-        sys.exit(130)
-
-
-def train_main(argv: Sequence[str] | None = None) -> None:
-    cfg = parse_config(TrainConfig, argv)
-    _setup()
+def _train(cfg) -> int:
     from celeba.train import train
 
-    run_cli(lambda: train(cfg))
+    card = train(cfg)
+    accuracy = ", ".join(f"{label} {m['accuracy']:.3f} (ROC-AUC {m['roc_auc']:.3f})"
+                         for label, m in card.validation_metrics.items())
+    print(f"saved {card.model} and its run card {Path(card.model).with_suffix('.json')}")
+    print(f"validation: {accuracy}; {card.epochs_trained} epochs in {card.time_s:.0f} s, "
+          f"{card.train_images_per_s} training images/s")
+    return 0
 
 
-def evaluate_main(argv: Sequence[str] | None = None) -> None:
-    cfg = parse_config(EvalConfig, argv)
-    _setup()
+def _evaluate(cfg) -> int:
+    import pandas as pd
+
     from celeba.evaluate import evaluate
 
-    run_cli(lambda: evaluate(cfg))
+    result = evaluate(cfg)
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 120):
+        print(f"\n{cfg.model} on {cfg.partition} ({result['n']} images)\n")
+        print(result["metrics_table"].to_string(), "\n")
+        print("accuracy per cohort\n" + result["cohorts_table"].to_string(), "\n")
+    print(f"wrote {result['out']}/metrics.json, metrics.csv, cohorts.csv, predictions.csv")
+    return 0
 
 
-def test_main(argv: Sequence[str] | None = None) -> None:
-    """`poetry run test [pytest args]`: the whole suite, from the repository root."""
+def _analyze(cfg) -> int:
+    from celeba.analyze import analyze, markdown_table
+
+    result = analyze(cfg)
+    print("\n" + "\n".join(result["findings"]) + f"\n\n{markdown_table(result['summary'])}\n")
+    print(f"wrote {result['report']} and {sum(map(len, result['figures'].values()))} figures in {result['out']}")
+    return 0
+
+
+def _predict(cfg) -> int:
+    from celeba.predict import results_table, run_predict
+
+    results, errors, labels = run_predict(cfg)
+    if cfg.output_format == "json":
+        print(json.dumps(results, indent=2))
+    elif cfg.output_format == "csv":
+        results_table(results, labels).to_csv(sys.stdout, index=False, float_format="%.4f")
+    else:
+        table = results_table(results, labels)
+        print(table.to_string(index=False, float_format="{:.3f}".format) if len(table) else "(no faces)")
+    faceless = [r["file"] for r in results if not r["faces"]]
+    if faceless:
+        print(f"no face found in {len(faceless)} image(s): {', '.join(faceless[:5])}"
+              f"{' ...' if len(faceless) > 5 else ''}", file=sys.stderr)
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+def _serve(cfg) -> int:
+    from celeba.serve import serve
+
+    serve(cfg)
+    return 0
+
+
+def _export(cfg) -> int:
+    from celeba.export import ParityError, export, parity_line
+
+    try:
+        card = export(cfg)
+    except ParityError as exc:
+        print(parity_line(exc.check))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(card["model"])
+    print(f"wrote {out} ({card['size_bytes'] / 1e6:.2f} MB; Keras model {card['keras_size_bytes'] / 1e6:.2f} MB) "
+          f"and its card {out.with_suffix('.json')}")
+    print(parity_line(card["parity"]))
+    return 0
+
+
+def _config(module: str, name: str) -> Callable[[], type]:
+    def load() -> type:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+    return load
+
+
+def _replay(path: Path):
+    from celeba.runcard import RunCard
+
+    return RunCard.load(path).train_config()
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command: its config dataclass (imported on use), what it does, and what Ctrl-C means for it."""
+
+    help: str
+    config: Callable[[], type]
+    run: Callable[[Any], int]
+    replay: Callable[[Path], Any] | None = None
+    interrupted: str = "interrupted"
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("train a model; writes models/<name>.keras and its run card", _config("celeba.config", "TrainConfig"),
+                     _train, _replay,
+                     "interrupted: run the same command with --resume to continue from the last completed epoch"),
+    "evaluate": Command("per-label and per-cohort metrics of a model on a partition",
+                        _config("celeba.config", "EvalConfig"), _evaluate),
+    "analyze": Command("the bias report: cohorts, confusion, latent space, saliency, calibration",
+                       _config("celeba.analyze", "AnalyzeConfig"), _analyze),
+    "predict": Command("attribute probabilities for every face in photos", _config("celeba.predict", "PredictConfig"),
+                       _predict),
+    "serve": Command("HTTP service: POST /predict, GET /health, /docs", _config("celeba.serve", "ServeConfig"), _serve),
+    "export": Command("TFLite (float16/int8) or ONNX export with a parity check",
+                      _config("celeba.export", "ExportConfig"), _export),
+}
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (exit 2), from the modules already imported (no import just to catch)."""
+    errors: list[type[BaseException]] = [FileNotFoundError, FileExistsError]
+    for module, names in (("celeba.config", ["ConfigError"]), ("celeba.data", ["CelebADataError"]),
+                          ("celeba.model", ["WeightsError"]), ("celeba.runcard", ["RunCardError"])):
+        if module in sys.modules:
+            errors += [getattr(sys.modules[module], name) for name in names]
+    return tuple(errors)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> NoReturn:
+    """Parse, set up logging and a quiet TensorFlow, run, print, and exit with the command's code."""
+    from celeba.config import parse_config
+
+    command = COMMANDS[name]
+    cls = command.config()
+    try:
+        cfg = parse_config(cls, argv, prog=prog, load_base=command.replay)
+    except _user_errors() as exc:  # a ConfigError from the dataclass checks, a missing --config card
+        fail(str(exc))
+    execute(lambda: command.run(cfg), command.interrupted)
+
+
+def execute(job: Callable[[], int | None], interrupted: str = "interrupted") -> NoReturn:
+    """Logging, a quiet TensorFlow and the device line; then the job, its exceptions mapped to exit codes."""
+    from celeba.runtime import device_line, quiet_tensorflow, setup_logging
+
+    setup_logging()
+    try:
+        quiet_tensorflow()
+        log.info(device_line())
+        code = job()
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        sys.exit(130)
+    except _user_errors() as exc:
+        message = str(exc)
+        if isinstance(exc, OSError) and exc.filename and not message.startswith(str(exc.filename)):
+            message = f"{exc.filename}: {exc.strerror}"
+        fail(message)
+    sys.exit(code or 0)
+
+
+def run_script(cls: type, job: Callable[[Any], Any], argv: Sequence[str] | None = None) -> NoReturn:
+    """The same runner for scripts outside the commands (benchmarks): a config dataclass and a job on it."""
+    from celeba.config import parse_config
+
+    try:
+        cfg = parse_config(cls, argv)
+    except _user_errors() as exc:
+        fail(str(exc))
+    def call() -> int:
+        job(cfg)  # scripts report what they measured themselves
+        return 0
+
+    execute(call)
+
+
+def train_main(argv: Sequence[str] | None = None) -> NoReturn:
+    run("train", argv)
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> NoReturn:
+    run("evaluate", argv)
+
+
+def analyze_main(argv: Sequence[str] | None = None) -> NoReturn:
+    run("analyze", argv)
+
+
+def predict_main(argv: Sequence[str] | None = None) -> NoReturn:
+    run("predict", argv)
+
+
+def serve_main(argv: Sequence[str] | None = None) -> NoReturn:
+    run("serve", argv)
+
+
+def export_main(argv: Sequence[str] | None = None) -> NoReturn:
+    run("export", argv)
+
+
+def test_main(argv: Sequence[str] | None = None) -> NoReturn:
+    """`poetry run test [pytest args]`: the whole suite, from the repository root (`-m "not slow"`: the fast loop)."""
     import pytest
 
     os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.chdir(Path(__file__).resolve().parent.parent)
     sys.exit(pytest.main(list(sys.argv[1:] if argv is None else argv)))
+
+
+test_main.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS)) + 2
+    lines = [f"  {name:<{width}}{command.help}" for name, command in COMMANDS.items()]
+    lines.append(f"  {'test':<{width}}the test suite (pytest arguments pass through)")
+    return ("usage: celeba COMMAND [flags]   (`celeba COMMAND --help` lists a command's flags)\n\n"
+            "Predict CelebA face attributes and make the model's biases visible.\n\ncommands:\n" + "\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """`celeba COMMAND [flags]`: the umbrella command (works without Poetry; `python -m celeba` too)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if args else 2)
+    name, rest = args[0], args[1:]
+    if name == "test":
+        test_main(rest)
+    if name not in COMMANDS:
+        print(usage(), file=sys.stderr)
+        fail(f"{name}: unknown command; choose from {', '.join([*COMMANDS, 'test'])}")
+    run(name, rest, prog=f"celeba {name}")

@@ -1,55 +1,85 @@
-"""The one typed configuration of a training run; every field is a command-line flag."""
+"""Typed configuration: one dataclass per command; every field is a flag, its help lives in `field(metadata=...)`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from celeba.data import SAMPLE_DIR
+
+#: The repository root: defaults that name repository files resolve against it, so commands work from any cwd.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The model every model-consuming command uses by default (relative to the repository root).
+DEFAULT_MODEL = Path("models/celeba8k-bce.keras")  # TODO(lead): models/celeba16k-bce.keras once it is on main
 
 
 class ConfigError(ValueError):
     """A flag value that cannot work; the message reads "--flag: why". The CLI prints it as `error: ...`, exit 2."""
 
 
+def opt(default: Any, help: str, **metadata: Any) -> Any:
+    """A config field with its --help text (and optionally `none=` the words for a None default, `positional=True`)."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def resolve_model(path: Path) -> Path:
+    """A model path as given, or, when it is relative and not found from here, the repository's copy.
+
+    So `predict photo.jpg` finds the default model from any working directory; a missing file gets a clear error.
+    """
+    path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    if (REPO_ROOT / path).is_file():
+        return REPO_ROOT / path
+    hint = ("the default model ships with the repository: is this a complete clone? "
+            if path == DEFAULT_MODEL else "")
+    raise FileNotFoundError(f"{path}: model file not found ({hint}pass --model PATH, or train one with "
+                            f"`celeba train`)")
+
+
 @dataclass
 class TrainConfig:
-    """Defaults train on the embedded sample in a few minutes on 2 CPU cores."""
+    """Train a model. Defaults train on the embedded sample in a few minutes on 2 CPU cores."""
 
-    data_dir: Path = SAMPLE_DIR  # a CelebA folder (official or Kaggle layout); default: the embedded sample
-    labels: tuple[str, ...] = ("Male", "Young")  # any of the 40 CelebA attributes
-    loss: Literal["bce", "weighted-bce", "focal"] = "bce"  # weighted-bce: class-balanced weights; focal: gamma 2
-    sampling: Literal["natural", "balanced"] = "natural"  # balanced: every label cohort equally often per batch
-    weights: str = "imagenet"  # 'imagenet' (downloaded by Keras), 'none' (from scratch) or a local .h5 file
-    image_size: int = 128  # square input side; ImageNet weights exist for 96, 128, 160, 192, 224
-    batch_size: int = 32  # per replica
-    epochs: int = 3  # total epochs, frozen-backbone epochs included
-    freeze_epochs: int = 1  # head-only epochs before fine-tuning (skipped with --weights none)
-    learning_rate: float = 1e-3  # peak of the cosine schedule (head phase; fine-tuning uses a tenth)
-    dense_units: int = 128  # width of the head's hidden layer
-    dropout: float = 0.3  # dropout before the sigmoid layer
-    augment: bool = True  # flip, rotation, shift, scale, brightness, contrast on training batches
-    cache: bool = False  # keep decoded images in memory after the first epoch
-    check_images: bool = True  # decode every image once up front and skip unreadable ones
-    limit: int | None = None  # at most N images from every partition (quick runs)
-    train_limit: int | None = None  # overrides --limit for the train partition
-    val_limit: int | None = None  # overrides --limit for the validation partition
-    seed: int = 42  # seeds Python, NumPy and TensorFlow
-    models_dir: Path = Path("models")
-    name: str | None = None  # run name; default mobilenetv2-<loss>
-    resume: bool = False  # continue an interrupted run from its last epoch
-    mixed_precision: bool = False  # float16 compute on GPU; ignored on CPU
+    data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder (official or Kaggle layout)")
+    labels: tuple[str, ...] = opt(("Male", "Young"), "any of the 40 CelebA attributes")
+    loss: Literal["bce", "weighted-bce", "focal"] = opt(
+        "bce", "bce; weighted-bce: class-balanced weights from the train partition; focal: focal loss, gamma 2")
+    sampling: Literal["natural", "balanced"] = opt(
+        "natural", "natural: the data's own mix; balanced: every label cohort equally often per batch")
+    weights: str = opt("imagenet", "'imagenet' (downloaded by Keras once), 'none' (from scratch) or a local .h5 file")
+    image_size: int = opt(128, "square input side in pixels; ImageNet weights exist for 96, 128, 160, 192, 224")
+    batch_size: int = opt(32, "images per batch and replica")
+    epochs: int = opt(3, "total epochs, frozen-backbone epochs included")
+    freeze_epochs: int = opt(1, "head-only epochs before fine-tuning (none with --weights none)")
+    learning_rate: float = opt(1e-3, "peak of the cosine schedule (head phase; fine-tuning uses a tenth)")
+    dense_units: int = opt(128, "width of the head's hidden layer")
+    dropout: float = opt(0.3, "dropout rate before the sigmoid layer")
+    augment: bool = opt(True, "flip, rotation, shift, scale, brightness and contrast on training batches")
+    cache: bool = opt(False, "keep decoded images in memory after the first epoch")
+    check_images: bool = opt(True, "decode every image once up front and skip unreadable ones")
+    limit: int | None = opt(None, "at most N images from every partition (quick runs)", none="all")
+    train_limit: int | None = opt(None, "overrides --limit for the train partition", none="--limit")
+    val_limit: int | None = opt(None, "overrides --limit for the validation partition", none="--limit")
+    seed: int = opt(42, "seeds Python, NumPy and TensorFlow")
+    models_dir: Path = opt(Path("models"), "where <name>.keras, its run card <name>.json and the run folder go")
+    name: str | None = opt(None, "run name", none="smoke-sample-<loss> on the embedded sample, else mobilenetv2-<loss>")
+    resume: bool = opt(False, "continue an interrupted run from its last completed epoch")
+    mixed_precision: bool = opt(False, "float16 compute on GPU; ignored (with a warning) on CPU")
 
     @property
     def run_name(self) -> str:
-        return self.name or f"mobilenetv2-{self.loss}"
+        """The default name says what the run is: a sample run is a smoke test, not a model to use."""
+        if self.name:
+            return self.name
+        on_sample = Path(self.data_dir).resolve() == SAMPLE_DIR
+        return f"{'smoke-sample' if on_sample else 'mobilenetv2'}-{self.loss}"
 
     def partition_limit(self, partition: str) -> int | None:
         specific = {"train": self.train_limit, "validation": self.val_limit}.get(partition)
@@ -59,19 +89,36 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                 for k, v in dataclasses.asdict(self).items()}
 
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+        """A config from a run card's "config" (older cards lack newer fields); also the keys it did not know."""
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known:
+                continue
+            kind, many = _base_type(hints[key])
+            kwargs[key] = (tuple(value) if many else Path(value) if kind is Path and value is not None else value)
+        return cls(**kwargs), sorted(set(values) - known)
+
 
 @dataclass
 class EvalConfig:
     """Evaluate a saved model on a CelebA partition: per-label metrics and accuracy per cohort."""
 
-    model: Path = Path("models/mobilenetv2-bce.keras")  # a saved .keras model with its run card beside it
-    data_dir: Path = SAMPLE_DIR  # a CelebA folder; default: the embedded sample
-    partition: Literal["train", "validation", "test"] = "test"  # which official partition
-    limit: int | None = None  # only the first N images of the partition
-    batch_size: int = 64  # images per prediction batch
-    threshold: float = 0.5  # decision threshold on the probabilities
-    out: Path | None = None  # default: reports/<model name>-<partition>/
-    check_images: bool = True  # decode every image once up front and skip unreadable ones
+    model: Path = opt(DEFAULT_MODEL, "a saved .keras model with its run card (.json) beside it")
+    data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder (official or Kaggle layout)")
+    partition: Literal["train", "validation", "test"] = opt("test", "which official partition")
+    limit: int | None = opt(None, "only the first N images of the partition", none="all")
+    batch_size: int = opt(64, "images per prediction batch")
+    threshold: float = opt(0.5, "decision threshold on the probabilities")
+    out: Path | None = opt(None, "folder for metrics.json/.csv, cohorts.csv, predictions.csv",
+                           none="reports/<model name>-<partition>/")
+    check_images: bool = opt(True, "decode every image once up front and skip unreadable ones")
+
+
+# --------------------------------------------------------------------------- dataclass -> argparse
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
@@ -85,31 +132,81 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def field_comments(cls: type) -> dict[str, str]:
-    """`name: type = default  # comment` -> {name: comment}: the comment beside a field is its --help text."""
-    comments = {}
-    for line in inspect.getsource(cls).splitlines():
-        match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
-        if match:
-            comments[match[1]] = match[2].strip()
-    return comments
+def show_default(value: Any) -> str:
+    """A default as a user would type it: paths relative to the repository, tuples space-separated."""
+    if isinstance(value, Path):
+        try:
+            return str(value.relative_to(REPO_ROOT)) if value.is_absolute() else str(value)
+        except ValueError:
+            return str(value)
+    if isinstance(value, (tuple, list)):
+        return " ".join(show_default(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def parse_config(cls: type, argv: Sequence[str] | None = None, description: str | None = None):
-    """Build an argparse parser from a config dataclass, so flags, defaults and help never drift apart."""
+def field_help(f: dataclasses.Field, default: Any) -> str:
+    """The flag's help with its default; a field without help is a bug, found when the parser is built."""
+    text = f.metadata.get("help")
+    if not text:
+        raise TypeError(f"config field {f.name!r} has no help: declare it with opt(default, help)")
+    shown = f.metadata.get("none") if default is None else show_default(default)
+    return f"{text} (default: {shown})" if shown not in (None, "") else text
+
+
+def build_parser(cls: type, description: str | None = None, prog: str | None = None, base: Any = None,
+                 replay: bool = False) -> argparse.ArgumentParser:
+    """An argparse parser from a config dataclass, so flags, defaults and help never drift apart.
+
+    `base`: an instance whose values are the defaults (a replayed run); `replay`: add `--config RUN_CARD.json`.
+    """
     hints = typing.get_type_hints(cls)
-    helps = field_comments(cls)
-    parser = argparse.ArgumentParser(description=description or cls.__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__)
+    if replay:
+        parser.add_argument("--config", type=Path, metavar="RUN_CARD.json",
+                            help="replay a run: its run card's config is the default of every other flag")
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        text = helps.get(f.name, " ").replace("%", "%%")
+        default = getattr(base, f.name) if base is not None else f.default
+        text = field_help(f, default).replace("%", "%%")
         kind, many = _base_type(hints[f.name])
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
+        flag = "--" + f.name.replace("_", "-")
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, nargs="*", type=kind, default=None, help=text,
+                                metavar=f.metadata.get("metavar", f.name.upper()))
+        elif kind is bool:
+            action = parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            action.help = text  # not argparse's own "(default: True)"
         elif typing.get_origin(kind) is Literal:
-            parser.add_argument(flag, choices=typing.get_args(kind), default=f.default, help=text)
+            parser.add_argument(flag, choices=typing.get_args(kind), default=default, help=text)
+        elif many:  # `--model a b --model c` means all three; an explicit value replaces the default
+            parser.add_argument(flag, type=kind, nargs="+", action="extend", default=None, help=text,
+                                metavar=f.metadata.get("metavar", f.name.upper().rstrip("S")))
         else:
-            parser.add_argument(flag, type=kind, nargs="+" if many else None, default=f.default, help=text)
-    values = vars(parser.parse_args(argv))
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+            parser.add_argument(flag, type=kind, default=default, help=text,
+                                metavar=f.metadata.get("metavar", f.name.upper()))
+    return parser
+
+
+def parse_config(cls: type, argv: Sequence[str] | None = None, description: str | None = None,
+                 prog: str | None = None, load_base: Callable[[Path], Any] | None = None):
+    """Parse flags (and positionals anywhere among them) into a `cls` instance.
+
+    `load_base`: enables `--config RUN_CARD.json`, whose values become the defaults. ConfigError from the
+    dataclass's own checks propagates: the CLI layer turns it into `error: ...` and exit code 2.
+    """
+    base = None
+    if load_base is not None:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config", type=Path)
+        known, _ = pre.parse_known_args(argv)
+        base = load_base(known.config) if known.config else None
+    parser = build_parser(cls, description, prog, base, replay=load_base is not None)
+    values = vars(parser.parse_intermixed_args(argv))
+    values.pop("config", None)
+    for f in dataclasses.fields(cls):
+        if values[f.name] is None and (f.metadata.get("positional") or _base_type(typing.get_type_hints(cls)[f.name])[1]):
+            values[f.name] = getattr(base, f.name) if base is not None else f.default
+        elif isinstance(values[f.name], list):
+            values[f.name] = tuple(values[f.name])
+    return cls(**values)

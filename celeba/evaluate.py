@@ -15,6 +15,7 @@ from celeba.config import EvalConfig
 from celeba.data import CelebADataError, labels_array, load_index, make_dataset, split
 from celeba.metrics import cohort_accuracy, label_metrics
 from celeba.model import load_model, model_image_size
+from celeba.runtime import keras_verbose
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,12 @@ def predict(model: keras.Model, rows: pd.DataFrame, labels: Sequence[str], image
             batch_size: int = 64) -> np.ndarray:
     """Probabilities, one row per row of `rows`, in order (no shuffling, no augmentation)."""
     ds = make_dataset(rows, labels, image_size, batch_size, training=False)
-    return model.predict(ds, verbose="auto")
+    return model.predict(ds, verbose=keras_verbose())
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Print the tables and write metrics.json, metrics.csv, cohorts.csv and predictions.csv."""
+    """Write metrics.json, metrics.csv, cohorts.csv and predictions.csv; return metrics.json's content plus the
+    tables (`metrics_table`, `cohorts_table`) and the `out` folder, for the CLI to print."""
     model, labels = load_model(cfg.model)
     index = load_index(cfg.data_dir, check_images=cfg.check_images)
     rows = split(index, cfg.partition, cfg.limit)
@@ -53,10 +55,4 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "cohorts": json.loads(cohorts.to_json(orient="index")),
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-
-    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 120):
-        print(f"\n{cfg.model} on {cfg.partition} ({len(rows)} images)\n")
-        print(metrics.to_string(), "\n")
-        print("accuracy per cohort\n" + cohorts.to_string(), "\n")
-    print(f"wrote {out}/metrics.json, metrics.csv, cohorts.csv, predictions.csv")
-    return result
+    return result | {"out": out, "metrics_table": metrics, "cohorts_table": cohorts}

@@ -9,19 +9,19 @@ sample: every image through both models, maximum probability difference and labe
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
+from celeba.config import DEFAULT_MODEL, opt, resolve_model
 from celeba.data import SAMPLE_DIR
+from celeba.runcard import RunCard, card_path
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,23 @@ TOLERANCE = {"none": 1e-4, "float16": 0.01, "int8": 0.1, "int16x8": 0.05}
 
 
 class ParityError(AssertionError):
-    """The exported model disagrees with the Keras model beyond the stated tolerance."""
+    """The exported model disagrees with the Keras model beyond the stated tolerance; `check` has the numbers."""
+
+    def __init__(self, out: Path, check: dict[str, Any]):
+        self.out, self.check = out, check
+        failed = []
+        if check["max_abs_diff"] > check["tolerance"]:
+            failed.append(f"max |probability difference| {check['max_abs_diff']:.4f} > tolerance "
+                          f"{check['tolerance']:g}")
+        if check["label_agreement"] < check["min_agreement"]:
+            failed.append(f"labels agree on {check['label_agreement']:.2%} of decisions < "
+                          f"{check['min_agreement']:.0%} required")
+        super().__init__(f"{out}: parity check failed on {check['images']} images: {'; '.join(failed)}. "
+                         f"The file is kept so it can be benchmarked; do not ship it as is.")
+
+
+def _card_labels(path: Path) -> tuple[str, ...]:
+    return RunCard.load(path).labels if card_path(path).is_file() else ()
 
 
 class TFLiteModel:
@@ -50,8 +66,7 @@ class TFLiteModel:
         self._output = self.interpreter.get_output_details()[0]["index"]
         self.image_size = int(self.interpreter.get_input_details()[0]["shape"][1])
         self._batch = 0
-        card = path.with_suffix(".json")
-        self.labels = tuple(json.loads(card.read_text())["config"]["labels"]) if card.is_file() else ()
+        self.labels = _card_labels(path)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
@@ -78,8 +93,7 @@ class OnnxModel:
         self.path, self.session = path, ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
         self.image_size = int(self.session.get_inputs()[0].shape[1])
-        card = path.with_suffix(".json")
-        self.labels = tuple(json.loads(card.read_text())["config"]["labels"]) if card.is_file() else ()
+        self.labels = _card_labels(path)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self._input: np.asarray(batch, np.float32)})[0]
@@ -156,23 +170,28 @@ def parity(model, lite, batches: Iterator[np.ndarray], threshold: float = 0.5) -
 class ExportConfig:
     """Export a trained model to TFLite and check it against the Keras model on the shipped sample."""
 
-    model: Path = Path("models/mobilenetv2-bce.keras")
-    format: Literal["tflite", "onnx"] = "tflite"
-    quantize: Literal["none", "float16", "int8", "int16x8"] = "float16"  # tflite only; onnx is exported as float32
-    out: Path | None = None  # default: beside the model, <name>-<quantize>.tflite or <name>-float32.onnx
-    data_dir: Path = SAMPLE_DIR  # int8 calibration images come from its training partition
-    representative: int = 100  # training images for int8 calibration
-    parity_dir: Path = SAMPLE_DIR  # the shipped sample: every image is compared
-    parity_limit: int | None = None
-    tolerance: float | None = None  # max |probability difference|; default per quantization (TOLERANCE)
-    min_agreement: float = 0.99  # fraction of (image, label) decisions that must agree
-    batch_size: int = 32
+    model: Path = opt(DEFAULT_MODEL, "the saved .keras model (run card beside it) to export")
+    format: Literal["tflite", "onnx"] = opt("tflite", "tflite (TensorFlow Lite) or onnx (onnxruntime)")
+    quantize: Literal["none", "float16", "int8", "int16x8"] = opt(
+        "float16", "tflite only (onnx is exported as float32): float16 weights, int8 weights and activations, or "
+                   "int16x8 (int8 weights, int16 activations)")
+    out: Path | None = opt(None, "the exported file; its card goes beside it",
+                           none="beside the model, <name>-<quantize>.tflite or <name>-float32.onnx")
+    data_dir: Path = opt(SAMPLE_DIR, "int8/int16x8 calibration images come from this folder's train partition")
+    representative: int = opt(100, "training images for int8/int16x8 calibration")
+    parity_dir: Path = opt(SAMPLE_DIR, "every image of this CelebA folder goes through both models for the parity check")
+    parity_limit: int | None = opt(None, "at most N parity images", none="all")
+    tolerance: float | None = opt(None, "largest allowed |probability difference| between the two models",
+                                  none="none 1e-4, float16 0.01, int8 0.1, int16x8 0.05")
+    min_agreement: float = opt(0.99, "fraction of (image, label) decisions that must agree")
+    batch_size: int = opt(32, "images per conversion and parity batch")
 
 
 def export(cfg: ExportConfig) -> dict[str, Any]:
     """Write the .tflite and its card (labels, parity), raise ParityError when parity fails."""
-    from celeba.model import card_path, load_model, model_image_size
+    from celeba.model import load_model, model_image_size
 
+    cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
     model, labels = load_model(cfg.model)
     size = model_image_size(model)
     if cfg.format == "onnx":
@@ -193,50 +212,38 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
         flatbuffer = convert(model, cfg.quantize, representative)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(flatbuffer)
-    card = {"source_model": str(cfg.model), "format": cfg.format, "quantize": cfg.quantize,
-            "config": {"labels": list(labels), "image_size": size},
-            "size_bytes": len(flatbuffer), "keras_size_bytes": Path(cfg.model).stat().st_size}
-    card_path(out).write_text(json.dumps(card, indent=2))  # labels first: the exported model reads them
+    card = RunCard(model=str(out), config={"labels": list(labels), "image_size": size},
+                   extra={"source_model": str(cfg.model), "format": cfg.format, "quantize": cfg.quantize,
+                          "size_bytes": len(flatbuffer), "keras_size_bytes": Path(cfg.model).stat().st_size})
+    card.save(card_path(out))  # labels first: the exported model reads them
 
-    card["parity"] = verify(model, out, cfg)
-    card_path(out).write_text(json.dumps(card, indent=2))
-    return card
+    try:
+        card.extra["parity"] = verify(model, out, cfg)
+    except ParityError as exc:
+        card.extra["parity"] = exc.check
+        raise
+    finally:
+        card.save(card_path(out))
+    return card.to_dict()
 
 
 def verify(model, out: Path, cfg: ExportConfig) -> dict[str, Any]:
-    """Compare the exported file with the Keras model on `cfg.parity_dir`; print it, raise ParityError on failure."""
+    """Compare the exported file with the Keras model on `cfg.parity_dir`; raise ParityError on failure."""
     from celeba.model import model_image_size
 
     tolerance = TOLERANCE[cfg.quantize] if cfg.tolerance is None else cfg.tolerance
     size = model_image_size(model)
     check = parity(model, load_exported(out), _batches(cfg.parity_dir, None, cfg.parity_limit, size, cfg.batch_size))
-    check |= {"tolerance": tolerance, "min_agreement": cfg.min_agreement,
+    check |= {"tolerance": tolerance, "min_agreement": cfg.min_agreement, "parity_dir": str(cfg.parity_dir),
               "passed": check["max_abs_diff"] <= tolerance and check["label_agreement"] >= cfg.min_agreement}
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB; Keras model {Path(cfg.model).stat().st_size / 1e6:.2f} MB)")
-    print(f"parity on {check['images']} images of {cfg.parity_dir}: max |dp| {check['max_abs_diff']:.5f} "
-          f"(tolerance {tolerance:g}), mean |dp| {check['mean_abs_diff']:.5f}, "
-          f"labels agree {check['label_agreement']:.2%} (need {cfg.min_agreement:.0%}): "
-          f"{'PASS' if check['passed'] else 'FAIL'}")
     if not check["passed"]:
-        raise ParityError(f"{out}: parity check failed ({check})")
+        raise ParityError(out, check)
     return check
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from celeba.cli import _setup, run_cli
-    from celeba.config import parse_config
-
-    cfg = parse_config(ExportConfig, argv, ExportConfig.__doc__)
-    _setup()
-
-    def job() -> None:
-        try:
-            export(cfg)
-        except ParityError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(1)
-        except FileExistsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
-
-    run_cli(job)
+def parity_line(check: dict[str, Any]) -> str:
+    """One readable line of a parity check, for the CLI."""
+    return (f"parity on {check['images']} images: max |dp| {check['max_abs_diff']:.5f} "
+            f"(tolerance {check['tolerance']:g}), mean |dp| {check['mean_abs_diff']:.5f}, "
+            f"labels agree {check['label_agreement']:.2%} (need {check['min_agreement']:.0%}): "
+            f"{'PASS' if check['passed'] else 'FAIL'}")

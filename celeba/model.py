@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import keras
 
+from celeba.config import resolve_model
+from celeba.runcard import RunCard, card_path
+
+log = logging.getLogger(__name__)
 HEAD_LAYERS = ("scale", "embedding", "head_dense", "head_bn", "head_dropout", "predictions")
 FEATURE_LAYER = "out_relu"  # last convolutional activation of MobileNetV2: where Grad-CAM looks
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
@@ -90,25 +94,23 @@ def model_image_size(model: keras.Model) -> int:
     return int(model.input_shape[1])
 
 
-def card_path(model_path: Path) -> Path:
-    return Path(model_path).with_suffix(".json")
-
-
 def load_model(model_path: Path, labels: Sequence[str] | None = None) -> tuple[keras.Model, tuple[str, ...]]:
-    """Load a saved `.keras` model and its label names (from the run card beside it, or `labels`)."""
+    """Load a saved `.keras` model and its label names (from the run card beside it, or `labels`).
+
+    A relative path not found from the working directory is looked up in the repository (`resolve_model`);
+    a model whose card shows chance-level validation ROC-AUC is loaded with a warning.
+    """
     import celeba.losses  # noqa: F401  (registers the weighted loss for deserialization)
 
-    model_path = Path(model_path)
+    model_path = resolve_model(model_path)
     if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: model file not found (train one with `poetry run train`)")
+        raise FileNotFoundError(f"{model_path}: model file not found (train one with `celeba train`)")
+    card = RunCard.load(model_path) if labels is None or card_path(model_path).is_file() else None
+    if card is not None and card.quality_warning():
+        log.warning("%s", card.quality_warning())
     with without_optimizer_warnings():
         model = keras.models.load_model(model_path)
-    if labels is None:
-        card = card_path(model_path)
-        if not card.is_file():
-            raise FileNotFoundError(f"{card}: run card not found; pass the model's --labels")
-        labels = json.loads(card.read_text())["config"]["labels"]
-    labels = tuple(labels)
+    labels = tuple(labels if labels is not None else card.labels)
     if model.output_shape[-1] != len(labels):
         raise ValueError(f"{model_path}: model has {model.output_shape[-1]} outputs but labels are {labels}")
     return model, labels

@@ -8,7 +8,6 @@ for images that already are CelebA-style aligned crops.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
+from celeba.config import DEFAULT_MODEL, opt, resolve_model
 from celeba.data import CelebADataError
 from celeba.faces import Box, faces_in
 
@@ -62,7 +62,8 @@ def decode_photo(data: bytes, name: str, max_bytes: int = MAX_BYTES,
                 raise ImageTooLarge(f"{name}: {width}x{height} = {width * height / 1e6:.1f} megapixels is over "
                                     f"the {max_megapixels:g} megapixel limit")
             orientation = header.getexif().get(0x0112, 1)
-            rgb = None if header.format in TF_FORMATS else np.asarray(header.convert("RGB"))
+            image_format = header.format
+            rgb = None if image_format in TF_FORMATS else np.asarray(header.convert("RGB"))
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -72,21 +73,21 @@ def decode_photo(data: bytes, name: str, max_bytes: int = MAX_BYTES,
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt files
         raise ImageError(f"{name}: unreadable image ({exc})") from None
     if rgb is None:
-        rgb = _tf_decode(data, name)
+        rgb = _tf_decode(data, name, image_format)
     if orientation in _EXIF_TRANSPOSE:
         rgb = np.asarray(Image.fromarray(rgb).transpose(getattr(Image.Transpose, _EXIF_TRANSPOSE[orientation])))
     return rgb
 
 
-def _tf_decode(data: bytes, name: str) -> np.ndarray:
+def _tf_decode(data: bytes, name: str, image_format: str = "image") -> np.ndarray:
     import tensorflow as tf
 
     from celeba.data import decode_image
 
     try:
         return decode_image(data, name).numpy()
-    except tf.errors.InvalidArgumentError as exc:
-        raise ImageError(f"{name}: corrupt image ({exc.message.splitlines()[0]})") from None
+    except tf.errors.InvalidArgumentError:  # TensorFlow's message names its graph, not the file or the problem
+        raise ImageError(f"{name}: not a decodable image (corrupt {image_format} data)") from None
 
 
 def read_photo(path: Path, max_bytes: int = MAX_BYTES, max_megapixels: float = MAX_MEGAPIXELS) -> np.ndarray:
@@ -120,7 +121,7 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
 
 def load_predictor_model(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], int]:
     """(batch of [0,255] float32 images -> probabilities, labels, image size) for a .keras, .tflite or .onnx file."""
-    path = Path(path)
+    path = resolve_model(path)
     if path.suffix in (".tflite", ".onnx"):
         from celeba.export import load_exported
 
@@ -152,7 +153,7 @@ class Predictor:
 
     def __init__(self, model_path: Path, threshold: float = 0.5, max_faces: int = 10):
         self.infer, self.labels, self.image_size = load_predictor_model(model_path)
-        self.model_path, self.threshold, self.max_faces = Path(model_path), threshold, max_faces
+        self.model_path, self.threshold, self.max_faces = resolve_model(model_path), threshold, max_faces
 
     def crops(self, rgb: np.ndarray, detect: bool = True) -> list[tuple[Box, np.ndarray]]:
         if not detect:  # already a CelebA-style crop: preprocess_image centre-crops it like training
@@ -190,17 +191,22 @@ class Predictor:
 class PredictConfig:
     """Attribute probabilities for every face in photos (files or folders)."""
 
-    paths: tuple[Path, ...] = ()  # image files or folders (also positional: `predict a.jpg photos/`)
-    model: Path = Path("models/mobilenetv2-bce.keras")  # .keras (run card beside it) or exported .tflite/.onnx
-    detect: bool = True  # --no-detect: the images are already CelebA-style aligned crops
-    threshold: float = 0.5
-    max_faces: int = 10  # per image, largest first
-    batch_size: int = 32  # images per model call
-    format: Literal["table", "json", "csv"] = "table"
-    json: bool = False  # shorthand for --format json
-    csv: bool = False  # shorthand for --format csv
-    max_bytes: int = MAX_BYTES
-    max_megapixels: float = MAX_MEGAPIXELS
+    paths: tuple[Path, ...] = opt((), "image files or folders (folders: recursively, every image file)",
+                                  positional=True, metavar="PATH")
+    model: Path = opt(DEFAULT_MODEL, ".keras model (run card beside it) or an exported .tflite/.onnx (card beside it)")
+    detect: bool = opt(True, "find faces and crop them like CelebA; --no-detect: the images already are aligned crops")
+    threshold: float = opt(0.5, "a label is listed when its probability is at least this")
+    max_faces: int = opt(10, "faces per image, largest first")
+    batch_size: int = opt(32, "images per model call (all their faces go through the model as one batch)")
+    format: Literal["table", "json", "csv"] = opt("table", "output format on stdout")
+    json: bool = opt(False, "shorthand for --format json")
+    csv: bool = opt(False, "shorthand for --format csv")
+    max_bytes: int = opt(MAX_BYTES, "larger files are refused before they are read")
+    max_megapixels: float = opt(MAX_MEGAPIXELS, "larger images are refused before they are decoded")
+
+    @property
+    def output_format(self) -> str:
+        return "json" if self.json else "csv" if self.csv else self.format
 
 
 def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str], tuple[str, ...]]:
@@ -212,7 +218,8 @@ def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str], tu
     files = image_files(cfg.paths)
     predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces)
     results, errors = [], []
-    with tqdm(total=len(files), unit="img", desc="predict", disable=len(files) < 2, file=sys.stderr) as bar:
+    with tqdm(total=len(files), unit="img", desc="predict", file=sys.stderr,
+              disable=len(files) < 2 or not sys.stderr.isatty()) as bar:  # no bar escape codes in logs
         for chunk in _chunks(files, cfg.batch_size):
             good: list[tuple[Path, np.ndarray]] = []
             for path in chunk:
@@ -238,52 +245,3 @@ def results_table(results: list[dict[str, Any]], labels: Sequence[str]):
     rows = [{"file": r["file"], "face": i, **face["box"], **face["probabilities"], "labels": " ".join(face["labels"])}
             for r in results for i, face in enumerate(r["faces"])]
     return pd.DataFrame(rows, columns=["file", "face", "x", "y", "w", "h", *labels, "labels"])
-
-
-def split_positionals(argv: Sequence[str], cls: type = PredictConfig) -> list[str]:
-    """Turn `a.jpg photos/ --json` into `--json --paths a.jpg photos/` for `parse_config` (flags only)."""
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    takes_value = {"--" + f.name.replace("_", "-"): hints[f.name] is not bool for f in dataclasses.fields(cls)}
-    flags, paths, tokens = [], [], list(argv)
-    while tokens:
-        token = tokens.pop(0)
-        if token.startswith("-"):
-            flags.append(token)
-            if takes_value.get(token) and tokens:
-                flags.append(tokens.pop(0))
-        else:
-            paths.append(token)
-    return flags + (["--paths", *paths] if paths else [])
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    from celeba.cli import _setup, run_cli
-    from celeba.config import parse_config
-
-    cfg = parse_config(PredictConfig, split_positionals(sys.argv[1:] if argv is None else argv),
-                       PredictConfig.__doc__)
-    _setup()
-    run_cli(lambda: _main(cfg))
-
-
-def _main(cfg: PredictConfig) -> None:
-    results, errors, labels = run_predict(cfg)
-    fmt = "json" if cfg.json else "csv" if cfg.csv else cfg.format
-    if fmt == "json":
-        print(json.dumps(results, indent=2))
-    elif fmt == "csv":
-        results_table(results, labels).to_csv(sys.stdout, index=False, float_format="%.4f")
-    else:
-        table = results_table(results, labels)
-        print(table.to_string(index=False, float_format="{:.3f}".format) if len(table) else "(no faces)")
-    faceless = [r["file"] for r in results if not r["faces"]]
-    if faceless:
-        print(f"no face found in {len(faceless)} image(s): {', '.join(faceless[:5])}"
-              f"{' ...' if len(faceless) > 5 else ''}", file=sys.stderr)
-    for message in errors:
-        print(f"error: {message}", file=sys.stderr)
-    if errors:
-        sys.exit(2)

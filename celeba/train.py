@@ -19,7 +19,9 @@ import tensorflow as tf
 from celeba.config import TrainConfig
 from celeba.data import CelebADataError, check_labels, labels_array, load_index, make_augmenter, make_dataset, split
 from celeba.losses import WeightedBinaryCrossentropy, make_loss
-from celeba.model import build_model, card_path, set_backbone_trainable, without_optimizer_warnings
+from celeba.model import build_model, set_backbone_trainable, without_optimizer_warnings
+from celeba.runcard import RunCard, card_path, provenance
+from celeba.runtime import keras_verbose
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,32 @@ def compile_for(model: keras.Model, phase: Phase, loss: keras.losses.Loss, steps
                            keras.metrics.AUC(multi_label=True, num_labels=n, name="auc")])
 
 
-def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+def make_run_card(cfg: TrainConfig, model_path: Path, rows: dict[str, Any], y_train: np.ndarray,
+                  loss: keras.losses.Loss, metrics: Any, throughputs: dict[str, Throughput], train_seconds: float,
+                  policy: str) -> RunCard:
+    """The one place a run card is built: config, data, class weights, validation metrics, speed, provenance."""
+    labels = cfg.labels
+    return RunCard(
+        model=str(model_path),
+        config=cfg.to_json(),
+        data={p: len(r) for p, r in rows.items()}
+        | {"train_positive_rate": dict(zip(labels, y_train.mean(axis=0).round(4).tolist()))},
+        class_weights=({label: {"positive": p, "negative": n}
+                        for label, p, n in zip(labels, loss.pos_weights, loss.neg_weights)}
+                       if isinstance(loss, WeightedBinaryCrossentropy) else None),
+        validation_metrics=json.loads(metrics.to_json(orient="index")),
+        epochs_trained=sum(len(t.epoch_seconds) for t in throughputs.values()),
+        time_s=round(train_seconds, 1),
+        train_images_per_s=images_per_s(len(rows["train"]), [s for t in throughputs.values() for s in t.epoch_seconds]),
+        train_images_per_s_by_phase={name: images_per_s(len(rows["train"]), t.epoch_seconds)
+                                     for name, t in throughputs.items() if t.epoch_seconds},
+        environment={"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
+                     "cpus": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")), "precision": policy},
+        provenance=provenance(cfg.data_dir),
+    )
+
+
+def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunCard:
     """Train, keep the best model by validation loss, save it under models/ with its run card."""
     from celeba.evaluate import predict
     from celeba.metrics import label_metrics
@@ -164,7 +191,6 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     if not cfg.resume and run_dir.exists():
         log.info("fresh run: clearing %s (use --resume to continue it)", run_dir)
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     policy = set_precision(cfg.mixed_precision)
     strategy = distribution_strategy()
@@ -172,6 +198,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
         model = build_model(len(labels), cfg.image_size, cfg.weights, cfg.dense_units, cfg.dropout)
         trainer = with_augmentation(model, cfg.seed) if cfg.augment else model
         loss = make_loss(cfg.loss, y_train)
+    run_dir.mkdir(parents=True, exist_ok=True)  # after the model: a failed weights download leaves no empty folder
 
     batch = cfg.batch_size * strategy.num_replicas_in_sync
     train_ds = make_dataset(rows["train"], labels, cfg.image_size, batch, training=True, cache=cfg.cache,
@@ -203,7 +230,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
                 *extra_callbacks,
             ]
             trainer.fit(train_ds, validation_data=val_ds, initial_epoch=offset, epochs=offset + phase.epochs,
-                      callbacks=callbacks, verbose="auto", shuffle=False)  # tf.data shuffles
+                      callbacks=callbacks, verbose=keras_verbose(), shuffle=False)  # tf.data shuffles
             save_atomic(model, done_path)
         offset += phase.epochs
 
@@ -217,26 +244,8 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
         compile_for(model, Phase("saved", 1, cfg.learning_rate, True, False), loss, steps)
     save_atomic(model, model_path)
 
-    card = {
-        "model": str(model_path),
-        "config": cfg.to_json(),
-        "data": {p: len(r) for p, r in rows.items()}
-        | {"train_positive_rate": dict(zip(labels, y_train.mean(axis=0).round(4).tolist()))},
-        "class_weights": ({label: {"positive": p, "negative": n}
-                           for label, p, n in zip(labels, loss.pos_weights, loss.neg_weights)}
-                          if isinstance(loss, WeightedBinaryCrossentropy) else None),
-        "validation_metrics": json.loads(metrics.to_json(orient="index")),
-        "epochs_trained": sum(len(t.epoch_seconds) for t in throughputs.values()),
-        "time_s": round(train_seconds, 1),
-        "train_images_per_s": images_per_s(len(rows["train"]), [s for t in throughputs.values()
-                                                                 for s in t.epoch_seconds]),
-        "train_images_per_s_by_phase": {name: images_per_s(len(rows["train"]), t.epoch_seconds)
-                                        for name, t in throughputs.items() if t.epoch_seconds},
-        "environment": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
-                        "cpus": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
-                        "precision": policy},
-    }
-    write_json_atomic(card, card_path(model_path))
+    card = make_run_card(cfg, model_path, rows, y_train, loss, metrics, throughputs, train_seconds, policy)
+    card.save(card_path(model_path))
     log.info("saved %s (%.0f s); validation accuracy: %s", model_path, train_seconds,
              ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items()))
     return card

@@ -1,0 +1,64 @@
+"""The process around the pipelines: quiet TensorFlow start-up, the device line, terminal-aware progress output."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+
+log = logging.getLogger("celeba")
+
+#: TensorFlow's start-up lines that are not the user's business (written by C++ before logging is set up, so
+#: TF_CPP_MIN_LOG_LEVEL cannot hide them): the absl preamble, oneDNN, the CUDA stub on CPU machines, CPU features.
+_STARTUP_NOISE = ("All log messages before absl::InitializeLog()", "port.cc", "cudart_stub.cc",
+                  "cpu_feature_guard.cc", "To enable the following instructions", "rebuild TensorFlow with",
+                  "Unable to register cu", "computation_placer.cc", "cuda_platform.cc")
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up chatter filtered out, unless the user set TF_CPP_MIN_LOG_LEVEL.
+
+    Level 3 hides `failed call to cuInit` (an E line on every CPU-only machine). The lines TensorFlow writes
+    before its logging exists go to file descriptor 2 directly; they are caught during the import, and any line
+    that is not known start-up noise is passed on.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if line.strip() and not any(noise in line for noise in _STARTUP_NOISE)]
+            sys.stderr.write("".join(kept))
+
+
+def device_line() -> str:
+    """The device the computation runs on, in one line (after `quiet_tensorflow`)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return f"device: CPU ({os.cpu_count()} cores, no GPU visible)"
+    names = []
+    for gpu in gpus:
+        details = tf.config.experimental.get_device_details(gpu)
+        names.append(details.get("device_name", gpu.name))
+    return f"device: {len(gpus)} GPU(s): {', '.join(names)}"
+
+
+def keras_verbose() -> int:
+    """Keras' progress bar on a terminal; one plain line per epoch (no cursor or colour codes) in logs and pipes."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
