@@ -262,6 +262,5 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if name == "test":
         test_main(rest)
     if name not in COMMANDS:
-        print(usage(), file=sys.stderr)
         fail(f"{name}: unknown command; choose from {', '.join([*COMMANDS, 'test'])}")
     run(name, rest, prog=f"celeba {name}")

@@ -1,10 +1,20 @@
-"""Bad input on the command line ends with one clear line and exit code 2, never a stack trace."""
+"""The command line as a user meets it: one clear error line and exit code 2 on bad input, the umbrella command,
+quiet start-up, complete help."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
 import pytest
 
-from celeba.cli import evaluate_main, train_main
+from celeba.cli import COMMANDS, evaluate_main, main, train_main
+from celeba.config import REPO_ROOT
+
+ALARMING = ("E0000", "W0000", "I0000", "cuInit", "oneDNN", "absl::InitializeLog", "Traceback", "\x1b[")
 
 
 def run(main, argv, capsys) -> str:
@@ -16,6 +26,14 @@ def run(main, argv, capsys) -> str:
     return err
 
 
+def celeba(*args: str, cwd: Path = REPO_ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m celeba ...` in its own process, TF_CPP_MIN_LOG_LEVEL unset as in a user's shell."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "celeba", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def test_missing_data_dir(tmp_path, capsys):
     assert f"{tmp_path / 'celeba'}: data folder not found" in run(train_main, ["--data-dir", str(tmp_path / "celeba")], capsys)
 
@@ -24,10 +42,76 @@ def test_unknown_label(capsys):
     assert "unknown attribute(s) ['Smiley']" in run(train_main, ["--labels", "Smiley", "--weights", "none"], capsys)
 
 
-def test_missing_weights_file(tmp_path, capsys):
-    err = run(train_main, ["--weights", str(tmp_path / "w.h5"), "--limit", "4", "--models-dir", str(tmp_path)], capsys)
+def test_missing_weights_file_leaves_no_run_folder(tmp_path, capsys):
+    err = run(train_main, ["--weights", str(tmp_path / "w.h5"), "--limit", "4", "--models-dir", str(tmp_path / "m"),
+                           "--no-check-images"], capsys)
     assert "w.h5: weights file not found" in err
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
 
 
 def test_missing_model(tmp_path, capsys):
     assert "model file not found" in run(evaluate_main, ["--model", str(tmp_path / "none.keras")], capsys)
+
+
+def test_config_error_is_one_line_and_exit_2(capsys):
+    """The dataclasses' own checks raise ConfigError('--flag: why'); the runner prints it like any bad input."""
+    from dataclasses import dataclass
+
+    from celeba.cli import run_script
+    from celeba.config import ConfigError, opt
+
+    @dataclass
+    class Checked:
+        epochs: int = opt(1, "epochs")
+
+        def __post_init__(self):
+            if self.epochs < 1:
+                raise ConfigError(f"--epochs: must be at least 1, got {self.epochs}")
+
+    assert run(lambda argv: run_script(Checked, print, argv), ["--epochs", "0"], capsys) == (
+        "error: --epochs: must be at least 1, got 0\n")
+
+
+def test_replay_needs_an_existing_run_card(tmp_path, capsys):
+    assert "run card not found" in run(train_main, ["--config", str(tmp_path / "nope.json")], capsys)
+
+
+def test_umbrella_lists_every_command_and_refuses_unknown_ones(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in [*COMMANDS, "test"])
+    err = run(main, ["fly"], capsys)
+    assert "fly: unknown command" in err
+
+
+def test_console_scripts_point_at_the_cli_layer():
+    """Every documented `poetry run <name>` and the umbrella `celeba` resolve to a callable of celeba.cli."""
+    import importlib
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"celeba", *COMMANDS, "test"}
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        assert module == "celeba.cli" and callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_umbrella_command_in_a_subprocess_from_another_directory(tmp_path):
+    result = celeba("predict", "--help", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage: celeba predict" in result.stdout and "PATH" in result.stdout and "--paths" not in result.stdout
+    assert result.stderr == ""
+
+
+def test_predict_on_a_demo_photo_is_quiet_and_meaningful(tmp_path):
+    """The README's first command, from another directory: the default model, no alarming line on stderr."""
+    result = celeba("predict", str(REPO_ROOT / "data" / "demo" / "portrait.jpg"), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "device: CPU" in lines[0] or "GPU" in lines[0], result.stderr
+    assert not any(marker in result.stderr for marker in ALARMING), result.stderr
+    import json
+
+    faces = json.loads(result.stdout)[0]["faces"]
+    assert len(faces) == 1 and faces[0]["probabilities"]["Male"] > 0.5  # data/demo/README.md: a young man
