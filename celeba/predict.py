@@ -71,7 +71,7 @@ def decode_photo(data: bytes, name: str, max_bytes: int = MAX_BYTES,
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image (no known image format)") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt files
-        raise ImageError(f"{name}: unreadable image ({exc})") from None
+        raise ImageError(f"{name}: not a decodable image ({exc})") from None
     if rgb is None:
         rgb = _tf_decode(data, name, image_format)
     if orientation in _EXIF_TRANSPOSE:

@@ -32,6 +32,11 @@ def card_path(model_path: Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+#: The keys of every training card since the first (the committed models' cards have exactly these).
+TRAINING_KEYS = ("data", "class_weights", "validation_metrics", "epochs_trained", "time_s", "train_images_per_s",
+                 "environment")
+
+
 @dataclass
 class RunCard:
     """What `models/<name>.json` holds. `config` is the training config as JSON (for exports: labels, image size)."""
@@ -111,9 +116,10 @@ class RunCard:
     # ----------------------------------------------------------------------- writing
 
     def to_dict(self) -> dict[str, Any]:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        if not values["provenance"]:
-            del values["provenance"]  # export cards and hand-made ones have none
+        """The JSON object: a training card keeps the original keys; newer or unused fields appear only when set."""
+        always = {"model", "config"} | (set(TRAINING_KEYS) if self.epochs_trained is not None else set())
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name != "extra" and (f.name in always or getattr(self, f.name) not in (None, {}))}
         return values | self.extra
 
     def save(self, path: Path) -> Path:

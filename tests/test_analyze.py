@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from celeba.analyze import (AnalyzeConfig, balancing_thresholds, calibration_curve, findings, join_repeated,
-                            main, parse_pairs, saliency_picks, slice_masks)
+from celeba.analyze import (AnalyzeConfig, balancing_thresholds, calibration_curve, findings, parse_pairs,
+                            saliency_picks, slice_masks)
+from celeba.cli import analyze_main
 from celeba.config import parse_config
 from celeba.data import CelebADataError, load_index, split
 
@@ -23,12 +24,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def report(tiny_model, sample_dir, tmp_path_factory) -> Path:
     """The same tiny model passed twice (repeated --model flags), through the real command line."""
     out = tmp_path_factory.mktemp("analysis")
-    main(["--model", str(tiny_model), "--model", str(tiny_model), "--data-dir", str(sample_dir),
+    with pytest.raises(SystemExit) as exit_info:
+        analyze_main(["--model", str(tiny_model), "--model", str(tiny_model), "--data-dir", str(sample_dir),
           "--partition", "test", "--limit", str(LIMIT), "--out", str(out), "--faces", "2", "--bins", "3",
           "--min-slice", "3", "--projections", "pca", "--pairs", *(",".join(p) for p in PAIRS)])
+    assert exit_info.value.code == 0
     return out
 
 
+@pytest.mark.slow  # the whole analysis, once per module
 def test_every_figure_exists_is_linked_and_is_a_valid_png(report):
     from matplotlib.image import imread
     from PIL import Image
@@ -41,6 +45,8 @@ def test_every_figure_exists_is_linked_and_is_a_valid_png(report):
     text = (report / "report.md").read_text()
     linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
     assert linked == found  # every figure is in the report, every link resolves
+    # The training-partition table says whose training data it shows (the run card knows where tiny was trained).
+    assert "(Training partition of " in text and "tiny was trained on this data." in text
     for name in found:
         path = report / name
         assert path.read_bytes()[:8] == PNG_SIGNATURE, name
@@ -50,6 +56,7 @@ def test_every_figure_exists_is_linked_and_is_a_valid_png(report):
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100 and pixels.std() > 0, name
 
 
+@pytest.mark.slow  # the whole analysis, once per module
 def test_cohort_tables_agree_with_numpy(report, tiny_model, sample_dir):
     from celeba.evaluate import model_image_size, predict
     from celeba.model import load_model
@@ -81,6 +88,7 @@ def test_cohort_tables_agree_with_numpy(report, tiny_model, sample_dir):
         assert total == LIMIT
 
 
+@pytest.mark.slow  # the whole analysis, once per module
 def test_young_confusion_split_by_gender_adds_up(report):
     table = pd.read_csv(report / "confusion.csv").set_index(["model", "label", "group"])
     counts = ["tn", "fp", "fn", "tp"]
@@ -91,6 +99,7 @@ def test_young_confusion_split_by_gender_adds_up(report):
     assert women["fpr"] == pytest.approx(women["fp"] / max(women["fp"] + women["tn"], 1))
 
 
+@pytest.mark.slow  # the whole analysis, once per module
 def test_delta_of_a_model_with_itself_is_zero(report):
     summary = pd.read_csv(report / "summary.csv", index_col="metric")
     assert {"tiny", "tiny-2", "tiny-2 - tiny"} <= set(summary.columns)
@@ -146,9 +155,9 @@ def test_saliency_picks():
 
 
 def test_repeated_model_flags_and_bad_pairs():
-    cfg = parse_config(AnalyzeConfig, join_repeated(["--model", "a.keras", "--limit", "3", "--model=b.keras"]))
+    cfg = parse_config(AnalyzeConfig, ["--model", "a.keras", "--limit", "3", "--model=b.keras"])
     assert cfg.model == (Path("a.keras"), Path("b.keras")) and cfg.limit == 3
-    assert parse_config(AnalyzeConfig, join_repeated(["--model", "a", "b"])).model == (Path("a"), Path("b"))
+    assert parse_config(AnalyzeConfig, ["--model", "a", "b"]).model == (Path("a"), Path("b"))
     with pytest.raises(CelebADataError, match="--pairs"):
         parse_pairs(["Male"])
     with pytest.raises(CelebADataError, match="Mail"):
@@ -157,23 +166,32 @@ def test_repeated_model_flags_and_bad_pairs():
 
 def test_missing_model_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--model", str(tmp_path / "nope.keras"), "--out", str(tmp_path / "out")])
+        analyze_main(["--model", str(tmp_path / "nope.keras"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert "nope.keras: model file not found" in capsys.readouterr().err
 
 
 def test_findings_name_the_worst_cohort_and_whether_the_gap_closed():
     def cohorts(young_women: float) -> pd.DataFrame:
-        return pd.DataFrame({"n": [10, 20], "Young_accuracy": [0.9, young_women]},
+        return pd.DataFrame({"n": [40, 20], "Young_accuracy": [0.9, young_women]},
                             index=["Male & Young", "Not Male & Young"])
 
     confusion = pd.DataFrame({"fpr": [0.2, 0.5]},
                              index=pd.MultiIndex.from_tuples([("Young", "Male"), ("Young", "Not Male")]))
     lines = findings({"bce": cohorts(0.6), "weighted": cohorts(0.8)}, {"bce": confusion, "weighted": confusion},
                      ["Young"])
-    assert "bce: Young accuracy ranges from 60.0% (Not Male & Young, n=20) to 90.0% (Male & Young)" in lines[0]
+    assert "bce: Young accuracy ranges from 60.0% (Not Male & Young, n=20) to 90.0% (Male & Young, n=40)" in lines[0]
+    assert "a gap of 30.0 pts" in lines[0]  # percentage points, not a relative change
     assert "false-positive rate 50.0% (Not Male) vs 20.0% (Male)" in lines[1]
-    assert lines[-1] == "Young cohort gap 30.0% (bce) -> 10.0% (weighted): narrower by 20.0%."
+    assert lines[-1] == "Young cohort gap 30.0 pts (bce) -> 10.0 pts (weighted): narrower by 20.0 pts."
+
+
+def test_findings_leave_cohorts_under_30_images_out_of_the_headline_gap():
+    table = pd.DataFrame({"n": [200, 150, 12], "Young_accuracy": [0.9, 0.8, 0.1]},
+                         index=["Male & Young", "Not Male & Young", "Not Male & Not Young"])
+    line = findings({"m": table}, {"m": pd.DataFrame({"fpr": []})}, ["Young"])[0]
+    assert "from 80.0% (Not Male & Young, n=150) to 90.0% (Male & Young, n=200), a gap of 10.0 pts" in line
+    assert "left out, under 30 images: Not Male & Not Young (n=12)" in line
 
 
 def test_slice_masks_list_each_slice_once_and_keep_every_bin():

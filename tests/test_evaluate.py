@@ -8,6 +8,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+import pytest
+
+from celeba.cli import evaluate_main
 from celeba.config import EvalConfig
 from celeba.evaluate import evaluate
 
@@ -15,8 +18,7 @@ from celeba.evaluate import evaluate
 def test_evaluate_writes_consistent_reports(tiny_model, tmp_path, capsys):
     out = tmp_path / "report"
     result = evaluate(EvalConfig(model=tiny_model, partition="test", out=out, check_images=False))
-    printed = capsys.readouterr().out
-    assert "accuracy per cohort" in printed and "Not Male & Young" in printed
+    assert "accuracy" in result["metrics_table"].columns and "Not Male & Young" in result["cohorts_table"].index
     assert {p.name for p in out.iterdir()} == {"metrics.json", "metrics.csv", "cohorts.csv", "predictions.csv"}
 
     predictions = pd.read_csv(out / "predictions.csv")
@@ -28,3 +30,12 @@ def test_evaluate_writes_consistent_reports(tiny_model, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["cohorts"] == result["cohorts"]
     cohorts = pd.read_csv(out / "cohorts.csv", index_col=0)
     assert cohorts["n"].sum() == 50 and len(cohorts) == 4
+
+
+def test_evaluate_command_prints_the_tables(tiny_model, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--model", str(tiny_model), "--limit", "8", "--out", str(tmp_path), "--no-check-images"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "on test (8 images)" in printed and "accuracy per cohort" in printed
+    assert f"wrote {tmp_path}/metrics.json" in printed

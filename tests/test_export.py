@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from celeba.data import SAMPLE_DIR
-from celeba.export import TOLERANCE, ExportConfig, ParityError, TFLiteModel, export, main, parity, verify
+from celeba.cli import export_main
+from celeba.export import TOLERANCE, ExportConfig, ParityError, TFLiteModel, export, parity, parity_line, verify
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,7 @@ def exported(tiny_model, tmp_path_factory):
     return out, cards
 
 
+@pytest.mark.slow  # the export fixture converts the model four times
 @pytest.mark.parametrize("quantize", ["float16", "int8", "int16x8"])
 def test_parity_on_the_whole_shipped_sample(exported, quantize):
     out, cards = exported
@@ -35,6 +37,7 @@ def test_parity_on_the_whole_shipped_sample(exported, quantize):
     assert card["config"]["labels"] == ["Male", "Young"] and card["parity"] == check
 
 
+@pytest.mark.slow  # the export fixture converts the model four times
 def test_onnx_export_matches_keras_and_serves_predictions(exported, tiny_model):
     from celeba.predict import Predictor
 
@@ -53,6 +56,7 @@ def test_export_refuses_to_overwrite_the_run_card(tiny_model):
         export(ExportConfig(model=tiny_model, format="onnx", out=tiny_model.with_suffix(".onnx")))
 
 
+@pytest.mark.slow  # the export fixture converts the model four times
 def test_quantized_files_are_smaller(exported, tiny_model):
     out, cards = exported
     keras_size = tiny_model.stat().st_size
@@ -61,6 +65,7 @@ def test_quantized_files_are_smaller(exported, tiny_model):
     assert fp16 < 0.6 * keras_size and int8 < 0.35 * keras_size  # half and a quarter of float32 weights, roughly
 
 
+@pytest.mark.slow  # the export fixture converts the model four times
 def test_tflite_model_matches_keras_on_any_batch_size(exported, tiny_model):
     from celeba.model import load_model
 
@@ -85,21 +90,25 @@ def test_parity_detects_a_model_that_disagrees(tiny_model):
     assert check["label_agreement"] < 0.5 or check["max_abs_diff"] > 0.01  # 1 - p disagrees unless p == 0.5
 
 
+@pytest.mark.slow  # the export fixture converts the model four times
 def test_failed_parity_raises_with_the_numbers(exported, tiny_model, capsys):
     from celeba.model import load_model
 
     out, _ = exported
     model, _ = load_model(tiny_model)
     cfg = ExportConfig(model=tiny_model, quantize="float16", tolerance=-1.0, parity_limit=16)
-    with pytest.raises(ParityError, match="parity check failed"):
+    with pytest.raises(ParityError) as error:
         verify(model, out / "tiny-float16.tflite", cfg)
-    printed = capsys.readouterr().out
-    assert "parity on 16 images" in printed and "FAIL" in printed
+    message = str(error.value)  # a sentence, not a raw dict
+    assert "parity check failed on 16 images: max |probability difference|" in message and "> tolerance -1" in message
+    assert "{" not in message and not capsys.readouterr().out  # the logic prints nothing; the CLI does
+    line = parity_line(error.value.check)
+    assert line.startswith("parity on 16 images: max |dp| ") and line.endswith("FAIL")
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--model", str(tmp_path / "nope.keras")])
+        export_main(["--model", str(tmp_path / "nope.keras")])
     assert exit_info.value.code == 2 and "nope.keras: model file not found" in capsys.readouterr().err
 
 

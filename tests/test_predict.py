@@ -1,13 +1,16 @@
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from celeba.data import image_dir, load_index, split
-from celeba.predict import (ImageError, ImageTooLarge, Predictor, decode_photo, image_files, main, read_photo,
-                            results_table, split_positionals)
+from celeba.cli import predict_main
+from celeba.config import parse_config
+from celeba.predict import (ImageError, ImageTooLarge, PredictConfig, Predictor, decode_photo, image_files,
+                            read_photo, results_table)
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -64,8 +67,9 @@ def test_bad_bytes_give_clear_errors_naming_the_file(data, message):
 
 def test_truncated_real_jpeg_is_an_error(sample_paths):
     data = sample_paths[0].read_bytes()
-    with pytest.raises(ImageError, match="cut.jpg"):
+    with pytest.raises(ImageError) as error:
         decode_photo(data[: len(data) // 3], "cut.jpg")
+    assert str(error.value) == "cut.jpg: not a decodable image (corrupt JPEG data)"  # not TensorFlow's graph dump
 
 
 def test_size_limits_are_checked_before_decoding(tmp_path, sample_paths):
@@ -91,9 +95,10 @@ def test_image_files_expands_folders_and_rejects_missing_paths(tmp_path, sample_
         image_files([tmp_path / "nope.jpg"])
 
 
-def test_split_positionals_lets_paths_come_anywhere():
-    argv = split_positionals(["a.jpg", "--model", "m.keras", "--json", "photos/", "--threshold", "0.3"])
-    assert argv == ["--model", "m.keras", "--json", "--threshold", "0.3", "--paths", "a.jpg", "photos/"]
+def test_paths_are_positionals_anywhere_among_the_flags():
+    cfg = parse_config(PredictConfig, ["a.jpg", "--model", "m.keras", "--json", "photos/", "--threshold", "0.3"])
+    assert cfg.paths == (Path("a.jpg"), Path("photos")) and cfg.model == Path("m.keras") and cfg.threshold == 0.3
+    assert cfg.output_format == "json" and parse_config(PredictConfig, []).paths == ()
 
 
 # --------------------------------------------------------------------------- the model
@@ -133,24 +138,31 @@ def test_every_face_in_a_group_photo_is_found_and_scored(predictor, sample_paths
 # --------------------------------------------------------------------------- the command
 
 
+def run_main(argv: list[str]) -> None:
+    """`predict` through the CLI layer, expecting success (exit code 0)."""
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(argv)
+    assert exit_info.value.code == 0
+
+
 def test_cli_json_csv_and_bad_files(tiny_model, sample_paths, tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     for path in sample_paths[:3]:
         (folder / path.name).write_bytes(path.read_bytes())
-    main([str(folder), "--model", str(tiny_model), "--no-detect", "--json", "--batch-size", "2"])
+    run_main([str(folder), "--model", str(tiny_model), "--no-detect", "--json", "--batch-size", "2"])
     results = json.loads(capsys.readouterr().out)
     assert [r["file"] for r in results] == [str(folder / p.name) for p in sample_paths[:3]]
     assert all(len(r["faces"]) == 1 for r in results)
 
-    main([str(folder / sample_paths[1].name), "--model", str(tiny_model), "--csv"])
+    run_main([str(folder / sample_paths[1].name), "--model", str(tiny_model), "--csv"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "file,face,x,y,w,h,Male,Young,labels" and len(lines) == 2  # one face
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"")
     with pytest.raises(SystemExit) as exit_info:
-        main([str(bad), str(folder), "--model", str(tiny_model), "--no-detect"])
+        predict_main([str(bad), str(folder), "--model", str(tiny_model), "--no-detect"])
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert f"error: {bad}: empty file" in captured.err
@@ -159,6 +171,6 @@ def test_cli_json_csv_and_bad_files(tiny_model, sample_paths, tmp_path, capsys):
 
 def test_cli_missing_model_is_one_clear_line(tmp_path, sample_paths, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main([str(sample_paths[0]), "--model", str(tmp_path / "none.keras")])
+        predict_main([str(sample_paths[0]), "--model", str(tmp_path / "none.keras")])
     assert exit_info.value.code == 2
     assert "none.keras: model file not found" in capsys.readouterr().err

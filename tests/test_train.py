@@ -52,6 +52,7 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # two trainings, one interrupted
 def test_weighted_run_resumes_after_interruption(tmp_path):
     source = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None)
     weights = tmp_path / "backbone.weights.h5"
@@ -67,11 +68,11 @@ def test_weighted_run_resumes_after_interruption(tmp_path):
     card = train(TrainConfig(**{**cfg.__dict__, "resume": True}))
     epochs = [row["epoch"] for row in csv.DictReader((cfg.models_dir / "run" / "history.csv").open())]
     assert epochs == ["0", "1", "2"]  # epoch 1 was backed up before the interruption and not repeated
-    assert card["epochs_trained"] == 1 and model_path.is_file()
+    assert card.epochs_trained == 1 and model_path.is_file()
 
     rows = split(load_index(SAMPLE_DIR), "train", 16)
     pos, neg = class_balanced_weights(labels_array(rows, cfg.labels))
-    assert card["class_weights"]["Male"] == {"positive": pos[0], "negative": neg[0]}
+    assert card.class_weights["Male"] == {"positive": pos[0], "negative": neg[0]}
     model, _ = load_model(model_path)
     assert model.loss.pos_weights == pos
 
