@@ -47,12 +47,37 @@ def face_jpeg(sample_dir) -> bytes:
     return sorted(image_dir(sample_dir).glob("*.jpg"))[1].read_bytes()
 
 
-def test_health_and_openapi_page(server):
+def test_health_and_openapi_schema(server):
     health = requests.get(f"{server}/health", timeout=TIMEOUT).json()
     assert health["status"] == "ok" and health["labels"] == ["Male", "Young"] and health["max_bytes"] == 300_000
     spec = requests.get(f"{server}/openapi.json", timeout=TIMEOUT).json()
-    assert "/predict" in spec["paths"] and "post" in spec["paths"]["/predict"]
-    assert requests.get(f"{server}/docs", timeout=TIMEOUT).status_code == 200
+    post = spec["paths"]["/predict"]["post"]
+    assert {"200", "400", "413", "415", "422"} <= set(post["responses"])  # every answer a client must handle
+    assert post["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Prediction"}
+    assert post["responses"]["415"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert {"Prediction", "FaceResult", "FaceBox", "Health", "ErrorBody"} <= set(spec["components"]["schemas"])
+
+
+def test_docs_page_works_offline(server):
+    """/docs and the Swagger UI assets it loads come from this server, not from a CDN."""
+    import re
+
+    page = requests.get(f"{server}/docs", timeout=TIMEOUT)
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+\.(?:js|css))['"]""", page.text)
+    assert len(assets) == 2 and all(url.startswith("/static/") for url in assets), assets
+    assert "cdn" not in page.text.lower()
+    for url in assets:
+        asset = requests.get(f"{server}{url}", timeout=TIMEOUT)
+        assert asset.status_code == 200 and len(asset.content) > 100_000, url  # the real bundle, not a stub
+    assert b"SwaggerUIBundle" in requests.get(f"{server}{assets[0] if assets[0].endswith('.js') else assets[1]}",
+                                              timeout=TIMEOUT).content
+
+
+def test_corrupt_jpeg_upload_says_so_in_plain_words(server, face_jpeg):
+    r = requests.post(f"{server}/predict", files={"file": ("cut.jpg", face_jpeg[: len(face_jpeg) // 3])},
+                      timeout=TIMEOUT)
+    assert r.status_code == 415 and r.json()["detail"] == "cut.jpg: not a decodable image (corrupt JPEG data)"
 
 
 def test_predict_finds_the_face_in_a_celeba_photo(server, face_jpeg):
