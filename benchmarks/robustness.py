@@ -9,12 +9,13 @@ the image; the crop then goes through the same resize as every other input. Writ
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from celeba.config import DEFAULT_MODEL, opt
 from celeba.data import SAMPLE_DIR
 
 SHIFTS = (-0.12, -0.08, -0.04, 0.0, 0.04, 0.08, 0.12)
@@ -25,11 +26,11 @@ SCALES = (0.8, 0.9, 1.0, 1.1, 1.2)
 class RobustnessConfig:
     """Accuracy of each model on aligned test images re-framed by shifts and scales."""
 
-    model: tuple[Path, ...] = field(default=(Path("models/celeba8k-bce.keras"),))  # one or more saved models
-    data_dir: Path = SAMPLE_DIR  # a CelebA folder
-    partition: str = "test"  # which official partition
-    limit: int = 500  # the first N images of the partition
-    out: Path = Path("benchmarks/results/robustness.json")  # the JSON; the figure goes beside it (.png)
+    model: tuple[Path, ...] = opt((DEFAULT_MODEL,), "one or more saved models")
+    data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder")
+    partition: str = opt("test", "which official partition")
+    limit: int = opt(500, "the first N images of the partition")
+    out: Path = opt(Path("benchmarks/results/robustness.json"), "the JSON; the figure goes beside it (.png)")
 
 
 def conditions() -> list[tuple[str, float, float, float]]:

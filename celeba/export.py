@@ -9,6 +9,7 @@ sample: every image through both models, maximum probability difference and labe
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -202,10 +203,10 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
         raise FileExistsError(f"--out {out}: pick another name than the model's ({cfg.model})")
     log.info("converting %s to %s (%s)", cfg.model, cfg.format, cfg.quantize)
     if cfg.format == "onnx":
-        run_card = json.loads(card_path(cfg.model).read_text()) if card_path(cfg.model).is_file() else {}
+        source = RunCard.load(cfg.model) if card_path(cfg.model).is_file() else None
         flatbuffer = convert_onnx(model, metadata={  # JSON values: what celeba reads back (leap_binder.py)
             "labels": json.dumps(list(labels)), "image_size": str(size),
-            "class_weights": json.dumps(run_card.get("class_weights"))})
+            "class_weights": json.dumps(source.class_weights if source else None)})
     else:
         representative = (_batches(cfg.data_dir, "train", cfg.representative, size, cfg.batch_size)
                           if cfg.quantize in ("int8", "int16x8") else None)

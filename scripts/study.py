@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a plain script from a checkout
 
+from celeba.config import opt  # noqa: E402
 from celeba.data import SAMPLE_DIR  # noqa: E402
+from celeba.runcard import RunCard  # noqa: E402
 
 MITIGATIONS = {  # run-card name -> what it is, in table order
     "celeba16k-bce": "plain BCE",
@@ -36,12 +38,12 @@ CURVE = {1000: "curve-1k-bce", 4000: "curve-4k-bce", 8000: "curve-8k-bce", 15979
 class StudyConfig:
     """Mitigations side by side and the learning curve, from the models under --models-dir."""
 
-    data_dir: Path = SAMPLE_DIR  # a CelebA folder with validation and test images
-    models_dir: Path = Path("models")  # where the trained models and their run cards are
-    cache: Path = Path("reports/study")  # per-model probabilities (CSV), computed once
-    out: Path = Path("benchmarks/results")  # study.json and study.md
-    images: Path = Path("images")  # the figures
-    labels: tuple[str, ...] = field(default=("Male", "Young"))  # the labels every model predicts
+    data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder with validation and test images")
+    models_dir: Path = opt(Path("models"), "where the trained models and their run cards are")
+    cache: Path = opt(Path("reports/study"), "per-model probabilities (CSV), computed once")
+    out: Path = opt(Path("benchmarks/results"), "study.json and study.md")
+    images: Path = opt(Path("images"), "the figures")
+    labels: tuple[str, ...] = opt(("Male", "Young"), "the labels every model predicts")
 
 
 def probabilities(model_path: Path, rows: pd.DataFrame, labels: tuple[str, ...], cache: Path) -> np.ndarray:
@@ -111,7 +113,7 @@ def run(cfg: StudyConfig) -> dict[str, Any]:
               **{label: row_for(name, parts["test"], y["test"], probs(name, "test"), cfg.labels, default)[label]
                  ["accuracy"] for label in cfg.labels}}
              for n, name in CURVE.items() if (cfg.models_dir / f"{name}.keras").is_file()]
-    cards = {n: json.loads((cfg.models_dir / f"{n}.json").read_text()) for n in {*present, *(c["model"] for c in curve)}}
+    cards = {n: RunCard.load(cfg.models_dir / f"{n}.json").to_dict() for n in {*present, *(c["model"] for c in curve)}}
     result = {"data_dir": str(cfg.data_dir), "test_images": len(parts["test"]),
               "validation_images": len(parts["validation"]), "mitigations": table, "learning_curve": curve,
               "training": {n: {k: card.get(k) for k in ("epochs_trained", "time_s", "train_images_per_s",
