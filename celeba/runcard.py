@@ -117,9 +117,9 @@ class RunCard:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: a training card keeps the original keys; newer or unused fields appear only when set."""
-        always = {"model", "config"} | (set(TRAINING_KEYS) if self.epochs_trained is not None else set())
+        always = {"config"} | (set(TRAINING_KEYS) if self.epochs_trained is not None else set())
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name != "extra" and (f.name in always or getattr(self, f.name) not in (None, {}))}
+                  if f.name != "extra" and (f.name in always or getattr(self, f.name) not in (None, {}, ""))}
         return values | self.extra
 
     def save(self, path: Path) -> Path:
