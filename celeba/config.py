@@ -15,7 +15,7 @@ from celeba.data import SAMPLE_DIR
 #: The repository root: defaults that name repository files resolve against it, so commands work from any cwd.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The model every model-consuming command uses by default (relative to the repository root).
-DEFAULT_MODEL = Path("models/celeba8k-bce.keras")  # TODO(lead): models/celeba16k-bce.keras once it is on main
+DEFAULT_MODEL = Path("models/celeba16k-bce.keras")  # ImageNet-pretrained, 96 px, Male/Young (docs/results.md)
 
 
 class ConfigError(ValueError):
