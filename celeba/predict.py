@@ -1,8 +1,8 @@
 """`poetry run predict PATH...`: attribute probabilities for every face in photos (files or folders).
 
-Photo -> checked decode -> face boxes -> CelebA-style 178x218 crops (`celeba.faces`) ->
-`celeba.data.preprocess_image` (the training preprocessing) -> model. `--no-detect` skips detection
-for images that already are CelebA-style aligned crops.
+Photo -> checked decode -> faces and landmarks -> 178x218 crops aligned like CelebA, with warnings where a face
+is outside the training distribution (`celeba.faces`) -> `celeba.data.preprocess_image` (the training
+preprocessing) -> model. `--no-detect` skips detection for images that already are CelebA-style aligned crops.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from celeba.config import DEFAULT_MODEL, opt, resolve_model
 from celeba.data import CelebADataError
-from celeba.faces import Box, faces_in
+from celeba.faces import Box, Detector, FaceCrop, find_faces, whole_image
 
 log = logging.getLogger(__name__)
 
@@ -142,23 +142,26 @@ def load_predictor_model(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray]
 class Face:
     box: Box
     probabilities: dict[str, float]
+    found: FaceCrop | None = None  # how the face was found and aligned, and its warnings
 
     def as_dict(self, threshold: float) -> dict[str, Any]:
-        return {"box": self.box.as_dict(), "probabilities": self.probabilities,
+        info = self.found.info() if self.found is not None else {"box": self.box.as_dict()}
+        return {**info, "probabilities": self.probabilities,
                 "labels": [k for k, p in self.probabilities.items() if p >= threshold]}
 
 
 class Predictor:
     """A loaded model plus the photo -> faces -> probabilities path; shared by the CLI and the service."""
 
-    def __init__(self, model_path: Path, threshold: float = 0.5, max_faces: int = 10):
+    def __init__(self, model_path: Path, threshold: float = 0.5, max_faces: int = 10, detector: Detector = "blazeface"):
         self.infer, self.labels, self.image_size = load_predictor_model(model_path)
         self.model_path, self.threshold, self.max_faces = resolve_model(model_path), threshold, max_faces
+        self.detector = detector
 
-    def crops(self, rgb: np.ndarray, detect: bool = True) -> list[tuple[Box, np.ndarray]]:
+    def crops(self, rgb: np.ndarray, detect: bool = True) -> list[FaceCrop]:
         if not detect:  # already a CelebA-style crop: preprocess_image centre-crops it like training
-            return [(Box(0, 0, rgb.shape[1], rgb.shape[0]), rgb)]
-        return faces_in(rgb, self.max_faces)
+            return [whole_image(rgb)]
+        return find_faces(rgb, self.max_faces, self.detector)
 
     def probabilities(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         from celeba.data import preprocess_image
@@ -171,11 +174,11 @@ class Predictor:
     def predict(self, images: Sequence[np.ndarray], detect: bool = True) -> list[list[Face]]:
         """Faces of every image; all crops of all images go through the model as one batch."""
         found = [self.crops(rgb, detect) for rgb in images]
-        probs = self.probabilities([crop for faces in found for _, crop in faces])
+        probs = self.probabilities([face.crop for faces in found for face in faces])
         out, k = [], 0
         for faces in found:
-            out.append([Face(box, {lab: round(float(p), 4) for lab, p in zip(self.labels, probs[k + i])})
-                        for i, (box, _) in enumerate(faces)])
+            out.append([Face(face.box, {lab: round(float(p), 4) for lab, p in zip(self.labels, probs[k + i])}, face)
+                        for i, face in enumerate(faces)])
             k += len(faces)
         return out
 
@@ -195,6 +198,8 @@ class PredictConfig:
                                   positional=True, metavar="PATH")
     model: Path = opt(DEFAULT_MODEL, ".keras model (run card beside it) or an exported .tflite/.onnx (card beside it)")
     detect: bool = opt(True, "find faces and crop them like CelebA; --no-detect: the images already are aligned crops")
+    detector: Detector = opt("blazeface", "blazeface: landmarks + CelebA alignment (Haar framing as fallback); "
+                                          "haar: framing only")
     threshold: float = opt(0.5, "a label is listed when its probability is at least this")
     max_faces: int = opt(10, "faces per image, largest first")
     batch_size: int = opt(32, "images per model call (all their faces go through the model as one batch)")
@@ -216,7 +221,7 @@ def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str], tu
     if not cfg.paths:
         raise FileNotFoundError("no image given: predict PATH... (files or folders)")
     files = image_files(cfg.paths)
-    predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces)
+    predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces, cfg.detector)
     results, errors = [], []
     with tqdm(total=len(files), unit="img", desc="predict", file=sys.stderr,
               disable=len(files) < 2 or not sys.stderr.isatty()) as bar:  # no bar escape codes in logs
@@ -239,9 +244,13 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 def results_table(results: list[dict[str, Any]], labels: Sequence[str]):
-    """One row per face: file, face number, box, one probability column per label, positive labels."""
+    """One row per face: file, face number, box, one probability column per label, positive labels, how the face
+    was found, `partial_face` and the warnings' short names (the JSON has their full text)."""
     import pandas as pd
 
-    rows = [{"file": r["file"], "face": i, **face["box"], **face["probabilities"], "labels": " ".join(face["labels"])}
+    rows = [{"file": r["file"], "face": i, **face["box"], **face["probabilities"], "labels": " ".join(face["labels"]),
+             "method": face.get("method", ""), "partial_face": face.get("partial_face", False),
+             "warnings": " ".join(w.split(":")[0] for w in face.get("warnings", []))}
             for r in results for i, face in enumerate(r["faces"])]
-    return pd.DataFrame(rows, columns=["file", "face", "x", "y", "w", "h", *labels, "labels"])
+    return pd.DataFrame(rows, columns=["file", "face", "x", "y", "w", "h", *labels, "labels", "method",
+                                       "partial_face", "warnings"])

@@ -1,6 +1,6 @@
 """`poetry run serve`: the model over HTTP (FastAPI + uvicorn), loaded once per process.
 
-POST /predict (multipart upload, field `file`) -> faces with boxes and probabilities;
+POST /predict (multipart upload, field `file`) -> faces with boxes, alignment, warnings and probabilities;
 GET /health; the OpenAPI page is at /docs. Bad uploads get a 4xx with a message that says why;
 a photo without a face is a 200 with an empty `faces` list.
 """
@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from celeba.config import DEFAULT_MODEL, opt
+from celeba.faces import Detector
 from celeba.predict import MAX_BYTES, MAX_MEGAPIXELS, ImageError, ImageTooLarge, Predictor, decode_photo
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,14 @@ class FaceBox(BaseModel):
 
 class FaceResult(BaseModel):
     box: FaceBox
+    method: str = Field("none", description="blazeface+align, haar+framing, or none (detect=false)")
+    score: float | None = Field(None, description="the detector's confidence, 0 to 1 (null: no detector score)")
+    landmarks: dict[str, list[float]] | None = Field(
+        None, description="left_eye, right_eye, nose, mouth as [x, y] photo pixels (null: Haar fallback)")
+    roll: float | None = Field(None, description="eye-line angle in the photo, degrees")
+    partial_face: bool = Field(False, description="the CelebA window ran past the photo edge; the border was reflected")
+    warnings: list[str] = Field(default_factory=list,
+                                description="where the face is outside the training distribution (docs/faces.md)")
     probabilities: dict[str, float] = Field(description="probability of every label, 0 to 1")
     labels: list[str] = Field(description="the labels whose probability is at least the threshold")
 
@@ -142,6 +151,8 @@ class ServeConfig:
     max_megapixels: float = opt(MAX_MEGAPIXELS, "larger images get 413 (checked before decoding)")
     threshold: float = opt(0.5, "a label is listed for a face when its probability is at least this")
     max_faces: int = opt(10, "faces per image, largest first")
+    detector: Detector = opt("blazeface", "blazeface: landmarks + CelebA alignment (Haar as fallback); "
+                                          "haar: framing only")
 
 
 def is_loopback(host: str) -> bool:
@@ -157,7 +168,7 @@ def serve(cfg: ServeConfig) -> None:
 
     if not is_loopback(cfg.host):  # e.g. 0.0.0.0 inside a container: allowed, but say what it means
         log.warning("--host %s: reachable from other machines, and the service has no authentication", cfg.host)
-    predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces)
+    predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces, cfg.detector)
     app = create_app(predictor, cfg.max_bytes, cfg.max_megapixels)
     log.info("serving %s on http://%s:%d (OpenAPI page: /docs)", predictor.model_path, cfg.host, cfg.port)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

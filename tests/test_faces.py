@@ -64,3 +64,157 @@ def test_large_photo_is_detected_on_a_downscaled_copy_and_boxes_map_back(sample_
     boxes = detect_faces(photo)
     assert boxes, "face not found in a 7 megapixel photo"
     assert _iou(crop_rect(boxes[0]), (1500, 1000, 2212, 1872)) > 0.6
+
+
+# --------------------------------------------------------------------------- BlazeFace + CelebA alignment
+# Generated framings of the embedded sample (celeba.framings), so the true face position is known.
+
+
+@pytest.fixture(scope="module")
+def few(sample_images):
+    return sample_images[:12]
+
+
+def _eye_line(landmarks) -> float:
+    from celeba.faces import roll_and_yaw
+
+    return roll_and_yaw(landmarks)[0]
+
+
+def test_landmark_constants_are_what_the_sample_measures(sample_images):
+    """CELEBA_LANDMARKS came from 1,000 shared train images; 60 other aligned images give the same means."""
+    from celeba.faces import CELEBA_LANDMARKS, measure_landmarks
+
+    mean, _, found, seen = measure_landmarks(sample_images[:60])
+    assert found >= 58 and seen == 60
+    np.testing.assert_allclose(mean, CELEBA_LANDMARKS, atol=2.5)
+
+
+def test_aligning_an_aligned_image_changes_little(few):
+    from celeba.faces import find_faces
+
+    diffs, partial = [], 0
+    for rgb in few:
+        faces = find_faces(rgb)
+        assert len(faces) == 1 and faces[0].method == "blazeface+align"
+        partial += faces[0].partial_face
+        diffs.append(np.abs(faces[0].crop.astype(float) - rgb)[40:180, 30:150].mean())
+    assert partial <= 1  # CelebA's own framing is not partial (1% of CelebA images are, by the threshold)
+    assert np.median(diffs) < 25  # the same face, slightly moved; a different face differs by ~50
+
+
+def test_tight_crop_is_found_aligned_and_flagged_partial(few):
+    """A crop in which the face fills 90% of the frame: one face (no mirror face from the padding), aligned so
+    its landmarks land on CelebA's, flagged partial_face with a warning, and close to the aligned original."""
+    from celeba.faces import CELEBA_LANDMARKS, alignment_matrix, find_faces
+    from celeba.framings import tight
+
+    close = 0
+    for rgb in few:
+        faces = find_faces(tight(rgb, 0.9))
+        assert len(faces) == 1, "the reflected border's mirror faces must be dropped"
+        face = faces[0]
+        assert face.method == "blazeface+align" and face.partial_face
+        assert any(w.startswith("partial_face") for w in face.warnings)
+        matrix = alignment_matrix(face.landmarks)
+        mapped = face.landmarks @ matrix[:, :2].T + matrix[:, 2]
+        assert np.abs(mapped - CELEBA_LANDMARKS).max() < 12
+        close += np.abs(face.crop.astype(float) - rgb)[60:170, 45:135].mean() < 30  # the face region
+    assert close >= 10
+
+
+@pytest.mark.parametrize("degrees", [30.0, -30.0])
+def test_rotated_face_is_found_and_derotated(few, degrees):
+    """cv2 rotates counter-clockwise for positive angles, so the eye line tilts by -degrees; alignment levels it."""
+    from celeba.faces import detect_landmarks, find_faces
+    from celeba.framings import rotated
+
+    rolls, levelled = [], []
+    for i, rgb in enumerate(few[:6]):
+        faces = find_faces(rotated(rgb, degrees, np.random.default_rng(i)))
+        assert faces and faces[0].method == "blazeface+align"
+        rolls.append(faces[0].roll)
+        assert any(w.startswith("rotated") for w in faces[0].warnings)
+        again = detect_landmarks(faces[0].crop)
+        levelled.append(_eye_line(again[0].landmarks))
+    assert np.median(rolls) == pytest.approx(-degrees, abs=5)
+    assert np.abs(np.median(levelled)) < 4
+
+
+def test_small_dark_and_normal_faces_get_the_right_warnings(few):
+    from celeba.faces import find_faces
+    from celeba.framings import framings
+
+    make = framings()
+    small = [find_faces(make["low_res"](rgb, i)) for i, rgb in enumerate(few[:6])]
+    assert sum(any(w.startswith("small_face") for w in f[0].warnings) for f in small if f) >= 5
+    dark = [find_faces(make["dark"](rgb, i)) for i, rgb in enumerate(few[:6])]
+    assert sum(any(w.startswith("dark") for w in f[0].warnings) for f in dark if f) >= 5
+    normal = [find_faces(make["photo"](rgb, i)) for i, rgb in enumerate(few[:6])]
+    assert sum(not f[0].warnings for f in normal if f) >= 5
+
+
+def test_haar_fallback_and_the_haar_only_path(few, monkeypatch):
+    import celeba.faces as faces
+
+    photo = faces.find_faces(few[1], detector="haar")
+    assert photo and photo[0].method == "haar+framing" and photo[0].landmarks is None
+    assert photo[0].warnings[0].startswith("no_landmarks")
+    monkeypatch.setattr(faces, "detect_landmarks", lambda rgb: [])  # BlazeFace finds nothing: Haar steps in
+    assert faces.find_faces(few[1])[0].method == "haar+framing"
+
+
+def test_find_faces_finds_nothing_in_blank_or_noise():
+    from celeba.faces import find_faces
+
+    assert find_faces(np.full((300, 300, 3), 128, np.uint8)) == []
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    assert find_faces(noise) == []
+
+
+@pytest.mark.parametrize("orientation, stored_as", [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270),
+                                                    (3, Image.Transpose.ROTATE_180)])
+def test_exif_orientation_turns_the_photo_upright_in_the_right_direction(few, orientation, stored_as):
+    """A phone stores the sensor image and an EXIF tag saying how to turn it. Orientation 6 means: turn 90 degrees
+    clockwise to view, so the stored pixels are the upright photo turned 90 degrees counter-clockwise (PIL's
+    ROTATE_90). Decoding must give back the upright photo (not its mirror or a 180-degree turn) with a level,
+    upright face."""
+    import io
+
+    from celeba.faces import find_faces
+    from celeba.predict import decode_photo
+
+    upright = few[1]
+    stored = Image.fromarray(upright).transpose(stored_as)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, exif=exif)
+    rgb = decode_photo(buf.getvalue(), "phone.jpg")
+    assert rgb.shape == upright.shape
+    right = np.abs(rgb.astype(float) - upright).mean()
+    wrong = min(np.abs(rgb.astype(float) - np.rot90(upright, 2)).mean(), np.abs(rgb.astype(float) - upright[::-1]).mean())
+    assert right < 5 < wrong
+    face = find_faces(rgb)[0]
+    assert abs(face.roll) < 10 and face.landmarks[3, 1] > face.landmarks[0, 1]  # mouth below the eyes
+
+
+def test_cli_json_and_csv_carry_the_face_fields(tiny_model, few, tmp_path, capsys):
+    import json
+
+    from celeba.framings import tight
+    from celeba.predict import main
+
+    Image.fromarray(tight(few[1], 0.9)).save(tmp_path / "tight.png")
+    main([str(tmp_path / "tight.png"), "--model", str(tiny_model), "--json"])
+    captured = capsys.readouterr()
+    face = json.loads(captured.out)[0]["faces"][0]
+    assert face["method"] == "blazeface+align" and face["partial_face"] is True
+    assert set(face["landmarks"]) == {"left_eye", "right_eye", "nose", "mouth"} and 0 < face["score"] <= 1
+    assert any(w.startswith("partial_face") for w in face["warnings"])
+    assert "outside what the model was trained on" in captured.err
+    main([str(tmp_path / "tight.png"), "--model", str(tiny_model), "--csv"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "file,face,x,y,w,h,Male,Young,labels,method,partial_face,warnings"
+    fields = lines[1].split(",")
+    assert fields[-3:-1] == ["blazeface+align", "True"] and "partial_face" in fields[-1].split()

@@ -149,3 +149,18 @@ def test_concurrent_requests_all_succeed(server, face_jpeg):
 def test_loopback_hosts_are_recognised():
     assert all(is_loopback(host) for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"))
     assert not any(is_loopback(host) for host in ("0.0.0.0", "192.168.1.10", "example.com", "::"))
+
+
+def test_service_returns_alignment_fields_and_flags_a_tight_crop(server, sample_dir):
+    import numpy as np
+
+    from celeba.framings import tight
+
+    upright = np.asarray(Image.open(sorted(image_dir(sample_dir).glob("*.jpg"))[1]).convert("RGB"))
+    r = requests.post(f"{server}/predict", files={"file": ("id.png", _png(Image.fromarray(tight(upright, 0.9))),
+                                                           "image/png")}, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    face = r.json()["faces"][0]
+    assert face["method"] == "blazeface+align" and face["partial_face"] is True
+    assert set(face["landmarks"]) == {"left_eye", "right_eye", "nose", "mouth"} and abs(face["roll"]) < 10
+    assert any(w.startswith("partial_face") for w in face["warnings"])
