@@ -212,8 +212,13 @@ def test_exif_orientation_turns_the_photo_upright_in_the_right_direction(few, or
 def test_cli_json_and_csv_carry_the_face_fields(tiny_model, few, tmp_path, capsys):
     import json
 
+    from celeba.cli import predict_main
     from celeba.framings import tight
-    from celeba.predict import main
+
+    def main(argv: list[str]) -> None:  # through the CLI layer, expecting exit code 0
+        with pytest.raises(SystemExit) as exit_info:
+            predict_main(argv)
+        assert exit_info.value.code == 0
 
     Image.fromarray(tight(few[1], 0.9)).save(tmp_path / "tight.png")
     main([str(tmp_path / "tight.png"), "--model", str(tiny_model), "--json"])
