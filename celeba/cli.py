@@ -40,11 +40,17 @@ def _evaluate(cfg) -> int:
     from celeba.evaluate import evaluate
 
     result = evaluate(cfg)
-    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 120):
-        print(f"\n{cfg.model} on {cfg.partition} ({result['n']} images)\n")
+    folder = "derivations" in result  # --images: a labelled folder of photos
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
+        print(f"\n{cfg.model} on {result['source'] if folder else cfg.partition} ({result['n']} images)\n")
+        if folder:
+            print("\n".join(f"{label}: {how}" for label, how in result["derivations"].items()), "\n")
+            print("photos per face status: " + ", ".join(f"{k} {v}" for k, v in result["faces"].items()), "\n")
         print(result["metrics_table"].to_string(), "\n")
-        print("accuracy per cohort\n" + result["cohorts_table"].to_string(), "\n")
-    print(f"wrote {result['out']}/metrics.json, metrics.csv, cohorts.csv, predictions.csv")
+        print(("accuracy per group, worst first\n" if folder else "accuracy per cohort\n")
+              + result["cohorts_table"].to_string(), "\n")
+    files = "groups.csv, faces.csv" if folder else "cohorts.csv"
+    print(f"wrote {result['out']}/metrics.json, metrics.csv, {files}, predictions.csv")
     return 0
 
 

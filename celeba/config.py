@@ -116,6 +116,16 @@ class EvalConfig:
     out: Path | None = opt(None, "folder for metrics.json/.csv, cohorts.csv, predictions.csv",
                            none="reports/<model name>-<partition>/")
     check_images: bool = opt(True, "decode every image once up front and skip unreadable ones")
+    images: Path | None = opt(None, "a folder of photos to evaluate instead of CelebA (faces found like predict; "
+                                    "docs/audit.md)", none="CelebA")
+    labels_csv: Path | None = opt(None, "with --images: CSV with file, labels (Male, Young: 0/1/empty), group columns",
+                                  none="none")
+    filename_pattern: str | None = opt(None, "with --images, instead of a CSV: e.g. '{age}_{gender}_{race}_*.jpg'",
+                                       none="none")
+    derive: tuple[str, ...] = opt((), "labels from other columns, e.g. 'Young=age<30' 'Male=gender==0'")
+    map: tuple[str, ...] = opt((), "names for group values, e.g. 'gender:0=male,1=female'")
+    bins: int = opt(5, "quantile bins of numeric group columns")
+    min_slice: int = opt(20, "groups smaller than this are listed but never headlined")
 
 
 # --------------------------------------------------------------------------- dataclass -> argparse

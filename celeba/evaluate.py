@@ -20,9 +20,9 @@ from celeba.runtime import keras_verbose
 log = logging.getLogger(__name__)
 
 
-def predict(model: keras.Model, rows: pd.DataFrame, labels: Sequence[str], image_size: int,
+def dataset_probabilities(model: keras.Model, rows: pd.DataFrame, labels: Sequence[str], image_size: int,
             batch_size: int = 64) -> np.ndarray:
-    """Probabilities, one row per row of `rows`, in order (no shuffling, no augmentation)."""
+    """Probabilities of index rows (CelebA-style aligned images) through the tf.data pipeline, in order."""
     ds = make_dataset(rows, labels, image_size, batch_size, training=False)
     return model.predict(ds, verbose=keras_verbose())
 
@@ -30,12 +30,14 @@ def predict(model: keras.Model, rows: pd.DataFrame, labels: Sequence[str], image
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Write metrics.json, metrics.csv, cohorts.csv and predictions.csv; return metrics.json's content plus the
     tables (`metrics_table`, `cohorts_table`) and the `out` folder, for the CLI to print."""
+    if cfg.images is not None:
+        return evaluate_folder(cfg)
     model, labels = load_model(cfg.model)
     index = load_index(cfg.data_dir, check_images=cfg.check_images)
     rows = split(index, cfg.partition, cfg.limit)
     if rows.empty:
         raise CelebADataError(f"{cfg.data_dir}: no {cfg.partition} images")
-    probs = predict(model, rows, labels, model_image_size(model), cfg.batch_size)
+    probs = dataset_probabilities(model, rows, labels, model_image_size(model), cfg.batch_size)
     y_true = labels_array(rows, labels)
     metrics = label_metrics(y_true, probs, labels, cfg.threshold)
     cohorts = cohort_accuracy(rows, y_true, probs, labels, threshold=cfg.threshold)
@@ -56,3 +58,35 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     return result | {"out": out, "metrics_table": metrics, "cohorts_table": cohorts}
+
+
+def evaluate_folder(cfg: EvalConfig) -> dict[str, Any]:
+    """A labelled folder of photos (`--images`): per-label metrics and per-group accuracy with Wilson intervals;
+    writes metrics.json, metrics.csv, groups.csv, faces.csv and predictions.csv."""
+    from celeba.analysis.compute import compute
+    from celeba.analysis.population import folder_population
+    from celeba.analysis.scoring import run_models
+
+    population = folder_population(cfg.images, cfg.labels_csv, cfg.filename_pattern, cfg.derive, cfg.map, cfg.bins,
+                                   cfg.limit)
+    runs, labels, status = run_models([cfg.model], population.rows, population.detect, cfg.batch_size)
+    analysis = compute(population, labels, {runs[0].name: runs[0].probs}, status, [runs[0].note], cfg.threshold,
+                       cfg.min_slice)
+    out = cfg.out or Path("reports") / f"{Path(cfg.model).stem}-{Path(cfg.images).name}"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = analysis.metrics[runs[0].name]
+    groups = analysis.groups.drop(columns=["model", "order"])
+    metrics.to_csv(out / "metrics.csv")
+    groups.to_csv(out / "groups.csv", index=False)
+    analysis.faces.to_csv(out / "faces.csv")
+    analysis.predictions.to_csv(out / "predictions.csv", index=False)
+    result = {"model": str(cfg.model), "images": str(cfg.images), "n": len(population.rows),
+              "threshold": cfg.threshold, "derivations": analysis.derivations,
+              "faces": json.loads(analysis.faces.loc[("all", "all")].to_json()),
+              "labels": json.loads(metrics.to_json(orient="index")),
+              "skipped": analysis.skipped.to_dict(orient="records")}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+
+    columns = ["label", "grouping", "group", "n", "accuracy", "ci_low", "ci_high", "no_face", "small"]
+    table = groups[groups["grouping"] != "all"][columns].set_index(["label", "grouping", "group"])
+    return result | {"out": out, "metrics_table": metrics, "cohorts_table": table, "source": population.source}

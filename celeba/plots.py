@@ -215,3 +215,54 @@ def threshold_curves(curves: Mapping[str, Mapping[str, pd.DataFrame]], threshold
     axes[0, -1].legend(fontsize=7, loc="best")
     fig.suptitle("Accuracy per cohort vs threshold (dotted: default, solid: cohort-balancing; reported, not applied)")
     return save(fig, path, note)
+
+
+def group_accuracy(groups: pd.DataFrame, labels: Sequence[str], path: Path, note: str = "",
+                   groupings: Sequence[str] = ()) -> Path:
+    """Accuracy per group with its 95% interval, one panel per label, one colour per model; groups below
+    --min-slice are drawn hollow (listed, not headlined). Group columns in the order of `groupings`."""
+    rank = {g: i for i, g in enumerate(dict.fromkeys([*groupings, *groups["grouping"]]))}
+    keys = groups[["grouping", "group", "order"]].drop_duplicates()
+    keys = keys.assign(rank=keys["grouping"].map(rank)).sort_values(["rank", "order"], kind="stable")
+    order = {(g, v): i for i, (g, v) in enumerate(zip(keys["grouping"], keys["group"]))}
+    models = list(dict.fromkeys(groups["model"]))
+    fig, axes = _grid(1, len(labels), (4.6, 0.8 + 0.28 * len(order) * max(1, len(models)) ** 0.5))
+    for c, label in enumerate(labels):
+        ax = axes[0, c]
+        for k, model in enumerate(models):
+            part = groups[(groups["model"] == model) & (groups["label"] == label)]
+            y = np.array([order[g, v] for g, v in zip(part["grouping"], part["group"])]) + 0.15 * k
+            acc = part["accuracy"].to_numpy(float)
+            err = np.clip(np.vstack([acc - part["ci_low"].to_numpy(float),
+                                     part["ci_high"].to_numpy(float) - acc]), 0, None)
+            colour = MODEL_COLOURS[k % 10]
+            ax.errorbar(acc, y, xerr=err, fmt="none", ecolor=colour, capsize=2, lw=1)
+            small = part["small"].to_numpy(bool)
+            ax.scatter(acc[~small], y[~small], color=colour, s=18, zorder=3, label=model)
+            ax.scatter(acc[small], y[small], facecolors="white", edgecolors=colour, s=18, zorder=3)
+        n = groups[groups["label"] == label].groupby(["grouping", "group"])["n"].max()
+        ax.set_yticks(range(len(order)), [f"{g}: {v} (n={n.get((g, v), 0)})" for g, v in order], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel(f"{label} accuracy (95% Wilson interval)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Accuracy per group (hollow: below --min-slice; photos without a face count as errors)")
+    return save(fig, path, note)
+
+
+def latent_by_group(points: np.ndarray, groups: Mapping[str, np.ndarray], title: str, path: Path,
+                    note: str = "") -> Path:
+    """2-D projection of the embeddings coloured by the group of each photo, one panel per group column."""
+    fig, axes = _grid(1, max(1, len(groups)), (3.8, 3.5))
+    for ax, (name, values) in zip(axes.flat, groups.items()):
+        for k, value in enumerate(dict.fromkeys(values)):
+            mask = values == value
+            ax.scatter(points[mask, 0], points[mask, 1], s=5, alpha=0.7, linewidths=0,
+                       color=MODEL_COLOURS[k % 10], label=f"{value} ({mask.sum()})")
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, markerscale=2, frameon=False, loc="best")
+    fig.suptitle(title)
+    return save(fig, path, note)

@@ -117,6 +117,15 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
+def face_crops(rgb: np.ndarray, detect: bool = True, max_faces: int = 10,
+               detector: Detector = "blazeface") -> list[FaceCrop]:
+    """The face preparation every photo path shares (predict, serve, the audit): faces aligned like CelebA, largest
+    first; `detect=False` takes the image as an already aligned CelebA-style crop."""
+    if not detect:  # preprocess_image centre-crops it like training
+        return [whole_image(rgb)]
+    return find_faces(rgb, max_faces, detector)
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -171,9 +180,7 @@ class Predictor:
         self.detector = detector
 
     def crops(self, rgb: np.ndarray, detect: bool = True) -> list[FaceCrop]:
-        if not detect:  # already a CelebA-style crop: preprocess_image centre-crops it like training
-            return [whole_image(rgb)]
-        return find_faces(rgb, self.max_faces, self.detector)
+        return face_crops(rgb, detect, self.max_faces, self.detector)
 
     def probabilities(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if not crops:
@@ -182,7 +189,7 @@ class Predictor:
         batch = np.stack([prep(np.ascontiguousarray(crop[..., :3], np.uint8)).numpy() for crop in crops])
         return self.infer(batch)
 
-    def predict(self, images: Sequence[np.ndarray], detect: bool = True) -> list[list[Face]]:
+    def score_photos(self, images: Sequence[np.ndarray], detect: bool = True) -> list[list[Face]]:
         """Faces of every image; all crops of all images go through the model as one batch."""
         found = [self.crops(rgb, detect) for rgb in images]
         probs = self.probabilities([face.crop for faces in found for face in faces])
@@ -243,7 +250,7 @@ def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str], tu
                     good.append((path, read_photo(path, cfg.max_bytes, cfg.max_megapixels)))
                 except ImageError as exc:
                     errors.append(str(exc))
-            faces = predictor.predict([rgb for _, rgb in good], cfg.detect)
+            faces = predictor.score_photos([rgb for _, rgb in good], cfg.detect)
             results += [predictor.result(str(path), rgb, f) for (path, rgb), f in zip(good, faces)]
             bar.update(len(chunk))
     return results, errors, predictor.labels

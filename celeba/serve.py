@@ -133,7 +133,7 @@ def create_app(predictor: Predictor | Path, max_bytes: int = MAX_BYTES, max_mega
             raise HTTPException(413, str(exc)) from None
         except ImageError as exc:
             raise HTTPException(400 if not data else 415, str(exc)) from None
-        faces = predictor.predict([rgb], detect)[0]
+        faces = predictor.score_photos([rgb], detect)[0]
         return Prediction(**predictor.result(name, rgb, faces), labels=list(predictor.labels))
 
     return app

@@ -171,7 +171,7 @@ def make_run_card(cfg: TrainConfig, model_path: Path, rows: dict[str, Any], y_tr
 
 def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunCard:
     """Train, keep the best model by validation loss, save it under models/ with its run card."""
-    from celeba.evaluate import predict
+    from celeba.evaluate import dataset_probabilities
     from celeba.metrics import label_metrics
 
     started = time.perf_counter()
@@ -237,7 +237,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     if best_path.is_file():
         model.load_weights(best_path)
     train_seconds = time.perf_counter() - started
-    probs = predict(model, rows["validation"], labels, cfg.image_size, batch)
+    probs = dataset_probabilities(model, rows["validation"], labels, cfg.image_size, batch)
     metrics = label_metrics(labels_array(rows["validation"], labels), probs, labels)
     # The saved model keeps its loss but not the optimizer state (a third of the size); resuming uses the backup.
     with strategy.scope():

@@ -52,12 +52,12 @@ def probabilities(model_path: Path, rows: pd.DataFrame, labels: tuple[str, ...],
         frame = pd.read_csv(cache, dtype={"image_id": str}).set_index("image_id")
         if list(frame.index) == list(rows["image_id"]):
             return frame[list(labels)].to_numpy()
-    from celeba.evaluate import predict
+    from celeba.evaluate import dataset_probabilities
     from celeba.model import load_model, model_image_size
 
     model, model_labels = load_model(model_path)
     assert model_labels == labels, f"{model_path}: labels {model_labels}, expected {labels}"
-    probs = predict(model, rows, labels, model_image_size(model))
+    probs = dataset_probabilities(model, rows, labels, model_image_size(model))
     cache.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(probs, columns=list(labels), index=rows["image_id"]).to_csv(cache)
     return probs
@@ -66,7 +66,7 @@ def probabilities(model_path: Path, rows: pd.DataFrame, labels: tuple[str, ...],
 def row_for(name: str, rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...],
             threshold: np.ndarray) -> dict[str, Any]:
     """Overall accuracy, ROC-AUC, ECE, every cohort's accuracy, the worst cohort and the gap, per label."""
-    from celeba.analyze import calibration_curve
+    from celeba.analysis.compute import calibration_curve
     from celeba.metrics import cohort_accuracy, label_metrics
 
     metrics = label_metrics(y, probs, labels, threshold)
@@ -83,9 +83,9 @@ def row_for(name: str, rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, lab
 
 def balancing_threshold(rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...]) -> np.ndarray:
     """Per label, the validation threshold that narrows the gap across the other label's cohorts the most."""
-    from celeba.analyze import balancing_thresholds
+    from celeba.analysis.compute import balancing_thresholds, celeba_balancing_groups
 
-    table = balancing_thresholds(rows, y, probs, labels, by=labels)
+    table = balancing_thresholds(y, probs, labels, celeba_balancing_groups(rows, labels, labels))
     return table.loc[list(labels), "balancing_threshold"].to_numpy(dtype=float)
 
 

@@ -9,8 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from celeba.analyze import (AnalyzeConfig, balancing_thresholds, calibration_curve, findings, parse_pairs,
-                            saliency_picks, slice_masks)
+from celeba.analysis import parse_pairs
+from celeba.analysis.compute import (balancing_thresholds, calibration_curve, celeba_balancing_groups, findings,
+                                     saliency_picks, wilson_interval)
+from celeba.analysis.population import quantile_bins
+from celeba.analyze import AnalyzeConfig
 from celeba.cli import analyze_main
 from celeba.config import parse_config
 from celeba.data import CelebADataError, load_index, split
@@ -32,21 +35,21 @@ def report(tiny_model, sample_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow  # the whole analysis, once per module
+@pytest.mark.slow
 def test_every_figure_exists_is_linked_and_is_a_valid_png(report):
     from matplotlib.image import imread
     from PIL import Image
 
     expected = {"cohorts_Male_Young.png", "cohorts_Male_Eyeglasses.png", "train_distribution.png", "confusion.png",
                 "latent_pca_tiny.png", "latent_pca_tiny-2.png", "slices.png", "reliability.png", "thresholds.png",
-                *(f"gradcam_{label}_{name}.png" for label in ("Male", "Young") for name in ("tiny", "tiny-2"))}
+                "groups.png", "latent_groups_pca_tiny.png",
+                *(f"gradcam{kind}_{label}_{name}.png" for kind in ("", "_errors") for label in ("Male", "Young")
+                  for name in ("tiny", "tiny-2"))}
     found = {p.name for p in report.glob("*.png")}
     assert expected <= found
     text = (report / "report.md").read_text()
     linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
     assert linked == found  # every figure is in the report, every link resolves
-    # The training-partition table says whose training data it shows (the run card knows where tiny was trained).
-    assert "(Training partition of " in text and "tiny was trained on this data." in text
     for name in found:
         path = report / name
         assert path.read_bytes()[:8] == PNG_SIGNATURE, name
@@ -56,14 +59,14 @@ def test_every_figure_exists_is_linked_and_is_a_valid_png(report):
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100 and pixels.std() > 0, name
 
 
-@pytest.mark.slow  # the whole analysis, once per module
+@pytest.mark.slow
 def test_cohort_tables_agree_with_numpy(report, tiny_model, sample_dir):
-    from celeba.evaluate import model_image_size, predict
+    from celeba.evaluate import dataset_probabilities, model_image_size
     from celeba.model import load_model
 
     rows = split(load_index(sample_dir), "test", LIMIT)
     model, labels = load_model(tiny_model)
-    probs = predict(model, rows, labels, model_image_size(model))
+    probs = dataset_probabilities(model, rows, labels, model_image_size(model))
     saved = pd.read_csv(report / "predictions.csv", dtype={"image_id": str})
     assert list(saved["image_id"]) == list(rows["image_id"])
     for j, label in enumerate(labels):
@@ -88,7 +91,7 @@ def test_cohort_tables_agree_with_numpy(report, tiny_model, sample_dir):
         assert total == LIMIT
 
 
-@pytest.mark.slow  # the whole analysis, once per module
+@pytest.mark.slow
 def test_young_confusion_split_by_gender_adds_up(report):
     table = pd.read_csv(report / "confusion.csv").set_index(["model", "label", "group"])
     counts = ["tn", "fp", "fn", "tp"]
@@ -99,7 +102,7 @@ def test_young_confusion_split_by_gender_adds_up(report):
     assert women["fpr"] == pytest.approx(women["fp"] / max(women["fp"] + women["tn"], 1))
 
 
-@pytest.mark.slow  # the whole analysis, once per module
+@pytest.mark.slow
 def test_delta_of_a_model_with_itself_is_zero(report):
     summary = pd.read_csv(report / "summary.csv", index_col="metric")
     assert {"tiny", "tiny-2", "tiny-2 - tiny"} <= set(summary.columns)
@@ -114,7 +117,7 @@ def test_balancing_threshold_recovers_a_shifted_cohort():
     frame = pd.DataFrame({"Male": [1, 1, 1, 1, 0, 0, 0, 0], "Young": [1, 1, 0, 0, 1, 1, 0, 0]})
     y = frame[["Young"]].to_numpy(float)
     p = np.array([[0.8], [0.9], [0.2], [0.1], [0.45], [0.4], [0.1], [0.05]])
-    table = balancing_thresholds(frame, y, p, ["Young"], by=["Male", "Young"])
+    table = balancing_thresholds(y, p, ["Young"], celeba_balancing_groups(frame, ["Young"], ["Male", "Young"]))
     row = table.loc["Young"]
     assert row["cohorts"] == "Male"  # Young is balanced across genders, not across its own classes
     assert row["gap"] == pytest.approx(0.5) and row["worst_cohort"] == "Not Male"
@@ -128,10 +131,10 @@ def test_balancing_threshold_does_not_buy_balance_with_accuracy():
     male = rng.integers(0, 2, 2000)
     young = rng.integers(0, 2, 2000)
     p = np.clip(0.5 + (young - 0.5) * np.where(male == 1, 0.6, 0.1) + rng.normal(0, 0.15, 2000), 0, 1)
-    frame = pd.DataFrame({"Male": male, "Young": young})
     y = young[:, None].astype(float)
-    free = balancing_thresholds(frame, y, p[:, None], ["Young"], ["Male"], tolerance=1.0).loc["Young"]
-    kept = balancing_thresholds(frame, y, p[:, None], ["Young"], ["Male"], tolerance=0.02).loc["Young"]
+    groups = {"Young": ("Male", np.where(male == 1, "Male", "Not Male"))}
+    free = balancing_thresholds(y, p[:, None], ["Young"], groups, tolerance=1.0).loc["Young"]
+    kept = balancing_thresholds(y, p[:, None], ["Young"], groups, tolerance=0.02).loc["Young"]
     best = max(((p >= t) == (young == 1)).mean() for t in np.round(np.arange(0.02, 0.99, 0.01), 2))
     assert kept["accuracy_balanced"] >= best - 0.02
     assert free["gap_balanced"] <= kept["gap_balanced"] and free["accuracy_balanced"] < best - 0.02
@@ -144,6 +147,23 @@ def test_calibration_curve_and_ece():
     p = rng.uniform(size=20_000)
     _, ece = calibration_curve((rng.uniform(size=p.size) < p).astype(float), p)
     assert ece < 0.02
+
+
+def test_ece_weights_each_bin_by_its_share_of_the_samples():
+    # 90 samples at 0.95 (all positive: gap 0.05) and 10 at 0.15 (all positive: gap 0.85).
+    y = np.ones(100)
+    p = np.r_[np.full(90, 0.95), np.full(10, 0.15)]
+    curve, ece = calibration_curve(y, p)
+    assert curve["n"].tolist() == [10, 90]
+    assert ece == pytest.approx(0.9 * 0.05 + 0.1 * 0.85)  # 0.13; an unweighted mean of the bins would say 0.45
+
+
+def test_wilson_interval_matches_the_closed_form():
+    low, high = wilson_interval(np.array([0, 5, 20]), np.array([10, 10, 20]))
+    assert low[0] == pytest.approx(0, abs=1e-12) and high[0] == pytest.approx(0.2775, abs=1e-4)  # not [0, 0]
+    assert (low[1], high[1]) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    assert high[2] == pytest.approx(1) and low[2] == pytest.approx(0.8389, abs=1e-4)
+    assert np.isnan(wilson_interval(0, 0)[0])
 
 
 def test_saliency_picks():
@@ -194,13 +214,8 @@ def test_findings_leave_cohorts_under_30_images_out_of_the_headline_gap():
     assert "left out, under 30 images: Not Male & Not Young (n=12)" in line
 
 
-def test_slice_masks_list_each_slice_once_and_keep_every_bin():
-    frame = pd.DataFrame({"Male": [1, 1, 0, 0, 0, 1], "Heavy_Makeup": [0, 0, 1, 1, 0, 0]})
-    stats = pd.DataFrame({"mean_luminance": np.linspace(0.1, 0.9, 6), "sharpness": [5.0, 1, 4, 2, 6, 3]})
-    masks = slice_masks(frame, stats, [("Male", "Heavy_Makeup")], bins=3)
-    assert "Male" in masks and "Male & Not Heavy_Makeup" not in masks  # same rows as "Male"
-    assert "Heavy_Makeup" in masks and "Not Male & Heavy_Makeup" not in masks  # same rows as "Heavy_Makeup"
-    assert masks["Not Male & Not Heavy_Makeup"][1].tolist() == [False, False, False, False, True, False]
-    for stat in ("mean_luminance", "sharpness"):
-        bins = [mask for kind, mask in masks.values() if kind == stat]
-        assert len(bins) == 3 and np.sum(bins, axis=0).tolist() == [1] * 6
+def test_quantile_bins_keep_every_row_in_order():
+    values = pd.Series([5.0, 1, 4, 2, 6, 3, np.nan])
+    bins = quantile_bins(values, 3)
+    assert list(bins.cat.categories) == ["1-2", "3-4", "5-6", "unknown"]
+    assert bins.astype(str).tolist() == ["5-6", "1-2", "3-4", "1-2", "5-6", "3-4", "unknown"]

@@ -47,7 +47,7 @@ def test_onnx_export_matches_keras_and_serves_predictions(exported, tiny_model):
     onnx, keras_model = Predictor(out / "tiny.onnx"), Predictor(tiny_model)
     assert onnx.labels == ("Male", "Young") and onnx.image_size == 64
     photo = np.random.default_rng(2).integers(0, 256, (218, 178, 3), dtype=np.uint8)
-    a, b = (p.predict([photo], detect=False)[0][0].probabilities for p in (onnx, keras_model))
+    a, b = (p.score_photos([photo], detect=False)[0][0].probabilities for p in (onnx, keras_model))
     assert a == pytest.approx(b, abs=1e-3)
 
 

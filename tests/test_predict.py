@@ -106,13 +106,13 @@ def test_paths_are_positionals_anywhere_among_the_flags():
 
 def test_no_detect_matches_the_evaluation_pipeline(predictor, tiny_model, sample_dir):
     """An aligned CelebA image through predict --no-detect gets the same probabilities as in evaluation."""
-    from celeba.evaluate import predict as evaluate_predict
+    from celeba.evaluate import dataset_probabilities
     from celeba.model import load_model
 
     rows = split(load_index(sample_dir), "test", 8)
     model, labels = load_model(tiny_model)
-    expected = evaluate_predict(model, rows, labels, predictor.image_size, batch_size=8)
-    faces = predictor.predict([read_photo(p) for p in rows["path"]], detect=False)
+    expected = dataset_probabilities(model, rows, labels, predictor.image_size, batch_size=8)
+    faces = predictor.score_photos([read_photo(p) for p in rows["path"]], detect=False)
     got = np.array([[f[0].probabilities[label] for label in labels] for f in faces])
     np.testing.assert_allclose(got, expected, atol=1e-4)  # results are rounded to 4 decimals
     assert faces[0][0].box.as_dict() == {"x": 0, "y": 0, "w": 178, "h": 218}
@@ -122,7 +122,7 @@ def test_every_face_in_a_group_photo_is_found_and_scored(predictor, sample_paths
     photo = np.full((400, 700, 3), 100, np.uint8)
     a, b = (np.asarray(Image.open(p).convert("RGB")) for p in sample_paths[1:3])
     photo[100:318, 40:218], photo[150:368, 450:628] = a, b
-    faces = predictor.predict([photo, np.full((200, 200, 3), 128, np.uint8)])
+    faces = predictor.score_photos([photo, np.full((200, 200, 3), 128, np.uint8)])
     assert len(faces[1]) == 0  # no face: an empty list, not an error
     lefts = sorted(face.box.x for face in faces[0])
     assert len(lefts) == 2 and lefts[0] < 218 < 450 <= lefts[1] + 60

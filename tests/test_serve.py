@@ -99,7 +99,7 @@ def test_no_detect_scores_the_whole_image_like_the_cli(server, face_jpeg, tiny_m
     assert faces[0]["box"] == {"x": 0, "y": 0, "w": 178, "h": 218}
     from celeba.predict import decode_photo
 
-    local = Predictor(tiny_model).predict([decode_photo(face_jpeg, "me.jpg")], detect=False)[0][0]
+    local = Predictor(tiny_model).score_photos([decode_photo(face_jpeg, "me.jpg")], detect=False)[0][0]
     assert faces[0]["probabilities"] == local.probabilities
 
 

@@ -1,0 +1,200 @@
+"""Audit on your own photos: labelled folders (CSV or file-name pattern), derived labels, groups whose error rate is
+known by construction, faces counted, and the whole command on a generated folder of re-framed sample photos."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from celeba.analysis.compute import compute, wilson_interval
+from celeba.analysis.population import folder_population
+from celeba.analysis.scoring import NO_FACE, ONE_FACE, SEVERAL_FACES, UNREADABLE
+from celeba.data import CelebADataError
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "celeba8k-bce.keras"  # committed; works on the sample
+
+
+def _folder(tmp_path: Path, names: list[str]) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes(b"")  # the population reads names only; nothing is decoded here
+    return folder
+
+
+def test_labels_csv_gives_truth_groups_and_skipped_files(tmp_path):
+    folder = _folder(tmp_path, [f"{i}.jpg" for i in range(12)] + ["not_listed.jpg"])
+    csv = tmp_path / "labels.csv"
+    pd.DataFrame({"file": [f"{i}.jpg" for i in range(12)] + ["missing.jpg"],
+                  "Male": ["1", "0", ""] * 4 + ["1"], "skin_tone": ["I", "II", "III", ""] * 3 + ["I"],
+                  "age": [str(20 + 5 * i) for i in range(12)] + ["30"]}).to_csv(csv, index=False)
+    pop = folder_population(folder, labels_csv=csv, bins=3)
+    rows = pop.rows
+    assert len(rows) == 12 and list(pop.skipped["file"]) == ["missing.jpg"]
+    assert rows["Male"].tolist()[:2] == [1.0, 0.0] and np.isnan(rows["Male"].iloc[2])
+    assert rows["Male"].isna().sum() == 4  # empty = unknown, never a guess
+    assert pop.groups == ("skin_tone", "age", "Male")
+    assert rows["group:skin_tone"].astype(str).tolist()[:4] == ["I", "II", "III", "unknown"]
+    assert list(rows["group:age"].cat.categories) == ["20-35", "40-55", "60-75"]  # numeric: quantile bins
+    assert rows["group:Male"].astype(str).tolist()[:3] == ["Male", "Not Male", "unknown"]
+    assert ("skin_tone", "age") in pop.pairs and pop.detect
+    assert pop.derivations == {"Male": "column Male of labels.csv"}
+
+
+def test_utkface_style_file_names_with_derived_labels_and_names(tmp_path):
+    """UTKFace names its files [age]_[gender]_[race]_[date&time].jpg, gender 0 = male, 1 = female."""
+    names = ["25_0_2_20170116174525125.jpg", "71_1_0_20170109150557335.jpg", "8_1_4_20170103200814791.jpg",
+             "39_1_20170116174525125.jpg"]  # the last has no race: listed as skipped, not guessed
+    folder = _folder(tmp_path, names)
+    pop = folder_population(folder, filename_pattern="{age}_{gender}_{race}_*.jpg",
+                            derive=["Male=gender==0", "Young=age<30"],
+                            mapping=["race:0=White,1=Black,2=Asian,3=Indian,4=Others"])
+    rows = pop.rows.set_index("image_id")
+    assert rows.loc[names[0], "Male"] == 1 and rows.loc[names[1], "Male"] == 0
+    assert rows["Young"].tolist() == [1.0, 0.0, 1.0]
+    assert rows["group:race"].astype(str).tolist() == ["Asian", "White", "Others"]
+    assert pop.skipped["file"].tolist() == [names[3]]
+    assert pop.derivations["Young"] == "derived: Young := age<30"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"derive": ["Young=height<30"]}, "names no column"),
+    ({"derive": ["Young=age+1"]}, "true/false condition"),
+    ({"derive": ["Elderly=age>70"]}, "not a CelebA attribute"),
+    ({"mapping": ["gender=0:male"]}, "--map"),
+])
+def test_bad_derivations_and_mappings_are_one_clear_error(tmp_path, kwargs, message):
+    folder = _folder(tmp_path, ["25_0_2_x.jpg"])
+    with pytest.raises(CelebADataError, match=message):
+        folder_population(folder, filename_pattern="{age}_{gender}_{race}_*.jpg", **kwargs)
+
+
+def test_bad_label_value_names_the_file_and_row(tmp_path):
+    folder = _folder(tmp_path, ["a.jpg", "b.jpg"])
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,Male\na.jpg,1\nb.jpg,maybe\n")
+    with pytest.raises(CelebADataError, match=r"labels.csv: column 'Male' must be 0, 1 or empty; row 3 is 'maybe'"):
+        folder_population(folder, labels_csv=csv)
+    csv.write_text("name,Male\na.jpg,1\n")
+    with pytest.raises(CelebADataError, match="no 'file' column"):
+        folder_population(folder, labels_csv=csv)
+    with pytest.raises(CelebADataError, match="exactly one of"):
+        folder_population(folder)
+
+
+def test_report_ranks_the_group_with_known_errors_worst_and_counts_every_photo(tmp_path):
+    """site B: 4 wrong answers and 1 photo without a face in 10; site C is worse but below --min-slice."""
+    sites = ["A"] * 10 + ["B"] * 10 + ["C"] * 4
+    folder = _folder(tmp_path, [f"{i}.jpg" for i in range(len(sites))])
+    truth = np.tile([1, 0], 12)
+    csv = tmp_path / "labels.csv"
+    pd.DataFrame({"file": [f"{i}.jpg" for i in range(len(sites))], "Male": truth, "site": sites}).to_csv(csv,
+                                                                                                       index=False)
+    pop = folder_population(folder, labels_csv=csv)
+    p = np.where(truth == 1, 0.9, 0.1).astype(float)
+    wrong_b, wrong_c = [10, 11, 12, 13], [20, 21]
+    p[wrong_b + wrong_c] = 1 - p[wrong_b + wrong_c]
+    p[14] = np.nan  # no face found in photo 14 (site B)
+    status = pd.Series([ONE_FACE] * len(sites))
+    status[14], status[15] = NO_FACE, SEVERAL_FACES
+    analysis = compute(pop, ["Male"], {"m": p[:, None]}, status, min_slice=5)
+
+    sites_table = analysis.groups[analysis.groups["grouping"] == "site"].set_index("group")
+    assert sites_table.index[0] == "B"  # worst first among the big groups; C comes after, flagged small
+    b = sites_table.loc["B"]
+    assert (b["n"], b["errors"], b["no_face"], b["several_faces"], b["scored"]) == (10, 5, 1, 1, 9)
+    assert b["accuracy"] == pytest.approx(0.5)
+    assert (b["ci_low"], b["ci_high"]) == tuple(pytest.approx(v) for v in wilson_interval(5, 10))
+    assert b["fpr"] == pytest.approx(2 / 5) and b["fnr"] == pytest.approx(2 / 4)  # over the 9 scored faces
+    assert sites_table.loc["C", "small"] and not sites_table.loc["B", "small"]
+    assert sites_table.loc["A", "accuracy"] == 1.0
+    worst = analysis.worst()
+    assert "C" not in set(worst["group"]) and "C" in set(analysis.small()["group"])
+    assert any("site = B: 50.0% (95% CI" in line and "n=10" in line for line in analysis.findings)
+    overall = analysis.groups[analysis.groups["grouping"] == "all"].iloc[0]
+    assert (overall["n"], overall["errors"]) == (24, 7)  # the face-less photo stays in the denominator
+    pairs = analysis.groups[analysis.groups["grouping"] == "site x Male"]
+    assert pairs.set_index("group").loc["B & Male", "n"] == 5
+    faces = analysis.faces.loc[("site", "B")]
+    assert (faces["photos"], faces[NO_FACE], faces[SEVERAL_FACES]) == (10, 1, 1)
+    assert analysis.thresholds.loc[("m", "Male"), "cohorts"] == "site"  # balanced across sites
+
+
+def _audit_folder_module():
+    spec = importlib.util.spec_from_file_location("audit_folder", ROOT / "scripts" / "audit_folder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def audit_folder(sample_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """30 re-framed sample test images (every second one dim), a wall, two faces in one photo, a broken file."""
+    from celeba.data import load_index, split
+
+    rows = split(load_index(sample_dir), "test", 30)
+    folder = tmp_path_factory.mktemp("audit") / "photos"
+    return folder, _audit_folder_module().make_audit_folder(rows, folder, extras=True)
+
+
+@pytest.mark.slow
+def test_analyze_images_on_a_generated_folder_ranks_the_dim_photos_worst(audit_folder, tmp_path):
+    folder, csv = audit_folder
+    out = tmp_path / "report"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_DISABLE_ANALYTICS": "true"}
+    done = subprocess.run([sys.executable, "-m", "celeba", "analyze", "--model", str(MODEL),
+                           "--images", str(folder), "--labels-csv", str(csv), "--out", str(out),
+                           "--projections", "pca", "--faces", "1", "--min-slice", "5", "--bins", "2"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"wrote {out / 'report.md'}" in done.stdout
+
+    faces = pd.read_csv(out / "faces.csv").set_index(["grouping", "group"])
+    assert faces.loc[("all", "all"), "photos"] == 33  # 30 photos + wall + two faces + broken: nothing dropped
+    assert faces.loc[("all", "all"), UNREADABLE] == 1 and faces.loc[("all", "all"), NO_FACE] >= 1
+    assert faces.loc[("all", "all"), SEVERAL_FACES] >= 1
+
+    groups = pd.read_csv(out / "groups.csv")
+    male = groups[(groups["label"] == "Male") & (groups["grouping"] == "lighting")].set_index("group")
+    assert male.index[0] == "dim" and male.loc["dim", "accuracy"] < male.loc["normal", "accuracy"]
+    predictions = pd.read_csv(out / "predictions.csv")
+    for group in ("dim", "normal"):
+        part = predictions[predictions["group:lighting"] == group]
+        prob = part["celeba8k-bce:Male_prob"]
+        correct = ((prob >= 0.5) == (part["Male"] == 1)) & prob.notna()
+        assert male.loc[group, "n"] == len(part) == (15 if group == "dim" else 18)
+        assert male.loc[group, "errors"] == len(part) - correct.sum()
+    report = (out / "report.md").read_text()
+    assert "lighting" in report and "![groups](groups.png)" in report and "unreadable" in report
+    assert {"gradcam_errors_Male_celeba8k-bce.png", "latent_groups_pca_celeba8k-bce.png"} <= {
+        p.name for p in out.glob("*.png")}
+
+
+@pytest.mark.slow
+def test_evaluate_images_counts_faces_and_reports_groups(audit_folder, tmp_path, capsys):
+    from celeba.cli import evaluate_main
+
+    folder, csv = audit_folder
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--model", str(MODEL), "--images", str(folder), "--labels-csv", str(csv), "--out",
+                       str(tmp_path), "--min-slice", "5", "--derive", "Young=face_px<300"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "Young: derived: Young := face_px<300" in printed and "accuracy per group, worst first" in printed
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["n"] == 33 and result["faces"]["photos"] == 33 and result["faces"]["unreadable"] == 1
+    groups = pd.read_csv(tmp_path / "groups.csv")
+    light = groups[(groups["label"] == "Male") & (groups["grouping"] == "lighting")]
+    assert light["n"].sum() == 33 and light.iloc[0]["group"] == "dim"
+    truth = pd.read_csv(csv)
+    young = pd.read_csv(tmp_path / "predictions.csv")["Young"]
+    assert young.tolist() == (truth["face_px"] < 300).astype(float).tolist()
