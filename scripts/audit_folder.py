@@ -6,7 +6,7 @@ error rate there is higher by construction. The CSV has `file`, the CelebA truth
 `lighting` (normal / dim) and the numeric group column `face_px` (the pasted face width, binned by `analyze`).
 `--extras` adds a photo without a face, a photo with two faces and an unreadable file.
 
-    python scripts/audit_folder.py --data-dir ../shared/data/celeba --partition test --limit 1000 --out /tmp/audit
+    python scripts/audit_folder.py --data-dir ../shared/data/celeba --partition test --limit 1000 --out audit-photos
 """
 
 from __future__ import annotations
