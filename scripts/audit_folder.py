@@ -47,7 +47,7 @@ def dim(rgb: np.ndarray, brightness: float = 0.3, blur: float = 3.0) -> np.ndarr
 
 
 def make_audit_folder(rows: pd.DataFrame, out: Path, attributes: Sequence[str] = ATTRIBUTES, seed: int = 0,
-                      extras: bool = False) -> Path:
+                      extras: bool = False, brightness: float = 0.3, blur: float = 3.0) -> Path:
     """Photos and labels.csv under `out` from CelebA index rows; returns the CSV path."""
     from PIL import Image
 
@@ -58,7 +58,7 @@ def make_audit_folder(rows: pd.DataFrame, out: Path, attributes: Sequence[str] =
         rgb = np.asarray(Image.open(row.path).convert("RGB"))
         lighting = "dim" if i % 2 else "normal"
         scale = float(rng.uniform(1.2, 1.8))
-        photo = paste(dim(rgb) if lighting == "dim" else rgb, scale)
+        photo = paste(dim(rgb, brightness, blur) if lighting == "dim" else rgb, scale)
         name = f"photo_{i:05d}.jpg"
         Image.fromarray(photo).save(out / name, quality=92)
         records.append({"file": name, **{a: int(getattr(row, a)) for a in attributes}, "lighting": lighting,

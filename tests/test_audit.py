@@ -143,7 +143,7 @@ def audit_folder(sample_dir, tmp_path_factory) -> tuple[Path, Path]:
 
     rows = split(load_index(sample_dir), "test", 30)
     folder = tmp_path_factory.mktemp("audit") / "photos"
-    return folder, _audit_folder_module().make_audit_folder(rows, folder, extras=True)
+    return folder, _audit_folder_module().make_audit_folder(rows, folder, extras=True, brightness=0.15, blur=6.0)
 
 
 @pytest.mark.slow
