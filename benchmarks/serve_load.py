@@ -1,6 +1,6 @@
 """Load test of `serve` with near-limit images: peak RSS next to throughput and p95 latency.
 
-    nice -n 10 python -m benchmarks.serve_load --requests 16 --clients 8 --max-concurrent 2 8
+    nice -n 10 python -m benchmarks.serve_load --requests 8 --clients 8 --max-concurrent 2 8 --model models/celeba8k-bce.keras
 
 For each `--max-concurrent` value a fresh `serve` process (real uvicorn on 127.0.0.1) gets `--requests` uploads
 from `--clients` concurrent clients, alternating a PNG and a JPEG just under the 40-megapixel limit. The server's
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from celeba.config import DEFAULT_MODEL
+
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO / "models" / "celeba8k-bce.keras"  # the committed model; one place to switch it
 
 
 def near_limit_images(megapixels: float = 39.9) -> dict[str, bytes]:
@@ -66,7 +67,7 @@ def load_test(model: Path, max_concurrent: int, images: dict[str, bytes], reques
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "TL_DISABLE_ANALYTICS": "true"}
-    server = subprocess.Popen([sys.executable, "-c", "from celeba.serve import main; main()", "--model", str(model),
+    server = subprocess.Popen([sys.executable, "-c", "from celeba.cli import serve_main; serve_main()", "--model", str(model),
                                "--port", str(port), "--max-concurrent", str(max_concurrent)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -120,7 +121,7 @@ def load_test(model: Path, max_concurrent: int, images: dict[str, bytes], reques
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", type=Path, default=REPO / DEFAULT_MODEL)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--max-concurrent", type=int, nargs="+", default=[2, 8])
