@@ -67,8 +67,8 @@ def load_test(model: Path, max_concurrent: int, images: dict[str, bytes], reques
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "TL_DISABLE_ANALYTICS": "true"}
-    server = subprocess.Popen([sys.executable, "-c", "from celeba.cli import serve_main; serve_main()", "--model", str(model),
-                               "--port", str(port), "--max-concurrent", str(max_concurrent)],
+    server = subprocess.Popen([sys.executable, "-c", "from celeba.cli import serve_main; serve_main()",
+                               "--model", str(model), "--port", str(port), "--max-concurrent", str(max_concurrent)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
