@@ -343,28 +343,38 @@ def run_lock(models_dir: Path, name: str) -> Iterator[Path]:
     """Hold an exclusive lock on the run `name` for the whole training (released when the process dies).
 
     Without it a second training of the same --name deletes the first one's run folder under it.
-    The lock file sits beside the run folder, which a fresh run deletes.
+    The lock file sits beside the run folder (which a fresh run deletes) and is removed on release, with the
+    models folder when this run created it and left it empty (a failed start leaves nothing behind).
     """
     import fcntl
 
+    created = not models_dir.exists()
     models_dir.mkdir(parents=True, exist_ok=True)
     path = models_dir / f".{name}.lock"
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    try:
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if not path.exists() or path.stat().st_ino != os.fstat(handle.fileno()).st_ino:
+                    raise BlockingIOError  # its holder removed it in between: another run owns the new one
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "?"
+                raise RunLockedError(f"{models_dir / name}: another training of --name {name} is running "
+                                     f"(process {owner}); wait for it to finish or pick another --name") from None
             handle.seek(0)
-            owner = handle.read().strip() or "?"
-            raise RunLockedError(f"{models_dir / name}: another training of --name {name} is running "
-                                 f"(process {owner}); wait for it to finish or pick another --name") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield path
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield path
+            finally:
+                path.unlink(missing_ok=True)  # before unlocking: a waiting opener then sees a new inode
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                models_dir.rmdir()  # only if empty
 
 
 def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunCard:
