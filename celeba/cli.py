@@ -8,9 +8,11 @@ command prints is written here. Exit codes: 0 done, 1 an exported model failed i
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +201,36 @@ def execute(job: Callable[[], int | None], interrupted: str = "interrupted") -> 
         if isinstance(exc, OSError) and exc.filename and not message.startswith(str(exc.filename)):
             message = f"{exc.filename}: {exc.strerror}"
         fail(message)
+    except OSError as exc:  # a read-only folder, a full disk...: say which file and why, in one line
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        if is_disk_full(exc):
+            _exit_now(2)
+        sys.exit(2)
     sys.exit(code or 0)
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line `<file>: <why>` (h5py puts the file name and a multi-line reason in the message, not in .filename)."""
+    text = " ".join(str(exc).split())
+    named = re.search(r"filename = '([^']+)'", text)
+    filename = exc.filename or (named[1] if named else None)
+    if is_disk_full(exc):
+        return (f"{filename or 'output'}: no space left on device (the last complete model and backup are kept; "
+                f"free space, then run the same command with --resume)")
+    if filename is not None and exc.strerror:
+        return f"{filename}: {' '.join(exc.strerror.split())}"
+    return text
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without finalizers: after a full disk, h5py's and TensorFlow's clean-up can crash (exit 139)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_script(cls: type, job: Callable[[Any], Any], argv: Sequence[str] | None = None) -> NoReturn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -20,6 +21,34 @@ DEFAULT_MODEL = Path("models/celeba16k-bce.keras")  # ImageNet-pretrained, 96 px
 
 class ConfigError(ValueError):
     """A flag value that cannot work; the message reads "--flag: why". The CLI prints it as `error: ...`, exit 2."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def at_least(cfg: Any, minimum: int, *names: str) -> None:
+    """Each named field is None (not given) or >= minimum."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not value >= minimum:
+            raise ConfigError(f"{_flag(name)}: must be at least {minimum}, got {value!r}")
+
+
+def positive(cfg: Any, *names: str, zero: bool = False) -> None:
+    """Each named field is None or a finite number > 0 (>= 0 with `zero`); NaN and inf are refused."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+            raise ConfigError(f"{_flag(name)}: must be a finite number {'>=' if zero else '>'} 0, got {value!r}")
+
+
+def fraction(cfg: Any, *names: str, below_one: bool = False) -> None:
+    """Each named field is None or in [0, 1] ([0, 1) with `below_one`)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not (0 <= value < 1 if below_one else 0 <= value <= 1):
+            raise ConfigError(f"{_flag(name)}: must be in [0, 1{')' if below_one else ']'}, got {value!r}")
 
 
 def opt(default: Any, help: str, **metadata: Any) -> Any:
@@ -72,6 +101,13 @@ class TrainConfig:
     name: str | None = opt(None, "run name", none="smoke-sample-<loss> on the embedded sample, else mobilenetv2-<loss>")
     resume: bool = opt(False, "continue an interrupted run from its last completed epoch")
     mixed_precision: bool = opt(False, "float16 compute on GPU; ignored (with a warning) on CPU")
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "epochs", "dense_units", "limit", "train_limit", "val_limit")
+        at_least(self, 0, "freeze_epochs", "seed")
+        at_least(self, 32, "image_size")  # MobileNetV2's smallest input
+        positive(self, "learning_rate")
+        fraction(self, "dropout", below_one=True)
 
     @property
     def run_name(self) -> str:
@@ -126,6 +162,10 @@ class EvalConfig:
     map: tuple[str, ...] = opt((), "names for group values, e.g. 'gender:0=male,1=female'")
     bins: int = opt(5, "quantile bins of numeric group columns")
     min_slice: int = opt(20, "groups smaller than this are listed but never headlined")
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "limit", "batch_size")
+        fraction(self, "threshold")
 
 
 # --------------------------------------------------------------------------- dataclass -> argparse

@@ -55,8 +55,12 @@ def read_attributes(path: Path) -> pd.DataFrame:
         else:
             with open(path) as f:
                 declared = f.readline().strip()
+                header = f.readline().split()
             if not declared.isdigit():
                 raise _error(path, f"first line must be the row count, got {declared[:40]!r}")
+            missing = [a for a in ATTRIBUTES if a not in header]
+            if missing:  # pandas would shift the columns and fail with a TypeError
+                raise _error(path, f"line 2: header lacks attribute(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")
             # Header has 40 names and rows 41 fields, so pandas makes the file name the index.
             frame = pd.read_csv(path, sep=r"\s+", skiprows=1, header=0)
             if len(frame) != int(declared):
@@ -65,8 +69,11 @@ def read_attributes(path: Path) -> pd.DataFrame:
         raise
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise _error(path, f"malformed attribute file ({exc})") from None
+    if isinstance(frame.index, pd.MultiIndex):  # rows with more fields than the header names
+        raise _error(path, "rows have more fields than the header has names (a broken header or rows?)")
     frame.index = frame.index.astype(str)
     frame.index.name = "image_id"
+    frame = _drop_duplicate_rows(frame, path, "attribute rows")
     missing = [a for a in ATTRIBUTES if a not in frame.columns]
     if missing:
         raise _error(path, f"missing attribute columns {missing[:5]}{'...' if len(missing) > 5 else ''}")
@@ -96,8 +103,29 @@ def read_partitions(path: Path) -> pd.Series:
     if codes.isna().any() or not codes.isin(PARTITIONS).all():
         row = int((codes.isna() | ~codes.isin(PARTITIONS)).idxmax())
         raise _error(path, f"line {row + 1}: partition must be 0, 1 or 2, got {frame['partition'][row]!r}")
-    return pd.Series(codes.astype(int).map(PARTITIONS).values, index=frame["image_id"].values,
-                     name="partition").rename_axis("image_id")
+    parts = pd.DataFrame({"partition": codes.astype(int).map(PARTITIONS).values},
+                         index=pd.Index(frame["image_id"].values, name="image_id"))
+    return _drop_duplicate_rows(parts, path, "partition rows")["partition"]
+
+
+def _drop_duplicate_rows(frame: pd.DataFrame, path: Path, what: str) -> pd.DataFrame:
+    """Exact repeats of an image's row are dropped with a warning; different rows for one image are an error
+    (an image in both train and test would leak the test set into training)."""
+    repeated = frame.index.duplicated(keep=False)
+    if not repeated.any():
+        return frame
+    rows = frame[repeated]
+    distinct = rows.reset_index().drop_duplicates().set_index(frame.index.name or "index")
+    conflicting = distinct.index[distinct.index.duplicated()].unique()
+    if len(conflicting):
+        first = conflicting[0]
+        values = (rows.loc[first, "partition"].tolist() if "partition" in rows.columns else "different values")
+        raise _error(path, f"{len(conflicting)} image(s) have conflicting {what}, e.g. {first!r}: {values}; "
+                           f"fix the file (an image in two partitions leaks test data into training)")
+    dropped = int(frame.index.duplicated().sum())
+    log.warning("%s: %d duplicate %s dropped (e.g. %s)", path, dropped, what,
+                ", ".join(frame.index[frame.index.duplicated()].unique()[:3]))
+    return frame[~frame.index.duplicated()]
 
 
 def read_identities(path: Path) -> pd.Series:
@@ -194,6 +222,9 @@ def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     if unknown or not labels:
         raise CelebADataError(f"--labels: unknown attribute(s) {unknown or '(none given)'}; "
                               f"choose from: {', '.join(ATTRIBUTES)}")
+    repeated = sorted({name for name in labels if list(labels).count(name) > 1})
+    if repeated:
+        raise CelebADataError(f"--labels: {', '.join(repeated)} given more than once")
     return tuple(labels)
 
 
@@ -211,6 +242,10 @@ def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
     frame = attrs.join(parts, how="inner")
     if len(frame) < len(attrs):
         log.warning("%d attribute rows have no partition and are skipped", len(attrs) - len(frame))
+    if len(frame) < len(parts):
+        lacking = parts.index.difference(attrs.index)
+        log.warning("%d partition rows have no attribute row and are skipped (e.g. %s)", len(lacking),
+                    ", ".join(lacking[:3]))
     if (data_dir / IDENTITY_FILE).is_file():
         frame = frame.join(read_identities(data_dir / IDENTITY_FILE), how="left")
     landmarks = _find_optional(data_dir, LANDMARKS_FILE)

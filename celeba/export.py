@@ -46,8 +46,20 @@ class ParityError(AssertionError):
                          f"The file is kept so it can be benchmarked; do not ship it as is.")
 
 
-def _card_labels(path: Path) -> tuple[str, ...]:
-    return RunCard.load(path).labels if card_path(path).is_file() else ()
+def exported_labels(path: Path) -> tuple[str, ...]:
+    """The labels of an exported model, from the card `export` wrote beside it (checked to be its card)."""
+    from celeba.model import ModelFileError
+
+    card = card_path(path)
+    if not card.is_file():
+        raise ModelFileError(f"{card}: card of the exported model not found; it holds the label names "
+                             f"(export again, or copy the .json written with {Path(path).name})")
+    loaded = RunCard.load(card)
+    size = loaded.extra.get("size_bytes")
+    if size is not None and size != Path(path).stat().st_size:
+        raise ModelFileError(f"{card}: written for a {size}-byte file, but {path} has {Path(path).stat().st_size} "
+                             f"bytes: the card belongs to another export")
+    return tuple(loaded.labels)
 
 
 class TFLiteModel:
@@ -67,7 +79,13 @@ class TFLiteModel:
         self._output = self.interpreter.get_output_details()[0]["index"]
         self.image_size = int(self.interpreter.get_input_details()[0]["shape"][1])
         self._batch = 0
-        self.labels = _card_labels(path)
+        self.labels = exported_labels(path)
+        outputs = int(self.interpreter.get_output_details()[0]["shape"][-1])
+        if outputs != len(self.labels):
+            from celeba.model import ModelFileError
+
+            raise ModelFileError(f"{path}: model has {outputs} outputs but its card names {len(self.labels)} "
+                                 f"labels {list(self.labels)}")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
@@ -94,7 +112,11 @@ class OnnxModel:
         self.path, self.session = path, ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
         self.image_size = int(self.session.get_inputs()[0].shape[1])
-        self.labels = _card_labels(path)
+        inside = self.session.get_modelmeta().custom_metadata_map.get("labels")
+        if inside and not card_path(path).is_file():  # the labels travel inside the file (export writes them)
+            self.labels = tuple(json.loads(inside))
+        else:
+            self.labels = exported_labels(path)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self._input: np.asarray(batch, np.float32)})[0]
@@ -186,21 +208,75 @@ class ExportConfig:
                                   none="none 1e-4, float16 0.01, int8 0.1, int16x8 0.05")
     min_agreement: float = opt(0.99, "fraction of (image, label) decisions that must agree")
     batch_size: int = opt(32, "images per conversion and parity batch")
+    force: bool = opt(False, "replace an existing --out file (of the same kind)")
+
+    def __post_init__(self) -> None:
+        from celeba.config import at_least, fraction, positive
+
+        at_least(self, 1, "representative", "parity_limit", "batch_size")
+        positive(self, "tolerance", zero=True)
+        fraction(self, "min_agreement")
+
+
+def file_kind(path: Path) -> str:
+    """What a file is, from its first bytes: tflite, keras (zip), h5, onnx, json or unknown."""
+    head = Path(path).read_bytes()[:8] if Path(path).is_file() else b""
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    if head.startswith(b"PK"):
+        return "keras"
+    if head.startswith(b"\x89HDF"):
+        return "h5"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "json"
+    try:
+        import onnx
+
+        onnx.load_model(str(path), load_external_data=False)
+        return "onnx"
+    except Exception:  # not parseable as an ONNX protobuf
+        return "unknown"
+
+
+def check_out(out: Path, fmt: str, model: Path, force: bool) -> None:
+    """Refuse an --out that would replace a different kind of file, its run card, or any file without --force."""
+    from celeba.model import read_card
+
+    expected = ".onnx" if fmt == "onnx" else ".tflite"
+    if out.suffix != expected:
+        raise FileExistsError(f"--out {out}: a {fmt} export must be named *{expected}")
+    if card_path(out) == card_path(model):  # the export's card would overwrite the model's run card
+        raise FileExistsError(f"--out {out}: pick another name than the model's ({model})")
+    if out.exists():
+        kind = file_kind(out) if out.is_file() else "folder"
+        if kind != fmt:
+            raise FileExistsError(f"--out {out}: exists and is a {kind} file, not a {fmt} model; "
+                                  f"not replacing it (not even with --force)")
+        if not force:
+            raise FileExistsError(f"--out {out}: exists; pass --force to replace it")
+    card = card_path(out)
+    if card.exists():
+        if "source_model" not in read_card(card):
+            raise FileExistsError(f"--out {out}: {card} is the run card of a trained model, which the export's "
+                                  f"card would replace; pick another --out")
+        if not force:
+            raise FileExistsError(f"--out {out}: {card} exists; pass --force to replace it")
 
 
 def export(cfg: ExportConfig) -> dict[str, Any]:
     """Write the .tflite and its card (labels, parity), raise ParityError when parity fails."""
     from celeba.model import load_model, model_image_size
 
+    from celeba.train import atomic_path
+
     cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
-    model, labels = load_model(cfg.model)
-    size = model_image_size(model)
     if cfg.format == "onnx":
         cfg = dataclasses.replace(cfg, quantize="none")
     suffix = "-float32.onnx" if cfg.format == "onnx" else f"-{cfg.quantize}.tflite"
     out = cfg.out or Path(cfg.model).with_name(Path(cfg.model).stem + suffix)
-    if card_path(out) == card_path(cfg.model):  # the export's card would overwrite the model's run card
-        raise FileExistsError(f"--out {out}: pick another name than the model's ({cfg.model})")
+    check_out(out, cfg.format, Path(cfg.model), cfg.force)
+    model, labels = load_model(cfg.model)
+    size = model_image_size(model)
     log.info("converting %s to %s (%s)", cfg.model, cfg.format, cfg.quantize)
     if cfg.format == "onnx":
         source = RunCard.load(cfg.model) if card_path(cfg.model).is_file() else None
@@ -211,12 +287,12 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
         representative = (_batches(cfg.data_dir, "train", cfg.representative, size, cfg.batch_size)
                           if cfg.quantize in ("int8", "int16x8") else None)
         flatbuffer = convert(model, cfg.quantize, representative)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(flatbuffer)
     card = RunCard(model=str(out), config={"labels": list(labels), "image_size": size},
                    extra={"source_model": str(cfg.model), "format": cfg.format, "quantize": cfg.quantize,
                           "size_bytes": len(flatbuffer), "keras_size_bytes": Path(cfg.model).stat().st_size})
     card.save(card_path(out))  # labels first: the exported model reads them
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(flatbuffer)
 
     try:
         card.extra["parity"] = verify(model, out, cfg)

@@ -342,6 +342,8 @@ def _from_detection(rgb: np.ndarray, det: Detection) -> FaceCrop:
 
 def find_faces(rgb: np.ndarray, max_faces: int = 10, detector: Detector = "blazeface") -> list[FaceCrop]:
     """Every face, largest first, aligned like CelebA (BlazeFace; Haar framing where BlazeFace finds none)."""
+    if min(rgb.shape[:2]) * min(1.0, DETECT_MAX_SIDE / max(rgb.shape[:2])) < 24:
+        return []  # too thin to hold a face (a 1x30000 PNG), and OpenCV's resize refuses a 0-pixel side
     detections: list[Detection] = detect_landmarks(rgb) if detector == "blazeface" else []
     if not detections:
         detections = [Detection(box) for box in detect_faces(rgb, pad=DETECT_PAD)]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import keras
 
 from celeba.config import resolve_model
+from celeba.data import CelebADataError
 from celeba.runcard import RunCard, card_path
 
 log = logging.getLogger(__name__)
@@ -21,6 +24,14 @@ IMAGENET_SIZES = (96, 128, 160, 192, 224)
 
 class WeightsError(RuntimeError):
     """The backbone weights could not be had; the message says what to pass instead."""
+
+
+class ModelFileError(CelebADataError):
+    """A model file or its card that cannot be used; the message names the file and says why."""
+
+
+#: Entry inside the `.keras` zip that holds the label names: the model and its labels are one file.
+LABELS_ENTRY = "celeba_labels.json"
 
 
 def _backbone(inputs, weights: str):
@@ -94,8 +105,63 @@ def model_image_size(model: keras.Model) -> int:
     return int(model.input_shape[1])
 
 
+def embed_labels(model_path: Path, labels: Sequence[str]) -> None:
+    """Add the label names to a saved `.keras` file (Keras ignores entries it does not know)."""
+    with zipfile.ZipFile(model_path, "a") as archive:
+        archive.writestr(LABELS_ENTRY, json.dumps({"labels": list(labels)}))
+
+
+def embedded_labels(model_path: Path) -> tuple[str, ...] | None:
+    """The labels saved inside a `.keras` file, or None for a model saved before they were."""
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            if LABELS_ENTRY not in archive.namelist():
+                return None
+            return tuple(json.loads(archive.read(LABELS_ENTRY))["labels"])
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ModelFileError(f"{model_path}: not a Keras model file, or a truncated one ({exc})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{model_path}: malformed {LABELS_ENTRY} inside the model ({exc})") from None
+
+
+def read_card(path: Path) -> dict:
+    """A card (JSON object), with errors that name the file."""
+    try:
+        card = json.loads(Path(path).read_text())
+        if not isinstance(card, dict):
+            raise ValueError("not a JSON object")
+        return card
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise ModelFileError(f"{path}: malformed card ({exc})") from None
+
+
+def card_labels(path: Path) -> tuple[str, ...]:
+    """config.labels of a card (an export's card has the same field)."""
+    card = read_card(path)
+    try:
+        labels = card["config"]["labels"]
+    except (KeyError, TypeError):
+        raise ModelFileError(f"{path}: card has no config.labels") from None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ModelFileError(f"{path}: card's config.labels must be a non-empty list of names, got {labels!r}")
+    return tuple(labels)
+
+
+def model_labels(model_path: Path, card: RunCard | None) -> tuple[str, ...]:
+    """The labels inside the model file, checked against its run card; the card alone for older models."""
+    inside, beside = embedded_labels(model_path), (tuple(card.labels) if card is not None else None)
+    if inside is not None and beside is not None and inside != beside:
+        raise ModelFileError(f"{model_path}: the model's labels {list(inside)} disagree with its run card "
+                             f"{card_path(model_path)} ({list(beside)}): the card belongs to another model")
+    if inside is None and beside is None:
+        raise ModelFileError(f"{card_path(model_path)}: run card not found, and {model_path} holds no labels of "
+                             f"its own (put the run card saved with the model beside it)")
+    return inside or beside
+
+
 def load_model(model_path: Path, labels: Sequence[str] | None = None) -> tuple[keras.Model, tuple[str, ...]]:
-    """Load a saved `.keras` model and its label names (from the run card beside it, or `labels`).
+    """Load a saved `.keras` model and its label names (inside the model file, checked against the run card
+    beside it; older models: from the card), or `labels`.
 
     A relative path not found from the working directory is looked up in the repository (`resolve_model`);
     a model whose card shows chance-level validation ROC-AUC is loaded with a warning.
@@ -105,12 +171,18 @@ def load_model(model_path: Path, labels: Sequence[str] | None = None) -> tuple[k
     model_path = resolve_model(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: model file not found (train one with `celeba train`)")
-    card = RunCard.load(model_path) if labels is None or card_path(model_path).is_file() else None
+    card = RunCard.load(model_path) if card_path(model_path).is_file() else None
     if card is not None and card.quality_warning():
         log.warning("%s", card.quality_warning())
-    with without_optimizer_warnings():
-        model = keras.models.load_model(model_path)
-    labels = tuple(labels if labels is not None else card.labels)
+    if labels is None:
+        labels = model_labels(model_path, card)
+    try:
+        with without_optimizer_warnings():
+            model = keras.models.load_model(model_path)
+    except Exception as exc:  # Keras raises many types for a corrupt file; the file exists, so say what is wrong
+        raise ModelFileError(f"{model_path}: cannot load the model ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'corrupt file'})") from None
+    labels = tuple(labels)
     if model.output_shape[-1] != len(labels):
-        raise ValueError(f"{model_path}: model has {model.output_shape[-1]} outputs but labels are {labels}")
+        raise ModelFileError(f"{model_path}: model has {model.output_shape[-1]} outputs but labels are {labels}")
     return model, labels

@@ -50,6 +50,16 @@ def decode_photo(data: bytes, name: str, max_bytes: int = MAX_BYTES,
     JPEG/PNG/GIF/BMP go through TensorFlow's decoder, like the training images (PIL's JPEG decoder
     differs by a few grey levels); other formats PIL reads (WebP, TIFF) through PIL.
     """
+    return decode_photo_bounded(data, name, max_bytes, max_megapixels)[0]
+
+
+def decode_photo_bounded(data: bytes, name: str, max_bytes: int = MAX_BYTES, max_megapixels: float = MAX_MEGAPIXELS,
+                         decode_megapixels: float | None = None) -> tuple[np.ndarray, float]:
+    """`decode_photo`, plus: a JPEG over `decode_megapixels` is downscaled while decoding (PIL's draft mode
+    decodes at 1/2, 1/4 or 1/8 scale), so its full-size pixels never exist in memory.
+
+    Returns (rgb, scale): multiply coordinates in `rgb` by `scale` for the original photo's.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -64,7 +74,12 @@ def decode_photo(data: bytes, name: str, max_bytes: int = MAX_BYTES,
                                     f"the {max_megapixels:g} megapixel limit")
             orientation = header.getexif().get(0x0112, 1)
             image_format = header.format
-            rgb = None if image_format in TF_FORMATS else np.asarray(header.convert("RGB"))
+            scale = 1.0
+            if image_format == "JPEG" and decode_megapixels and width * height > decode_megapixels * 1e6:
+                factor = (width * height / (decode_megapixels * 1e6)) ** 0.5
+                header.draft("RGB", (int(width / factor) + 1, int(height / factor) + 1))
+                scale = width / header.size[0]
+            rgb = None if image_format in TF_FORMATS and scale == 1.0 else np.asarray(header.convert("RGB"))
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -77,7 +92,7 @@ def decode_photo(data: bytes, name: str, max_bytes: int = MAX_BYTES,
         rgb = _tf_decode(data, name, image_format)
     if orientation in _EXIF_TRANSPOSE:
         rgb = np.asarray(Image.fromarray(rgb).transpose(getattr(Image.Transpose, _EXIF_TRANSPOSE[orientation])))
-    return rgb
+    return rgb, scale
 
 
 def _tf_decode(data: bytes, name: str, image_format: str = "image") -> np.ndarray:
@@ -95,10 +110,14 @@ def read_photo(path: Path, max_bytes: int = MAX_BYTES, max_megapixels: float = M
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: file not found")
-    size = path.stat().st_size
-    if size > max_bytes:  # do not even read it
-        raise ImageTooLarge(f"{path}: {size / 1e6:.1f} MB is over the {max_bytes / 1e6:.1f} MB limit")
-    return decode_photo(path.read_bytes(), str(path), max_bytes, max_megapixels)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:  # do not even read it
+            raise ImageTooLarge(f"{path}: {size / 1e6:.1f} MB is over the {max_bytes / 1e6:.1f} MB limit")
+        data = path.read_bytes()
+    except OSError as exc:  # permission denied, an I/O error on a bad disk...
+        raise ImageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    return decode_photo(data, str(path), max_bytes, max_megapixels)
 
 
 def image_files(paths: Sequence[Path]) -> list[Path]:
@@ -118,12 +137,19 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
 
 
 def face_crops(rgb: np.ndarray, detect: bool = True, max_faces: int = 10,
-               detector: Detector = "blazeface") -> list[FaceCrop]:
+               detector: Detector = "blazeface", name: str = "image") -> list[FaceCrop]:
     """The face preparation every photo path shares (predict, serve, the audit): faces aligned like CelebA, largest
-    first; `detect=False` takes the image as an already aligned CelebA-style crop."""
+    first; `detect=False` takes the image as an already aligned CelebA-style crop. An image OpenCV cannot process
+    is an ImageError naming `name`, not a crash of the whole run."""
+    import cv2
+
     if not detect:  # preprocess_image centre-crops it like training
         return [whole_image(rgb)]
-    return find_faces(rgb, max_faces, detector)
+    try:
+        return find_faces(rgb, max_faces, detector)
+    except cv2.error as exc:
+        raise ImageError(f"{name}: face detection failed on this {rgb.shape[1]}x{rgb.shape[0]} image "
+                         f"({' '.join(str(exc).split())[:200]})") from None
 
 
 # --------------------------------------------------------------------------- the model
@@ -179,8 +205,8 @@ class Predictor:
         self.model_path, self.threshold, self.max_faces = resolve_model(model_path), threshold, max_faces
         self.detector = detector
 
-    def crops(self, rgb: np.ndarray, detect: bool = True) -> list[FaceCrop]:
-        return face_crops(rgb, detect, self.max_faces, self.detector)
+    def crops(self, rgb: np.ndarray, detect: bool = True, name: str = "image") -> list[FaceCrop]:
+        return face_crops(rgb, detect, self.max_faces, self.detector, name)
 
     def probabilities(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if not crops:
@@ -191,7 +217,10 @@ class Predictor:
 
     def score_photos(self, images: Sequence[np.ndarray], detect: bool = True) -> list[list[Face]]:
         """Faces of every image; all crops of all images go through the model as one batch."""
-        found = [self.crops(rgb, detect) for rgb in images]
+        return self.score_crops([self.crops(rgb, detect) for rgb in images])
+
+    def score_crops(self, found: Sequence[list[FaceCrop]]) -> list[list[Face]]:
+        """`crops` of several images -> their faces with probabilities, in one model call."""
         probs = self.probabilities([face.crop for faces in found for face in faces])
         out, k = [], 0
         for faces in found:
@@ -200,9 +229,20 @@ class Predictor:
             k += len(faces)
         return out
 
-    def result(self, name: str, rgb: np.ndarray, faces: list[Face]) -> dict[str, Any]:
-        return {"file": name, "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
-                "faces": [face.as_dict(self.threshold) for face in faces]}
+    def result(self, name: str, rgb: np.ndarray, faces: list[Face], scale: float = 1.0) -> dict[str, Any]:
+        """JSON-ready result; `scale` maps a downscaled decode's pixels back to the photo's."""
+        out = [face.as_dict(self.threshold) for face in faces]
+        if scale != 1.0:  # the box in the photo's pixels (other coordinates stay in the decoded image's)
+            for face in out:
+                face["box"] = {k: int(round(v * scale)) for k, v in face["box"].items()}
+        return {"file": name, "width": int(round(rgb.shape[1] * scale)), "height": int(round(rgb.shape[0] * scale)),
+                "faces": out}
+
+    def warm_up(self) -> None:
+        """One detection and one model call on a blank photo: the first request then does not pay for
+        TensorFlow's tracing and OpenCV's cascade loading (seconds)."""
+        blank = np.full((218, 178, 3), 128, np.uint8)
+        self.score_crops([self.crops(blank, detect=True), self.crops(blank, detect=False)])
 
 
 # --------------------------------------------------------------------------- the command
@@ -231,6 +271,13 @@ class PredictConfig:
     def output_format(self) -> str:
         return "json" if self.json else "csv" if self.csv else self.format
 
+    def __post_init__(self) -> None:
+        from celeba.config import at_least, fraction, positive
+
+        at_least(self, 1, "max_faces", "batch_size", "max_bytes")
+        fraction(self, "threshold")
+        positive(self, "max_megapixels")
+
 
 def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str], tuple[str, ...]]:
     """(one result per readable image, one message per unusable image, labels), in input order."""
@@ -244,14 +291,15 @@ def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str], tu
     with tqdm(total=len(files), unit="img", desc="predict", file=sys.stderr,
               disable=len(files) < 2 or not sys.stderr.isatty()) as bar:  # no bar escape codes in logs
         for chunk in _chunks(files, cfg.batch_size):
-            good: list[tuple[Path, np.ndarray]] = []
-            for path in chunk:
+            good: list[tuple[Path, np.ndarray, list]] = []
+            for path in chunk:  # a bad file is reported and skipped; the others still get their output
                 try:
-                    good.append((path, read_photo(path, cfg.max_bytes, cfg.max_megapixels)))
+                    rgb = read_photo(path, cfg.max_bytes, cfg.max_megapixels)
+                    good.append((path, rgb, predictor.crops(rgb, cfg.detect, str(path))))
                 except ImageError as exc:
                     errors.append(str(exc))
-            faces = predictor.score_photos([rgb for _, rgb in good], cfg.detect)
-            results += [predictor.result(str(path), rgb, f) for (path, rgb), f in zip(good, faces)]
+            faces = predictor.score_crops([crops for _, _, crops in good])
+            results += [predictor.result(str(path), rgb, f) for (path, rgb, _), f in zip(good, faces)]
             bar.update(len(chunk))
     return results, errors, predictor.labels
 

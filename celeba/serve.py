@@ -7,24 +7,31 @@ a photo without a face is a 200 with an empty `faces` list.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
+import json
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fastapi import FastAPI, HTTPException, Query, Request, UploadFile  # module level: FastAPI resolves annotations
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pydantic import BaseModel, Field
 
 from celeba.config import DEFAULT_MODEL, opt
 from celeba.faces import Detector
-from celeba.predict import MAX_BYTES, MAX_MEGAPIXELS, ImageError, ImageTooLarge, Predictor, decode_photo
+from celeba.predict import MAX_BYTES, MAX_MEGAPIXELS, ImageError, ImageTooLarge, Predictor, decode_photo_bounded
 
 log = logging.getLogger(__name__)
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file in a multipart body
+DECODE_MEGAPIXELS = 12.0  # larger JPEGs are decoded at 1/2, 1/4 or 1/8 scale: faces stay far above 96 px
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SWAGGER_ASSETS = "/static/swagger"  # Swagger UI's JS and CSS, served from the fastapi-swagger package: /docs works offline
 
 
@@ -69,6 +76,8 @@ class Health(BaseModel):
     image_size: int
     max_bytes: int
     max_megapixels: float
+    ready: bool = True
+    max_concurrent: int = 2
 
 
 class ErrorBody(BaseModel):
@@ -98,27 +107,116 @@ def add_offline_docs(app: FastAPI) -> None:
                                    swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon-32x32.png")
 
 
-def create_app(predictor: Predictor | Path, max_bytes: int = MAX_BYTES, max_megapixels: float = MAX_MEGAPIXELS):
-    """The FastAPI app around one loaded model (a Predictor, or a model path to load)."""
+class BodyLimit:
+    """ASGI middleware: count the request body as it streams and answer 413 once it passes `limit` bytes.
+
+    A Content-Length over the limit is refused before reading; a chunked upload (no Content-Length) is
+    cut off at the limit: the app sees a disconnect, the client gets the 413, the rest is never read.
+    """
+
+    def __init__(self, app, limit: int, max_bytes: int):
+        self.app, self.limit, self.max_bytes = app, limit, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await self._refuse(send, f"upload of {int(length) / 1e6:.1f} MB is over the "
+                                            f"{self.max_bytes / 1e6:.1f} MB limit")
+        state = {"received": 0, "over": False, "started": False}
+
+        async def counted_receive():
+            if state["over"]:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.limit:
+                    state["over"] = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            if state["over"]:  # the app's own answer to the cut-off body is replaced by the 413
+                return
+            state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not state["over"]:
+                raise
+        if state["over"] and not state["started"]:
+            await self._refuse(send, f"upload is over the {self.max_bytes / 1e6:.1f} MB limit "
+                                     f"(stopped reading after {state['received'] / 1e6:.1f} MB)")
+
+    @staticmethod
+    async def _refuse(send, detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """A browser's Origin header names the page's site; it is the service itself when host:port match."""
+    from urllib.parse import urlsplit
+
+    return bool(host) and urlsplit(origin).netloc == host
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the system: glibc keeps the arenas of big decodes otherwise (the RSS stays high)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def create_app(predictor: Predictor | Path, max_bytes: int = MAX_BYTES, max_megapixels: float = MAX_MEGAPIXELS,
+               max_concurrent: int = 2, decode_megapixels: float | None = DECODE_MEGAPIXELS,
+               allow_origins: Sequence[str] = (), allowed_hosts: Sequence[str] | None = None, warm_up: bool = True):
+    """The FastAPI app around one loaded model (a Predictor, or a model path to load).
+
+    Memory is bounded: at most `max_concurrent` photos are decoded and scored at once (the others wait),
+    JPEGs over `decode_megapixels` are downscaled while decoding, and no upload is read past `max_bytes`.
+    Browsers: a cross-origin POST (a web page posting to this service) is refused with 403 unless its origin is
+    in `allow_origins` (those get CORS headers). `allowed_hosts` (None: any) refuses other Host headers.
+    """
     if not isinstance(predictor, Predictor):
         predictor = Predictor(Path(predictor))
+    if warm_up:
+        predictor.warm_up()
+    decoding = threading.BoundedSemaphore(max_concurrent)
     app = FastAPI(title="CelebA attributes", docs_url=None, redoc_url=None,
                   description=f"Probabilities of {', '.join(predictor.labels)} for every face in a photo.")
     add_offline_docs(app)
 
     @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        """Say 413 from the Content-Length header, before the multipart parser spools the whole upload."""
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > max_bytes + MULTIPART_OVERHEAD:
-            return JSONResponse({"detail": f"upload of {int(length) / 1e6:.1f} MB is over the "
-                                           f"{max_bytes / 1e6:.1f} MB limit"}, status_code=413)
+    async def refuse_cross_origin_posts(request: Request, call_next):
+        """Browsers send a form POST from any web page without asking (no CORS preflight): refuse those."""
+        origin = request.headers.get("origin")
+        if (origin and request.method not in ("GET", "HEAD", "OPTIONS") and "*" not in allow_origins
+                and origin not in allow_origins and not same_origin(origin, request.headers.get("host", ""))):
+            return JSONResponse({"detail": f"cross-origin request from {origin} refused; start the service with "
+                                           f"--allow-origin {origin} to allow it"}, status_code=403)
         return await call_next(request)
+
+    if allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    app.add_middleware(BodyLimit, limit=max_bytes + MULTIPART_OVERHEAD, max_bytes=max_bytes)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     @app.get("/health")
     def health() -> Health:
-        return Health(**{"status": "ok", "model": predictor.model_path.name, "labels": list(predictor.labels),
-                "image_size": predictor.image_size, "max_bytes": max_bytes, "max_megapixels": max_megapixels})
+        return Health(status="ok", ready=True, model=predictor.model_path.name, labels=list(predictor.labels),
+                      image_size=predictor.image_size, max_bytes=max_bytes, max_megapixels=max_megapixels,
+                      max_concurrent=max_concurrent)
 
     # A plain `def`: FastAPI runs it in its thread pool, so decoding and inference never block the event loop.
     @app.post("/predict", responses=ERRORS)
@@ -127,14 +225,23 @@ def create_app(predictor: Predictor | Path, max_bytes: int = MAX_BYTES, max_mega
                 ) -> Prediction:
         name = file.filename or "upload"
         data = file.file.read(max_bytes + 1)  # never read more than the limit allows
-        try:
-            rgb = decode_photo(data, name, max_bytes, max_megapixels)
-        except ImageTooLarge as exc:
-            raise HTTPException(413, str(exc)) from None
-        except ImageError as exc:
-            raise HTTPException(400 if not data else 415, str(exc)) from None
-        faces = predictor.score_photos([rgb], detect)[0]
-        return Prediction(**predictor.result(name, rgb, faces), labels=list(predictor.labels))
+        with decoding:  # bounds the decoded pixels in memory at once
+            try:
+                try:
+                    rgb, scale = decode_photo_bounded(data, name, max_bytes, max_megapixels, decode_megapixels)
+                except ImageTooLarge as exc:
+                    raise HTTPException(413, str(exc)) from None
+                except ImageError as exc:
+                    raise HTTPException(400 if not data else 415, str(exc)) from None
+                try:
+                    found = predictor.crops(rgb, detect, name)
+                except ImageError as exc:  # e.g. OpenCV refuses the image's shape: the upload's fault, not a 500
+                    raise HTTPException(422, str(exc)) from None
+                faces = predictor.score_crops([found])[0]
+                return Prediction(**predictor.result(name, rgb, faces, scale), labels=list(predictor.labels))
+            finally:
+                rgb = found = None  # a 116 KB PNG can decode to 120 MB: give it back now, not "some day"
+                release_memory()
 
     return app
 
@@ -153,6 +260,21 @@ class ServeConfig:
     max_faces: int = opt(10, "faces per image, largest first")
     detector: Detector = opt("blazeface", "blazeface: landmarks + CelebA alignment (Haar as fallback); "
                                           "haar: framing only")
+    max_concurrent: int = opt(2, "photos decoded and scored at once (bounds memory); further requests wait")
+    decode_megapixels: float = opt(DECODE_MEGAPIXELS, "larger JPEGs are downscaled while decoding")
+    allow_origin: tuple[str, ...] = opt((), "web origins whose pages may POST here (CORS), e.g. https://app.example; "
+                                            "* for any", none="none")
+    allowed_host: tuple[str, ...] = opt((), "Host header names to accept besides loopback ones (any, off loopback)",
+                                        none="loopback names only")
+
+    def __post_init__(self) -> None:
+        from celeba.config import ConfigError, at_least, fraction, positive
+
+        at_least(self, 1, "max_bytes", "max_faces", "max_concurrent")
+        positive(self, "max_megapixels", "decode_megapixels")
+        fraction(self, "threshold")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port: must be in 0..65535, got {self.port}")
 
 
 def is_loopback(host: str) -> bool:
@@ -162,13 +284,42 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_port_free(host: str, port: int) -> None:
+    """uvicorn reports a busy port only after start-up, as a log line with exit code 1: say it first, clearly."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise OSError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); "
+                          f"is another service running there? pick another --port") from None
+
+
+def allowed_hosts(bind: str, extra: Sequence[str]) -> list[str] | None:
+    """Host headers to accept: on loopback only loopback names (a web page cannot reach the service through
+    DNS rebinding), plus `extra`; off loopback any, unless `extra` names them."""
+    if is_loopback(bind):
+        return [*LOOPBACK_HOSTS, *extra]
+    return list(extra) or None
+
+
 def serve(cfg: ServeConfig) -> None:
     """Load the model once, then serve until interrupted."""
     import uvicorn
 
     if not is_loopback(cfg.host):  # e.g. 0.0.0.0 inside a container: allowed, but say what it means
         log.warning("--host %s: reachable from other machines, and the service has no authentication", cfg.host)
+    check_port_free(cfg.host, cfg.port)  # before spending seconds on loading the model
     predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces, cfg.detector)
-    app = create_app(predictor, cfg.max_bytes, cfg.max_megapixels)
+    log.info("warming up (one detection and one model call) before serving")
+    app = create_app(predictor, cfg.max_bytes, cfg.max_megapixels, cfg.max_concurrent, cfg.decode_megapixels,
+                     cfg.allow_origin, allowed_hosts(cfg.host, cfg.allowed_host))
     log.info("serving %s on http://%s:%d (OpenAPI page: /docs)", predictor.model_path, cfg.host, cfg.port)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

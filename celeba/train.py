@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import logging
 import os
@@ -10,7 +12,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -19,28 +21,191 @@ import tensorflow as tf
 from celeba.config import TrainConfig
 from celeba.data import CelebADataError, check_labels, labels_array, load_index, make_augmenter, make_dataset, split
 from celeba.losses import WeightedBinaryCrossentropy, make_loss
-from celeba.model import build_model, set_backbone_trainable, without_optimizer_warnings
+from celeba.model import build_model, embed_labels, set_backbone_trainable, without_optimizer_warnings
 from celeba.runcard import RunCard, card_path, provenance
 from celeba.runtime import keras_verbose
 
 log = logging.getLogger(__name__)
 
 
-def save_atomic(model: keras.Model, path: Path) -> None:
-    """Write to a temporary file and rename, so an interruption never leaves a half-written model."""
+#: Test-only hook: "<epoch>:<marker file>" makes the backup of that epoch stop half-written, create the marker
+#: and wait, so that a test can SIGKILL a real training in the middle of the write.
+PAUSE_IN_BACKUP_ENV = "CELEBA_TEST_PAUSE_IN_BACKUP"
+
+
+def _tmp_name(path: Path) -> Path:
+    """`.name.tmp<suffixes>` beside `path`: Keras picks the format from the suffix, so keep it."""
+    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
+    return path.with_name(f".{path.name.removesuffix(suffix)}.tmp{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it to `path` on success, delete it on any failure.
+
+    An interruption or a full disk never leaves a half-written `path`, nor a stray temporary file
+    (a SIGKILL can still leave the temporary one: `remove_stale_temporaries` clears those).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{''.join(path.suffixes)}")
-    if path.name.endswith(".weights.h5"):
-        model.save_weights(tmp)
-    else:
-        model.save(tmp)
-    os.replace(tmp, path)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path, stem: str = "*") -> list[Path]:
+    """Delete the temporary files a killed writer left in `folder` for files named `stem.*` (not recursive)."""
+    stale = [p for p in Path(folder).glob(f".{stem}.tmp*") if p.is_file()] if Path(folder).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def save_atomic(model: keras.Model, path: Path, labels: Sequence[str] | None = None) -> None:
+    """Write to a temporary file and rename, so an interruption never leaves a half-written model.
+
+    With `labels`, they are written into the `.keras` file itself, so model and labels are one unit.
+    """
+    with atomic_path(path) as tmp:
+        if path.name.endswith(".weights.h5"):
+            model.save_weights(tmp)
+        else:
+            model.save(tmp)
+            if labels is not None:
+                embed_labels(tmp, labels)
 
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+
+
+def _pause_for_test(epoch: int, tmp: Path) -> None:
+    spec = os.environ.get(PAUSE_IN_BACKUP_ENV, "")
+    if spec.partition(":")[0] == str(epoch):
+        size = tmp.stat().st_size
+        with open(tmp, "r+b") as f:  # what a kill mid-write leaves: the first half of the file
+            f.truncate(size // 2)
+        Path(spec.partition(":")[2]).write_text(str(os.getpid()))
+        time.sleep(600)
+
+
+class AtomicBackup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, made safe against a kill or a full disk during the epoch-end write.
+
+    Keras rewrites one `latest.weights.h5` in place: a kill mid-write leaves a broken file and the run
+    cannot resume. Here every backup goes to a temporary file renamed to `epoch-<n>.weights.h5`
+    (n = epochs completed, so the file and its epoch are one unit) and the previous backup is kept.
+    On resume the newest readable backup wins; broken ones are reported and skipped; with none the
+    phase starts over from its initial state, so resuming is never worse than starting over.
+    `history` (the CSVLogger's file) loses the rows of epochs that will be trained again.
+    """
+
+    def __init__(self, backup_dir: Path, history: Path | None = None, start_epoch: int = 0, keep: int = 2):
+        super().__init__(str(backup_dir), delete_checkpoint=False)  # train() deletes it once the phase is saved
+        self.dir, self.history, self.start_epoch, self.keep = Path(backup_dir), history, start_epoch, keep
+        self.recovered: dict[str, Any] = {}
+        self._restored = False
+
+    def backups(self) -> list[tuple[int, Path]]:
+        """(epochs completed, file), newest first."""
+        found = []
+        for path in self.dir.glob("epoch-*.weights.h5"):
+            number = path.name.removeprefix("epoch-").removesuffix(".weights.h5")
+            if number.isdigit():
+                found.append((int(number), path))
+        return sorted(found, reverse=True)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if not self._restored:
+            self.restore()
+
+    def restore(self) -> None:
+        """Load the newest readable backup into the model (or leave it as it is) and set the initial epoch."""
+        self._restored = True
+        self.model._initial_epoch = None  # Keras keeps it across fit() calls: a second phase would inherit it
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temporaries(self.dir):
+            log.warning("resume: removed %s, a backup whose write was interrupted", stale)
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        variables = list(self.model.variables) + (list(optimizer.variables) if optimizer is not None else [])
+        initial = [v.numpy() for v in variables]
+        skipped = []
+        for epoch, path in self.backups():
+            try:
+                with without_optimizer_warnings():
+                    self.model.load_weights(path)
+            except Exception as exc:  # h5py raises OSError, KeyError, ValueError... for a broken file
+                log.warning("resume: %s is unreadable (%s: %s); trying the previous backup",
+                            path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                skipped.append(str(path))
+                continue
+            self.model._initial_epoch = epoch
+            self.recovered = {"epochs_completed": epoch, "file": str(path), "skipped": skipped}
+            log.info("resume: recovered the state after %d completed epoch(s) from %s", epoch, path)
+            break
+        else:
+            for variable, value in zip(variables, initial):  # a broken file may have been partly loaded
+                variable.assign(value)
+            if skipped:
+                log.warning("resume: no readable backup in %s; this phase starts over", self.dir)
+            self.recovered = {"epochs_completed": None, "file": None, "skipped": skipped}
+        if self.history is not None:
+            trim_history(self.history, self.model._initial_epoch or self.start_epoch)
+
+    def _save_model(self) -> None:
+        epoch = self._current_epoch
+        path = self.dir / f"epoch-{epoch:04d}.weights.h5"
+        with atomic_path(path) as tmp:
+            self.model.save_weights(tmp)
+            _pause_for_test(epoch, tmp)
+        for _, old in self.backups()[self.keep:]:
+            old.unlink(missing_ok=True)
+
+
+class _BeginFirst(keras.callbacks.Callback):
+    """Runs `backup.on_train_begin` before the other callbacks (CSVLogger opens the history it trims),
+    while `backup` itself sits later in the list for the epoch-end order."""
+
+    def __init__(self, backup: AtomicBackup):
+        super().__init__()
+        self.backup = backup
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        self.backup.set_model(model)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.backup.restore()
+
+
+def trim_history(path: Path, first_epoch: int) -> None:
+    """Drop the CSV rows of epochs >= `first_epoch` (they will be trained again), in place.
+
+    In place, not atomically: CSVLogger may already hold the file open for appending.
+    """
+    if not path.is_file():
+        return
+    with open(path, "r+", newline="") as f:
+        lines = f.readlines()
+        keep = lines[:1] + [line for line in lines[1:]
+                            if line.split(",")[0].isdigit() and int(line.split(",")[0]) < first_epoch]
+        if len(keep) < len(lines):
+            f.seek(0)
+            f.writelines(keep)
+            f.truncate()
+
+
+def history_epochs(path: Path) -> int:
+    """Epochs recorded in a run's history.csv: the epochs the saved model has been trained for."""
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        return len({row["epoch"] for row in csv.DictReader(f)})
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -158,7 +323,7 @@ def make_run_card(cfg: TrainConfig, model_path: Path, rows: dict[str, Any], y_tr
                         for label, p, n in zip(labels, loss.pos_weights, loss.neg_weights)}
                        if isinstance(loss, WeightedBinaryCrossentropy) else None),
         validation_metrics=json.loads(metrics.to_json(orient="index")),
-        epochs_trained=sum(len(t.epoch_seconds) for t in throughputs.values()),
+        epochs_trained=history_epochs(cfg.models_dir / cfg.run_name / "history.csv"),  # all runs of a resumed one
         time_s=round(train_seconds, 1),
         train_images_per_s=images_per_s(len(rows["train"]), [s for t in throughputs.values() for s in t.epoch_seconds]),
         train_images_per_s_by_phase={name: images_per_s(len(rows["train"]), t.epoch_seconds)
@@ -169,8 +334,56 @@ def make_run_card(cfg: TrainConfig, model_path: Path, rows: dict[str, Any], y_tr
     )
 
 
+class RunLockedError(CelebADataError):
+    """Another process is training a run of the same name."""
+
+
+@contextlib.contextmanager
+def run_lock(models_dir: Path, name: str) -> Iterator[Path]:
+    """Hold an exclusive lock on the run `name` for the whole training (released when the process dies).
+
+    Without it a second training of the same --name deletes the first one's run folder under it.
+    The lock file sits beside the run folder (which a fresh run deletes) and is removed on release, with the
+    models folder when this run created it and left it empty (a failed start leaves nothing behind).
+    """
+    import fcntl
+
+    created = not models_dir.exists()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / f".{name}.lock"
+    try:
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if not path.exists() or path.stat().st_ino != os.fstat(handle.fileno()).st_ino:
+                    raise BlockingIOError  # its holder removed it in between: another run owns the new one
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "?"
+                raise RunLockedError(f"{models_dir / name}: another training of --name {name} is running "
+                                     f"(process {owner}); wait for it to finish or pick another --name") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield path
+            finally:
+                path.unlink(missing_ok=True)  # before unlocking: a waiting opener then sees a new inode
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                models_dir.rmdir()  # only if empty
+
+
 def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunCard:
     """Train, keep the best model by validation loss, save it under models/ with its run card."""
+    with run_lock(cfg.models_dir, cfg.run_name):
+        return _train(cfg, extra_callbacks)
+
+
+def _train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback]) -> RunCard:
     from celeba.evaluate import dataset_probabilities
     from celeba.metrics import label_metrics
 
@@ -191,6 +404,12 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     if not cfg.resume and run_dir.exists():
         log.info("fresh run: clearing %s (use --resume to continue it)", run_dir)
         shutil.rmtree(run_dir)
+    elif cfg.resume and not run_dir.exists():
+        log.warning("--resume: no run folder %s to resume; starting from the first epoch", run_dir)
+    # A kill during a save leaves a temporary file (the saved files are intact); this run's lock makes them ours.
+    remove_stale_temporaries(cfg.models_dir, cfg.run_name)
+    if run_dir.exists():
+        remove_stale_temporaries(run_dir)
 
     policy = set_precision(cfg.mixed_precision)
     strategy = distribution_strategy()
@@ -207,6 +426,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     steps = int(np.ceil(len(rows["train"]) / batch))
 
     best_path = run_dir / "best.keras"
+    history_path = run_dir / "history.csv"
     throughputs: dict[str, Throughput] = {}
     offset = 0
     for phase in plan_phases(cfg):
@@ -221,10 +441,14 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
         else:
             log.info("phase %r: %d epochs at lr %.2g, backbone %s", phase.name, phase.epochs, phase.learning_rate,
                      "trainable" if phase.backbone_trainable else "frozen")
+            backup = AtomicBackup(run_dir / "backup" / phase.name, history_path, start_epoch=offset)
+            # Epoch-end order matters for a kill between two callbacks: the history row and the best model are
+            # written before the backup that marks the epoch done (a repeated epoch's row is trimmed on resume).
             callbacks = [
-                keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase.name)),
+                _BeginFirst(backup),
                 BestCheckpoint(best_path, model),
-                keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+                keras.callbacks.CSVLogger(str(history_path), append=True),
+                backup,
                 keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
                 throughput,
                 *extra_callbacks,
@@ -232,6 +456,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
             trainer.fit(train_ds, validation_data=val_ds, initial_epoch=offset, epochs=offset + phase.epochs,
                       callbacks=callbacks, verbose=keras_verbose(), shuffle=False)  # tf.data shuffles
             save_atomic(model, done_path)
+            shutil.rmtree(backup.dir, ignore_errors=True)  # only once the phase's result is safely on disk
         offset += phase.epochs
 
     if best_path.is_file():
@@ -242,7 +467,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     # The saved model keeps its loss but not the optimizer state (a third of the size); resuming uses the backup.
     with strategy.scope():
         compile_for(model, Phase("saved", 1, cfg.learning_rate, True, False), loss, steps)
-    save_atomic(model, model_path)
+    save_atomic(model, model_path, cfg.labels)
 
     card = make_run_card(cfg, model_path, rows, y_train, loss, metrics, throughputs, train_seconds, policy)
     card.save(card_path(model_path))

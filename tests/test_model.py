@@ -67,7 +67,7 @@ def test_imagenet_needs_a_supported_size():
 def test_load_model_needs_labels_or_card(tmp_path, small):
     path = tmp_path / "bare.keras"
     small.save(path)
-    with pytest.raises(FileNotFoundError, match="run card not found"):
+    with pytest.raises(model_lib.ModelFileError, match="run card not found, and .*bare.keras holds no labels"):
         model_lib.load_model(path)
     _, labels = model_lib.load_model(path, labels=["Male", "Young", "Smiling"])
     assert labels == ("Male", "Young", "Smiling")

@@ -73,14 +73,13 @@ def prepare_faces(paths: Sequence[str], detect: bool, max_faces: int = 10) -> tu
     status: list[str] = []
     crops: list[np.ndarray | None] = []
     for path in tqdm(paths, desc="faces", unit="img", leave=False, disable=len(paths) < 50):
-        try:
-            rgb = read_photo(Path(path))
+        try:  # a file that cannot be read, or that the face detector refuses, is counted, never dropped
+            found = face_crops(read_photo(Path(path)), detect, max_faces, name=str(path))
         except ImageError as exc:
             log.warning("%s", exc)
             status.append(UNREADABLE)
             crops.append(None)
             continue
-        found = face_crops(rgb, detect, max_faces)
         status.append(ALIGNED if not detect else NO_FACE if not found else ONE_FACE if len(found) == 1
                       else SEVERAL_FACES)
         crops.append(_crop(found[0]) if found else None)

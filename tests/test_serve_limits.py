@@ -1,0 +1,188 @@
+"""The service's limits over a real socket on 127.0.0.1: streamed bytes, memory, browsers, Host headers, warm-up."""
+
+from __future__ import annotations
+
+import io
+import select
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+import celeba.serve as serve
+from celeba.data import image_dir
+from celeba.predict import Predictor, decode_photo_bounded
+from celeba.serve import LOOPBACK_HOSTS, create_app
+
+TIMEOUT = 60
+LIMIT = 300_000
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """A small stand-in model (any function of the pixels will do): the limits do not depend on its quality."""
+    from celeba.train import save_atomic
+
+    path = tmp_path_factory.mktemp("serve") / "small.keras"
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2, activation="sigmoid")])
+    save_atomic(model, path, labels=["Male", "Young"])
+    return path
+
+
+def _start(app) -> tuple[str, object, threading.Thread]:
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "server did not start in 30 s"
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", srv, thread
+
+
+@pytest.fixture(scope="module")
+def server(model_path):
+    app = create_app(Predictor(model_path), max_bytes=LIMIT, max_megapixels=1.0, max_concurrent=1,
+                     allow_origins=("https://ok.example",), allowed_hosts=LOOPBACK_HOSTS)
+    url, srv, thread = _start(app)
+    yield url
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def face_jpeg(sample_dir) -> bytes:
+    return sorted(image_dir(sample_dir).glob("*.jpg"))[1].read_bytes()
+
+
+def test_a_chunked_upload_is_cut_off_at_the_limit(server):
+    """No Content-Length: the server counts the streamed bytes and answers 413 long before the end."""
+    port = int(server.rsplit(":", 1)[1])
+    total, chunk = 30_000_000, b"\0" * 65536
+    sent, response = 0, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=XX\r\n\r\n")
+        head = b'--XX\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+        sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+        try:
+            while sent < total:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+                if select.select([sock], [], [], 0)[0]:
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        sock.settimeout(TIMEOUT)
+        try:
+            while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                response += data
+        except ConnectionResetError:
+            pass
+    assert response.startswith(b"HTTP/1.1 413"), response[:300]
+    assert b"upload is over the 0.3 MB limit" in response
+    assert sent < total / 3, f"the server let {sent / 1e6:.1f} MB in before refusing"
+
+
+def test_content_length_over_the_limit_is_refused_before_reading(server):
+    r = requests.post(f"{server}/predict", files={"file": ("big.jpg", b"\xff\xd8" + bytes(400_000))}, timeout=TIMEOUT)
+    assert r.status_code == 413 and "upload of 0.4 MB is over the 0.3 MB limit" in r.json()["detail"]
+
+
+def test_decodes_are_bounded_to_max_concurrent(server, face_jpeg, monkeypatch):
+    active, peak, lock = [0], [0], threading.Lock()
+    real = serve.decode_photo_bounded
+
+    def counting(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.3)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(serve, "decode_photo_bounded", counting)
+
+    def post(_):
+        return requests.post(f"{server}/predict", files={"file": ("me.jpg", face_jpeg)}, timeout=TIMEOUT)
+
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(post, range(4)))
+    assert all(r.status_code == 200 for r in responses)
+    assert peak[0] == 1  # max_concurrent=1: the four requests decoded one after another
+
+
+def test_large_jpegs_are_downscaled_while_decoding_and_boxes_map_back(face_jpeg):
+    photo = Image.open(io.BytesIO(face_jpeg)).resize((178 * 8, 218 * 8))  # 2.5 megapixels
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=90)
+    rgb, scale = decode_photo_bounded(buf.getvalue(), "big.jpg", max_megapixels=40, decode_megapixels=0.15)
+    assert rgb.shape[:2] == (218 * 2, 178 * 2) and scale == 4.0  # decoded at 1/4: never 2.5 MP in memory
+    full, same = decode_photo_bounded(buf.getvalue(), "big.jpg", max_megapixels=40)
+    assert full.shape[:2] == (218 * 8, 178 * 8) and same == 1.0
+
+    from celeba.faces import Box
+    from celeba.predict import Face
+
+    bare = Predictor.__new__(Predictor)
+    bare.threshold = 0.5
+    result = bare.result("big.jpg", rgb, [Face(Box(10, 20, 30, 40), {})], scale)
+    assert (result["width"], result["height"]) == (178 * 8, 218 * 8)  # the photo's size, not the decoded one
+    assert result["faces"][0]["box"] == {"x": 40, "y": 80, "w": 120, "h": 160}
+
+
+def test_cross_origin_browser_posts_are_refused_unless_allowed(server, face_jpeg):
+    files = {"file": ("me.jpg", face_jpeg)}
+    evil = requests.post(f"{server}/predict", files=files, headers={"Origin": "https://evil.example"},
+                         timeout=TIMEOUT)
+    assert evil.status_code == 403
+    assert "cross-origin request from https://evil.example refused" in evil.json()["detail"]
+    ok = requests.post(f"{server}/predict", files=files, headers={"Origin": "https://ok.example"}, timeout=TIMEOUT)
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://ok.example"
+    same = requests.post(f"{server}/predict", files=files, headers={"Origin": server}, timeout=TIMEOUT)
+    assert same.status_code == 200  # the service's own page (e.g. /docs) may post
+    assert requests.post(f"{server}/predict", files=files, timeout=TIMEOUT).status_code == 200  # curl, scripts
+
+
+def test_other_host_headers_are_refused_on_loopback(server):
+    """DNS rebinding: a web page whose name resolves to 127.0.0.1 sends its own name as the Host."""
+    assert requests.get(f"{server}/health", headers={"Host": "evil.example"}, timeout=TIMEOUT).status_code == 400
+    assert requests.get(f"{server}/health", timeout=TIMEOUT).status_code == 200
+    assert serve.allowed_hosts("127.0.0.1", ["my.box"]) == [*LOOPBACK_HOSTS, "my.box"]
+    assert serve.allowed_hosts("0.0.0.0", []) is None
+
+
+def test_a_thin_image_is_not_a_server_error(server):
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 30000), (90, 90, 90)).save(buf, "PNG")
+    r = requests.post(f"{server}/predict", files={"file": ("thin.png", buf.getvalue())}, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.json()["faces"] == []
+
+
+def test_the_model_is_warmed_up_before_the_app_exists(model_path):
+    predictor = Predictor(model_path)
+    calls = []
+    infer = predictor.infer
+    predictor.infer = lambda batch: calls.append(len(batch)) or infer(batch)
+    create_app(predictor)
+    assert calls, "no model call before the first request"
+    assert np.all(np.isfinite(infer(np.zeros((1, 32, 32, 3), np.float32))))
