@@ -8,28 +8,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from celeba.analysis.tables import markdown_table
-from celeba.config import DEFAULT_MODEL, opt
+from celeba.config import DEFAULT_MODEL, PhotoFolderOptions, opt
 from celeba.data import SAMPLE_DIR
 
 __all__ = ["AnalyzeConfig", "analyze", "markdown_table"]
 
 
 @dataclass
-class AnalyzeConfig:
+class AnalyzeConfig(PhotoFolderOptions):
     """Bias analysis of saved models on one CelebA partition. Repeat --model to compare models side by side."""
 
     model: tuple[Path, ...] = opt((DEFAULT_MODEL,), "saved .keras models (run cards beside them); repeat --model or "
                                                     "list several; the first is the reference of the deltas")
     data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder (official or Kaggle layout)")
     partition: Literal["train", "validation", "test"] = opt("test", "which official partition to analyse")
-    images: Path | None = opt(None, "a folder of photos to audit instead of CelebA (faces found like predict; "
-                                    "docs/audit.md)", none="CelebA")
-    labels_csv: Path | None = opt(None, "with --images: CSV with file, labels (Male, Young: 0/1/empty), group columns",
-                                  none="none")
-    filename_pattern: str | None = opt(None, "with --images, instead of a CSV: e.g. '{age}_{gender}_{race}_*.jpg'",
-                                       none="none")
-    derive: tuple[str, ...] = opt((), "labels from other columns, e.g. 'Young=age<30' 'Male=gender==0'")
-    map: tuple[str, ...] = opt((), "names for group values, e.g. 'gender:0=male,1=female'")
     out: Path | None = opt(None, "folder for report.md, the figures and the CSVs",
                            none="reports/analysis-<partition>/ or reports/audit-<folder>/")
     limit: int | None = opt(None, "only the first N images of the partition (quick runs)", none="all")
@@ -40,7 +32,6 @@ class AnalyzeConfig:
     projections: tuple[str, ...] = opt(("pca", "tsne", "umap"), "2-D latent projections (umap only when installed)")
     faces: int = opt(6, "faces per Grad-CAM row")
     bins: int = opt(5, "quantile bins of numeric group columns, mean luminance and sharpness")
-    min_slice: int = opt(20, "groups smaller than this are listed but never headlined")
     balance_tolerance: float = opt(0.02, "the balancing threshold may cost at most this much of the best accuracy")
     check_images: bool = opt(False, "decode every image up front and skip unreadable ones")
     seed: int = opt(0, "seed of the t-SNE / UMAP projections")

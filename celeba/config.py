@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -140,7 +141,22 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class PhotoFolderOptions:
+    """The audit's flags (`--images` and how its truth and groups are read), shared by `evaluate` and `analyze`."""
+
+    images: Path | None = opt(None, "a folder of photos to audit instead of CelebA (faces found like predict; "
+                                    "docs/audit.md)", none="CelebA")
+    labels_csv: Path | None = opt(None, "with --images: CSV with file, labels (Male, Young: 0/1/empty), group columns",
+                                  none="none")
+    filename_pattern: str | None = opt(None, "with --images, instead of a CSV: e.g. '{age}_{gender}_{race}_*.jpg'",
+                                       none="none")
+    derive: tuple[str, ...] = opt((), "labels from other columns, e.g. 'Young=age<30' 'Male=gender==0'")
+    map: tuple[str, ...] = opt((), "names for group values, e.g. 'gender:0=male,1=female'")
+    min_slice: int = opt(20, "groups smaller than this are listed but never headlined")
+
+
+@dataclass
+class EvalConfig(PhotoFolderOptions):
     """Evaluate a saved model on a CelebA partition: per-label metrics and accuracy per cohort."""
 
     model: Path = opt(DEFAULT_MODEL, "a saved .keras model with its run card (.json) beside it")
@@ -152,16 +168,7 @@ class EvalConfig:
     out: Path | None = opt(None, "folder for metrics.json/.csv, cohorts.csv, predictions.csv",
                            none="reports/<model name>-<partition>/")
     check_images: bool = opt(True, "decode every image once up front and skip unreadable ones")
-    images: Path | None = opt(None, "a folder of photos to evaluate instead of CelebA (faces found like predict; "
-                                    "docs/audit.md)", none="CelebA")
-    labels_csv: Path | None = opt(None, "with --images: CSV with file, labels (Male, Young: 0/1/empty), group columns",
-                                  none="none")
-    filename_pattern: str | None = opt(None, "with --images, instead of a CSV: e.g. '{age}_{gender}_{race}_*.jpg'",
-                                       none="none")
-    derive: tuple[str, ...] = opt((), "labels from other columns, e.g. 'Young=age<30' 'Male=gender==0'")
-    map: tuple[str, ...] = opt((), "names for group values, e.g. 'gender:0=male,1=female'")
     bins: int = opt(5, "quantile bins of numeric group columns")
-    min_slice: int = opt(20, "groups smaller than this are listed but never headlined")
 
     def __post_init__(self) -> None:
         at_least(self, 1, "limit", "batch_size")
@@ -205,6 +212,14 @@ def field_help(f: dataclasses.Field, default: Any) -> str:
     return f"{text} (default: {shown})" if shown not in (None, "") else text
 
 
+def flag_fields(cls: type) -> list[dataclasses.Field]:
+    """A config's fields in --help order: the command's own first, then those of shared option groups it inherits
+    (e.g. `PhotoFolderOptions`), which dataclasses would put first."""
+    own = set(inspect.get_annotations(cls))
+    fields = dataclasses.fields(cls)
+    return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
+
+
 def build_parser(cls: type, description: str | None = None, prog: str | None = None, base: Any = None,
                  replay: bool = False) -> argparse.ArgumentParser:
     """An argparse parser from a config dataclass, so flags, defaults and help never drift apart.
@@ -216,7 +231,7 @@ def build_parser(cls: type, description: str | None = None, prog: str | None = N
     if replay:
         parser.add_argument("--config", type=Path, metavar="RUN_CARD.json",
                             help="replay a run: its run card's config is the default of every other flag")
-    for f in dataclasses.fields(cls):
+    for f in flag_fields(cls):
         default = getattr(base, f.name) if base is not None else f.default
         text = field_help(f, default).replace("%", "%%")
         kind, many = _base_type(hints[f.name])

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import sys
 import typing
@@ -17,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from celeba.cli import COMMANDS  # noqa: E402
-from celeba.config import _base_type, show_default  # noqa: E402
+from celeba.config import _base_type, flag_fields, show_default  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- flags: (\w+) -->\n)(.*?)(<!-- /flags -->)", re.S)
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -31,7 +30,7 @@ def flag_table(command: str) -> str:
     if COMMANDS[command].replay is not None:
         rows.append("| `--config RUN_CARD.json` | | replay a run: its run card's config is the default of every other "
                     "flag |")
-    for f in dataclasses.fields(cls):
+    for f in flag_fields(cls):
         kind, many = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         if f.metadata.get("positional"):
