@@ -91,6 +91,27 @@ def test_bad_label_value_names_the_file_and_row(tmp_path):
         folder_population(folder)
 
 
+def test_a_photo_the_face_detector_refuses_is_counted_unreadable_not_a_crash(tmp_path, monkeypatch):
+    import cv2
+    from PIL import Image
+
+    import celeba.predict as predict
+    from celeba.analysis.scoring import prepare_faces
+
+    for name, size in (("plain.png", (120, 90)), ("odd.png", (300, 200))):
+        Image.new("RGB", size, (120, 100, 90)).save(tmp_path / name)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+
+    def find_faces(rgb, *args, **kwargs):
+        if rgb.shape[:2] == (200, 300):  # OpenCV refusing an image's shape used to abort the whole audit
+            raise cv2.error("OpenCV(4.x) error: (-215:Assertion failed)")
+        return []
+
+    monkeypatch.setattr(predict, "find_faces", find_faces)
+    status, crops = prepare_faces([str(tmp_path / n) for n in ("plain.png", "odd.png", "broken.jpg")], detect=True)
+    assert status.tolist() == [NO_FACE, UNREADABLE, UNREADABLE] and crops == [None, None, None]
+
+
 def test_report_ranks_the_group_with_known_errors_worst_and_counts_every_photo(tmp_path):
     """site B: 4 wrong answers and 1 photo without a face in 10; site C is worse but below --min-slice."""
     sites = ["A"] * 10 + ["B"] * 10 + ["C"] * 4
