@@ -6,8 +6,10 @@ prediction and the Tensorleap encoders see exactly the same pixels.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -41,28 +43,75 @@ def _error(path: Path | str, problem: str) -> CelebADataError:
     return CelebADataError(f"{path}: {problem}")
 
 
+# --------------------------------------------------------------------------- file systems
+
+
+def fs_path(path: Path | str) -> str:
+    """A local path or a URL (gs://, s3://, ram://) as tf.io.gfile takes it.
+
+    pathlib turns `gs://bucket/x` into `gs:/bucket/x`; the scheme's double slash is put back.
+    """
+    return re.sub(r"^([A-Za-z][\w+.-]+):/(?!/)", r"\1://", os.fspath(path))
+
+
+def is_url(path: Path | str) -> bool:
+    return "://" in fs_path(path)
+
+
+def join(base: Path | str, *names: str) -> str:
+    """`base/names...`: pathlib's join for local paths (same text as before), '/' for URLs."""
+    base = fs_path(base)
+    return "/".join([base.rstrip("/"), *names]) if is_url(base) else str(Path(base, *names))
+
+
+def _as_path(path: str) -> Path | str:
+    """Local paths stay `Path`s for callers that glob them; URLs stay strings."""
+    return path if is_url(path) else Path(path)
+
+
+def is_file(path: Path | str) -> bool:
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(fs_path(path)) and not tf.io.gfile.isdir(fs_path(path))
+
+
+def is_dir(path: Path | str) -> bool:
+    import tensorflow as tf
+
+    return tf.io.gfile.isdir(fs_path(path))
+
+
+def read_text(path: Path | str) -> str:
+    """A whole text file, from any file system TensorFlow knows (annotation files are a few MB)."""
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(fs_path(path), "rb") as f:
+        return f.read().decode("utf-8")
+
+
 # --------------------------------------------------------------------------- annotation files
 
 
 def read_attributes(path: Path) -> pd.DataFrame:
     """Read `list_attr_celeba.txt` (official) or `.csv` (Kaggle): image id -> 40 columns of 0/1."""
-    path = Path(path)
-    if not path.is_file():
+    path = fs_path(path)
+    if not is_file(path):
         raise _error(path, "attribute file not found")
     try:
-        if path.suffix == ".csv":
-            frame = pd.read_csv(path, index_col=0, dtype={0: str})
+        text = read_text(path)
+        if path.endswith(".csv"):
+            frame = pd.read_csv(io.StringIO(text), index_col=0, dtype={0: str})
         else:
-            with open(path) as f:
-                declared = f.readline().strip()
-                header = f.readline().split()
+            first_lines = text.split("\n", 2)
+            declared = first_lines[0].strip()
+            header = first_lines[1].split() if len(first_lines) > 1 else []
             if not declared.isdigit():
                 raise _error(path, f"first line must be the row count, got {declared[:40]!r}")
             missing = [a for a in ATTRIBUTES if a not in header]
             if missing:  # pandas would shift the columns and fail with a TypeError
                 raise _error(path, f"line 2: header lacks attribute(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")
             # Header has 40 names and rows 41 fields, so pandas makes the file name the index.
-            frame = pd.read_csv(path, sep=r"\s+", skiprows=1, header=0)
+            frame = pd.read_csv(io.StringIO(text), sep=r"\s+", skiprows=1, header=0)
             if len(frame) != int(declared):
                 raise _error(path, f"declares {declared} rows but has {len(frame)} (truncated file?)")
     except CelebADataError:
@@ -87,15 +136,16 @@ def read_attributes(path: Path) -> pd.DataFrame:
 
 def read_partitions(path: Path) -> pd.Series:
     """Read `list_eval_partition.txt`/`.csv`: image id -> 'train' | 'validation' | 'test'."""
-    path = Path(path)
-    if not path.is_file():
+    path = fs_path(path)
+    if not is_file(path):
         raise _error(path, "partition file not found")
     try:
-        if path.suffix == ".csv":
-            frame = pd.read_csv(path, dtype={"image_id": str})
+        text = io.StringIO(read_text(path))
+        if path.endswith(".csv"):
+            frame = pd.read_csv(text, dtype={"image_id": str})
             frame.columns = ["image_id", "partition"]
         else:
-            frame = pd.read_csv(path, sep=r"\s+", header=None, names=["image_id", "partition"],
+            frame = pd.read_csv(text, sep=r"\s+", header=None, names=["image_id", "partition"],
                                 dtype={"image_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise _error(path, f"malformed partition file ({exc})") from None
@@ -131,7 +181,7 @@ def _drop_duplicate_rows(frame: pd.DataFrame, path: Path, what: str) -> pd.DataF
 def read_identities(path: Path) -> pd.Series:
     """Read `identity_CelebA.txt`: image id -> celebrity id (for identity-aware analysis)."""
     try:
-        frame = pd.read_csv(path, sep=r"\s+", header=None, names=["image_id", "identity"],
+        frame = pd.read_csv(io.StringIO(read_text(path)), sep=r"\s+", header=None, names=["image_id", "identity"],
                             dtype={"image_id": str, "identity": "Int64"})
     except (pd.errors.ParserError, ValueError) as exc:
         raise _error(path, f"malformed identity file ({exc})") from None
@@ -145,15 +195,15 @@ LANDMARKS = tuple("lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y "
 
 def read_landmarks(path: Path) -> pd.DataFrame:
     """Read `list_landmarks_align_celeba.txt`: image id -> 10 pixel coordinates (eyes, nose, mouth corners)."""
-    path = Path(path)
-    if not path.is_file():
+    path = fs_path(path)
+    if not is_file(path):
         raise _error(path, "landmarks file not found")
-    with open(path) as f:
-        declared = f.readline().strip()
+    text = read_text(path)
+    declared = text.split("\n", 1)[0].strip()
     if not declared.isdigit():
         raise _error(path, f"first line must be the row count, got {declared[:40]!r}")
     try:  # like the attribute file: a header of 10 names over rows of 11 fields
-        frame = pd.read_csv(path, sep=r"\s+", skiprows=1, header=0)
+        frame = pd.read_csv(io.StringIO(text), sep=r"\s+", skiprows=1, header=0)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise _error(path, f"malformed landmarks file ({exc})") from None
     missing = [name for name in LANDMARKS if name not in frame.columns]
@@ -189,29 +239,29 @@ def pose_proxies(landmarks: pd.DataFrame) -> pd.DataFrame:
     }, index=landmarks.index).astype(np.float32)
 
 
-def _find(data_dir: Path, names: Sequence[str]) -> Path:
+def _find(data_dir: Path | str, names: Sequence[str]) -> str:
     for name in names:
-        for candidate in (data_dir / name, data_dir / "Anno" / name, data_dir / "Eval" / name):
-            if candidate.is_file():
+        for candidate in (join(data_dir, name), join(data_dir, "Anno", name), join(data_dir, "Eval", name)):
+            if is_file(candidate):
                 return candidate
     raise _error(data_dir, f"none of {', '.join(names)} found (is this a CelebA folder?)")
 
 
-def _find_optional(data_dir: Path, name: str) -> Path | None:
+def _find_optional(data_dir: Path | str, name: str) -> str | None:
     try:
         return _find(data_dir, (name,))
     except CelebADataError:
         return None
 
 
-def image_dir(data_dir: Path) -> Path:
-    """The image folder, also in the Kaggle layout (`img_align_celeba/img_align_celeba/`)."""
-    folder = Path(data_dir) / IMAGE_DIR
-    if (folder / IMAGE_DIR).is_dir():
-        folder = folder / IMAGE_DIR
-    if not folder.is_dir():
+def image_dir(data_dir: Path | str) -> Path | str:
+    """The image folder, also in the Kaggle layout (`img_align_celeba/img_align_celeba/`); a URL stays a string."""
+    folder = join(data_dir, IMAGE_DIR)
+    if is_dir(join(folder, IMAGE_DIR)):
+        folder = join(folder, IMAGE_DIR)
+    if not is_dir(folder):
         raise _error(folder, "image folder not found")
-    return folder
+    return _as_path(folder)
 
 
 # --------------------------------------------------------------------------- the index
@@ -234,8 +284,10 @@ def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
     Rows whose image is missing (a partial download, or the shared subset) are skipped with a
     warning and a count; so are unreadable images when `check_images` is set.
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
+    import tensorflow as tf
+
+    data_dir = fs_path(data_dir)
+    if not is_dir(data_dir):
         raise _error(data_dir, "data folder not found (download CelebA and pass --data-dir)")
     attrs = read_attributes(_find(data_dir, ATTR_FILES))
     parts = read_partitions(_find(data_dir, PARTITION_FILES))
@@ -246,14 +298,14 @@ def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
         lacking = parts.index.difference(attrs.index)
         log.warning("%d partition rows have no attribute row and are skipped (e.g. %s)", len(lacking),
                     ", ".join(lacking[:3]))
-    if (data_dir / IDENTITY_FILE).is_file():
-        frame = frame.join(read_identities(data_dir / IDENTITY_FILE), how="left")
+    if is_file(join(data_dir, IDENTITY_FILE)):
+        frame = frame.join(read_identities(join(data_dir, IDENTITY_FILE)), how="left")
     landmarks = _find_optional(data_dir, LANDMARKS_FILE)
     if landmarks is not None:
         frame = frame.join(pose_proxies(read_landmarks(landmarks)), how="left")
 
     folder = image_dir(data_dir)
-    present = {entry.name for entry in os.scandir(folder)}
+    present = set(tf.io.gfile.listdir(fs_path(folder)))
     has_image = frame.index.isin(present)
     if not has_image.all():
         missing = frame.index[~has_image]
@@ -264,7 +316,7 @@ def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
         raise _error(folder, "no annotated image found in this folder")
 
     frame = frame.reset_index()
-    frame.insert(1, "path", [str(folder / name) for name in frame["image_id"]])
+    frame.insert(1, "path", [join(folder, name) for name in frame["image_id"]])
     if check_images:
         problems = find_bad_images(frame["path"])
         if problems:
@@ -289,8 +341,14 @@ def _image_problem(path: str) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            image.load()
+        if is_url(path):
+            import tensorflow as tf
+
+            with tf.io.gfile.GFile(path, "rb") as f, Image.open(io.BytesIO(f.read())) as image:
+                image.load()
+        else:
+            with Image.open(path) as image:
+                image.load()
     except Exception as exc:  # PIL raises many types for bad files; every one means "skip it"
         return f"unreadable image ({type(exc).__name__}: {exc})"
     return None

@@ -61,3 +61,38 @@ def test_pipeline_options():
     assert train.threading.private_threadpool_size == 1 and train.threading.max_intra_op_parallelism == 1
     assert evaluation.threading.private_threadpool_size == data.usable_cores()
     assert train.experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
+
+
+@pytest.fixture
+def ram_sample(sample_dir):
+    """12 sample images and the annotation files on TensorFlow's in-memory file system (a non-local scheme)."""
+    folder = f"ram://celeba-{np.random.default_rng().integers(1 << 30)}"
+    tf.io.gfile.makedirs(f"{folder}/img_align_celeba")
+    for name in ("list_attr_celeba.txt", "list_eval_partition.txt", "identity_CelebA.txt"):
+        tf.io.gfile.copy(str(sample_dir / name), f"{folder}/{name}")
+    images = sorted((sample_dir / "img_align_celeba").iterdir())[:12]
+    for path in images:
+        tf.io.gfile.copy(str(path), f"{folder}/img_align_celeba/{path.name}")
+    yield folder
+    tf.io.gfile.rmtree(folder)
+
+
+def test_data_on_a_non_local_file_system(ram_sample, sample_dir):
+    from pathlib import Path
+
+    index = data.load_index(Path(ram_sample), check_images=True)  # pathlib mangles 'ram://'; it is repaired
+    local = data.load_index(sample_dir)
+    assert len(index) == 12 and all(p.startswith(f"{ram_sample}/img_align_celeba/") for p in index["path"])
+    merged = index.merge(local, on="image_id", suffixes=("", "_local"))
+    assert (merged["Male"] == merged["Male_local"]).all() and (merged["identity"] == merged["identity_local"]).all()
+    images = np.concatenate([x for x, _ in data.make_dataset(index, ["Male"], 32, 5)])
+    expected = np.stack([data.load_image(p, 32).numpy() for p in merged["path_local"]])
+    np.testing.assert_array_equal(images, expected)
+
+
+def test_missing_files_on_a_non_local_file_system_are_named(ram_sample):
+    tf.io.gfile.remove(f"{ram_sample}/list_eval_partition.txt")
+    with pytest.raises(data.CelebADataError, match=f"{ram_sample}: none of list_eval_partition.txt"):
+        data.load_index(ram_sample)
+    with pytest.raises(data.CelebADataError, match="ram://nowhere: data folder not found"):
+        data.load_index("ram://nowhere")
