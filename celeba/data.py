@@ -289,6 +289,10 @@ def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
     data_dir = fs_path(data_dir)
     if not is_dir(data_dir):
         raise _error(data_dir, "data folder not found (download CelebA and pass --data-dir)")
+    from celeba import prepare
+
+    if prepare.is_prepared(data_dir):  # TFRecords written by `prepare`: already checked, cropped and resized
+        return prepare.load_prepared_index(data_dir)
     attrs = read_attributes(_find(data_dir, ATTR_FILES))
     parts = read_partitions(_find(data_dir, PARTITION_FILES))
     frame = attrs.join(parts, how="inner")
@@ -513,10 +517,17 @@ def _decoded(rows: pd.DataFrame, labels: Sequence[str], image_size: int, shuffle
     """Unbatched (image, label) pairs; shuffles cheap paths, or decoded images once they are cached."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((rows["path"].to_numpy(dtype=str), labels_array(rows, labels)))
-    if shuffle and not cache:
-        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda path, y: (load_image(path, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
+    from celeba import prepare
+
+    if prepare.is_records(rows["path"]):  # a prepared folder: read the shards
+        ds = prepare.records_dataset(rows, labels, image_size, shuffle and not cache, seed)
+        if shuffle and not cache:
+            ds = ds.shuffle(min(len(rows), 10_000), seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((rows["path"].to_numpy(dtype=str), labels_array(rows, labels)))
+        if shuffle and not cache:
+            ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(lambda path, y: (load_image(path, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()
         if shuffle:

@@ -96,3 +96,80 @@ def test_missing_files_on_a_non_local_file_system_are_named(ram_sample):
         data.load_index(ram_sample)
     with pytest.raises(data.CelebADataError, match="ram://nowhere: data folder not found"):
         data.load_index("ram://nowhere")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, sample_dir):
+    """The sample written as TFRecords at 48 px by the `prepare` command, in shards of 40 images."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("records") / "celeba48"
+    done = subprocess.run([sys.executable, "-m", "celeba.prepare", "--data-dir", str(sample_dir), "--out", str(out),
+                           "--image-size", "48", "--shard-images", "40"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "wrote 299 images at 48 px" in done.stdout
+    return out
+
+
+def test_prepare_writes_shards_an_index_and_its_summary(prepared, sample_dir):
+    import json
+
+    summary = json.loads((prepared / "prepared.json").read_text())
+    local = data.load_index(sample_dir)
+    assert summary["image_size"] == 48 and summary["images"] == len(local) == 299
+    assert summary["partitions"] == local["partition"].value_counts().to_dict()
+    for partition, names in summary["shards"].items():
+        assert len(names) == -(-summary["partitions"][partition] // 40)
+        assert all((prepared / name).is_file() for name in names)
+    index = data.load_index(prepared)
+    assert list(index.columns) == list(local.columns)
+    pd_local = local.set_index("image_id").loc[index["image_id"]]
+    np.testing.assert_array_equal(index[list(data.ATTRIBUTES)].to_numpy(), pd_local[list(data.ATTRIBUTES)].to_numpy())
+    assert (index["partition"].to_numpy() == pd_local["partition"].to_numpy()).all()
+
+
+def test_records_give_the_jpeg_pipeline_pixels_rounded(prepared, sample_dir):
+    rows = data.split(data.load_index(prepared), "test", 50)
+    jpeg_rows = data.split(data.load_index(sample_dir), "test", 50)
+    assert list(rows["image_id"]) == list(jpeg_rows["image_id"])
+    x, y = map(np.concatenate, zip(*[(a.numpy(), b.numpy()) for a, b in data.make_dataset(rows, ["Male", "Young"], 48, 16)]))
+    x_jpeg = np.concatenate([a.numpy() for a, _ in data.make_dataset(jpeg_rows, ["Male"], 48, 16)])
+    assert x.shape == (50, 48, 48, 3) and np.abs(x - x_jpeg).max() <= 0.5 + 1e-4  # uint8 rounding only
+    np.testing.assert_array_equal(y, data.labels_array(jpeg_rows, ["Male", "Young"]))
+    resized = np.concatenate([a.numpy() for a, _ in data.make_dataset(rows.iloc[:4], ["Male"], 32, 4)])
+    assert resized.shape == (4, 32, 32, 3)  # another training size is resized on the fly
+
+
+def test_records_training_epochs_see_every_row_once(prepared):
+    rows = data.split(data.load_index(prepared), "train", 60)  # 60 of the 2 first shards' rows
+    ds = data.make_dataset(rows, ["Male"], 48, 8, training=True, seed=3)
+    for _ in range(2):
+        labels = np.concatenate([y.numpy() for _, y in ds])
+        assert len(labels) == 60 and labels.sum() == data.labels_array(rows, ["Male"]).sum()
+    balanced = data.make_dataset(rows, ["Male", "Young"], 48, 60, training=True, sampling="balanced")
+    _, y = next(iter(balanced))
+    assert y.shape == (60, 2) and len(np.unique(data.cohort_keys(y.numpy()))) > 1
+
+
+def test_prepare_bad_input_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "celeba.prepare", "--data-dir", str(tmp_path / "nope"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope'}: data folder not found " \
+                                                   "(download CelebA and pass --data-dir)"
+
+
+def test_train_and_evaluate_read_a_prepared_folder(prepared, tmp_path):
+    from celeba.config import EvalConfig, TrainConfig
+    from celeba.evaluate import evaluate
+    from celeba.train import train
+
+    card = train(TrainConfig(data_dir=prepared, weights="none", image_size=48, epochs=1, limit=16, batch_size=8,
+                             models_dir=tmp_path, name="records"))
+    assert card["data"]["train"] == card["data"]["validation"] == 16
+    result = evaluate(EvalConfig(model=tmp_path / "records.keras", data_dir=prepared, limit=10, out=tmp_path / "e"))
+    assert result["n"] == 10 and set(result["labels"]) == {"Male", "Young"}
