@@ -71,7 +71,7 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
                    "--no-check-images", "--models-dir", str(models), "--name", "mw"]
         workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
-        logs = [worker.communicate(timeout=900)[0] for worker in workers]
+        logs = [worker.communicate(timeout=1500)[0] for worker in workers]
     finally:
         for worker in workers:
             worker.kill()
@@ -91,3 +91,33 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
     for label in labels:
         assert card["validation_metrics"][label]["roc_auc"] == pytest.approx(again.loc[label, "roc_auc"], abs=1e-6)
         assert card["validation_metrics"][label]["tp"] == again.loc[label, "tp"]
+
+
+def test_strategies_on_one_machine():
+    import tensorflow as tf
+
+    from celeba.train import is_chief, make_strategy
+
+    assert make_strategy("auto").num_replicas_in_sync == 1  # no GPU here: the default strategy
+    mirrored = make_strategy("mirrored")
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy) and is_chief(mirrored)
+    with pytest.raises(ValueError, match="unknown strategy 'ring'"):
+        make_strategy("ring")
+
+
+@pytest.mark.parametrize("cluster,task,chief", [
+    ({"worker": ["a:1", "b:1"]}, ("worker", 0), True),
+    ({"worker": ["a:1", "b:1"]}, ("worker", 1), False),
+    ({"chief": ["c:1"], "worker": ["a:1"]}, ("worker", 0), False),
+    ({"chief": ["c:1"], "worker": ["a:1"]}, ("chief", 0), True),
+])
+def test_only_one_task_is_the_chief(cluster, task, chief):
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from celeba.train import is_chief
+
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(tf.train.ClusterSpec(cluster), task_type=task[0],
+                                                                    task_id=task[1])
+    assert is_chief(SimpleNamespace(cluster_resolver=resolver)) is chief
