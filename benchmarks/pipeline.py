@@ -61,8 +61,8 @@ def gpu_rate_at(size: int, measured: float | None = None, measured_size: int | N
     if measured is not None:
         base, base_size, how = measured, measured_size or size, "measured (--gpu-rate)"
     else:
-        base, base_size, how = GPU_REFERENCE["images_per_s"], GPU_REFERENCE["image_size"], \
-            f"estimate: {GPU_REFERENCE['source']} at {GPU_REFERENCE['image_size']} px x ({GPU_REFERENCE['image_size']}/size)^2"
+        base, base_size = GPU_REFERENCE["images_per_s"], GPU_REFERENCE["image_size"]
+        how = f"estimate: {GPU_REFERENCE['source']} at {base_size} px x ({base_size}/size)^2"
     return {"images_per_s": round(base * (base_size / size) ** 2, 1), "how": how}
 
 
@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         table = pd.DataFrame(report["results"]).pivot_table(
             index=["image_size", "cores"], columns="pipeline", values=["images_per_cpu_s", "images_per_s"], sort=False)
         m = report["machine"]
-        print(f"\nimages per CPU-second (= per core) and per wall second ({report['images']} images; load average {m['load_average_at_start']} -> "
-              f"{m['load_average_at_end']} on {m['cpus']} cores)\n{table.to_string()}")
+        print(f"\nimages per CPU-second (= per core) and per wall second ({report['images']} images; load average "
+              f"{m['load_average_at_start']} -> {m['load_average_at_end']} on {m['cpus']} cores)\n{table.to_string()}")
         feed = pd.DataFrame(report["results"]).query("cores == 1").pivot_table(
             index="image_size", columns="pipeline", values="cores_to_feed_gpu", sort=False)
         print(f"\ncores to feed the GPU rate {report['gpu_rate']}\n{feed.to_string()}\n\nwrote {cfg.out}")

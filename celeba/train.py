@@ -325,8 +325,8 @@ def fit_on_several_workers(model: keras.Model) -> keras.Model:
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
             def mean(v):
-                rank = (v.values[0] if isinstance(v, tf.distribute.DistributedValues) else tf.convert_to_tensor(v)).shape.rank
-                return strategy.reduce("MEAN", v, axis=0 if rank else None)
+                local = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else tf.convert_to_tensor(v)
+                return strategy.reduce("MEAN", v, axis=0 if local.shape.rank else None)
 
             return tf.nest.map_structure(mean, values)
         return original(values, strategy, reduction)

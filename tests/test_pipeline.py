@@ -133,7 +133,8 @@ def test_records_give_the_jpeg_pipeline_pixels_rounded(prepared, sample_dir):
     rows = data.split(data.load_index(prepared), "test", 50)
     jpeg_rows = data.split(data.load_index(sample_dir), "test", 50)
     assert list(rows["image_id"]) == list(jpeg_rows["image_id"])
-    x, y = map(np.concatenate, zip(*[(a.numpy(), b.numpy()) for a, b in data.make_dataset(rows, ["Male", "Young"], 48, 16)]))
+    batches = data.make_dataset(rows, ["Male", "Young"], 48, 16)
+    x, y = map(np.concatenate, zip(*[(a.numpy(), b.numpy()) for a, b in batches]))
     x_jpeg = np.concatenate([a.numpy() for a, _ in data.make_dataset(jpeg_rows, ["Male"], 48, 16)])
     assert x.shape == (50, 48, 48, 3) and np.abs(x - x_jpeg).max() <= 0.5 + 1e-4  # uint8 rounding only
     np.testing.assert_array_equal(y, data.labels_array(jpeg_rows, ["Male", "Young"]))
