@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from celeba.config import opt
 from celeba.data import SAMPLE_DIR
 
 LABELS = ("Male", "Young")
@@ -41,15 +42,16 @@ GPU_REFERENCE = {"images_per_s": 2313.1, "image_size": 224, "batch_size": 512, "
 class PipelineBenchConfig:
     """tf.data images/s per core at each size, with and without CPU-side augmentation, JPEG vs TFRecords."""
 
-    data_dir: Path = SAMPLE_DIR  # a CelebA folder; e.g. ../shared/data/celeba
-    images: int = 2000  # images per pass (the first batch of a pass is not timed)
-    sizes: tuple[int, ...] = (96, 128)
-    cores: tuple[int, ...] = (1, 2)  # tf.data private thread pool sizes
-    batch_size: int = 64
-    repeats: int = 3  # passes per measurement; the fastest counts
-    records: bool = True  # also prepare TFRecords (in a temporary folder) and time reading them
-    gpu_rate: float | None = None  # measured GPU training images/s at the first size; default: GPU_REFERENCE scaled
-    out: Path = Path("benchmarks/results/pipeline.json")
+    data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder; e.g. ../shared/data/celeba")
+    images: int = opt(2000, "images per pass (the first batch of a pass is not timed)")
+    sizes: tuple[int, ...] = opt((96, 128), "image sizes")
+    cores: tuple[int, ...] = opt((1, 2), "tf.data private thread pool sizes")
+    batch_size: int = opt(64, "batch size")
+    repeats: int = opt(3, "passes per measurement; the fastest counts")
+    records: bool = opt(True, "also prepare TFRecords (in a temporary folder) and time reading them")
+    gpu_rate: float | None = opt(None, "measured GPU training images/s at the first size",
+                                 none="the published figure (GPU_REFERENCE) scaled by pixels")
+    out: Path = opt(Path("benchmarks/results/pipeline.json"), "the JSON report")
 
 
 def gpu_rate_at(size: int, measured: float | None = None, measured_size: int | None = None) -> dict[str, Any]:
@@ -164,28 +166,24 @@ def run(cfg: PipelineBenchConfig) -> dict[str, Any]:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
+def report_table(report: dict[str, Any]) -> None:
     import pandas as pd
 
-    from celeba.cli import _setup, run_cli
-    from celeba.config import parse_config
+    results = pd.DataFrame(report["results"])
+    table = results.pivot_table(index=["image_size", "cores"], columns="pipeline",
+                                values=["images_per_cpu_s", "images_per_s"], sort=False)
+    m = report["machine"]
+    print(f"\nimages per CPU-second (= per core) and per wall second ({report['images']} images; load average "
+          f"{m['load_average_at_start']} -> {m['load_average_at_end']} on {m['cpus']} cores)\n{table.to_string()}")
+    feed = results.query("cores == 1").pivot_table(index="image_size", columns="pipeline",
+                                                   values="cores_to_feed_gpu", sort=False)
+    print(f"\ncores to feed the GPU rate {report['gpu_rate']}\n{feed.to_string()}\n\nwrote {report['config']['out']}")
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cfg = parse_config(PipelineBenchConfig, argv, PipelineBenchConfig.__doc__)
-    _setup()
 
-    def job() -> None:
-        report = run(cfg)
-        table = pd.DataFrame(report["results"]).pivot_table(
-            index=["image_size", "cores"], columns="pipeline", values=["images_per_cpu_s", "images_per_s"], sort=False)
-        m = report["machine"]
-        print(f"\nimages per CPU-second (= per core) and per wall second ({report['images']} images; load average "
-              f"{m['load_average_at_start']} -> {m['load_average_at_end']} on {m['cpus']} cores)\n{table.to_string()}")
-        feed = pd.DataFrame(report["results"]).query("cores == 1").pivot_table(
-            index="image_size", columns="pipeline", values="cores_to_feed_gpu", sort=False)
-        print(f"\ncores to feed the GPU rate {report['gpu_rate']}\n{feed.to_string()}\n\nwrote {cfg.out}")
+def main(argv: list[str] | None = None) -> None:
+    from celeba.cli import run_script
 
-    run_cli(job)
+    run_script(PipelineBenchConfig, lambda cfg: report_table(run(cfg)), argv)
 
 
 if __name__ == "__main__":

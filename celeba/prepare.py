@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from celeba.config import opt
 from celeba.data import (ATTRIBUTES, PARTITIONS, SAMPLE_DIR, CelebADataError, fs_path, is_file, join, labels_array,
                          load_index, make_dataset, read_text, resize_square, split)
 
@@ -33,13 +34,13 @@ RECORD_SUFFIX = ".tfrecord"
 class PrepareConfig:
     """Write a CelebA folder as sharded TFRecords (uint8 images at the target size, 40 attributes, image ids)."""
 
-    data_dir: Path = SAMPLE_DIR  # a CelebA folder (local or gs://...)
-    out: Path = Path("data/celeba-records")  # the prepared folder (local or gs://...)
-    image_size: int = 128  # stored side; training at another size resizes on the fly
-    shard_images: int = 2000  # images per shard file (2000 x 128 px = 98 MB)
-    limit: int | None = None  # at most N images from every partition
-    check_images: bool = True  # decode every image once up front and skip unreadable ones
-    batch_size: int = 256  # images decoded per step while writing
+    data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder (local or gs://...)")
+    out: Path = opt(Path("data/celeba-records"), "the prepared folder (local or gs://...)")
+    image_size: int = opt(128, "stored side; training at another size resizes on the fly")
+    shard_images: int = opt(2000, "images per shard file (2000 x 128 px = 98 MB)")
+    limit: int | None = opt(None, "at most N images from every partition", none="all")
+    check_images: bool = opt(True, "decode every image once up front and skip unreadable ones")
+    batch_size: int = opt(256, "images decoded per step while writing")
 
 
 def _example(image: np.ndarray, image_id: str, attributes: np.ndarray):
@@ -158,19 +159,15 @@ def records_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from celeba.cli import _setup, run_cli
-    from celeba.config import parse_config
+    from celeba.cli import run_script
 
-    cfg = parse_config(PrepareConfig, argv, PrepareConfig.__doc__)
-    _setup()
-
-    def job() -> None:
+    def job(cfg: PrepareConfig) -> None:
         summary = prepare(cfg)
         print(f"wrote {summary['images']} images at {summary['image_size']} px to {fs_path(cfg.out)} "
               f"({', '.join(f'{p}: {n}' for p, n in summary['partitions'].items())}; "
               f"{sum(len(s) for s in summary['shards'].values())} shards)")
 
-    run_cli(job)
+    run_script(PrepareConfig, job, argv)
 
 
 if __name__ == "__main__":
