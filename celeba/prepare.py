@@ -159,15 +159,9 @@ def records_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from celeba.cli import run_script
+    from celeba.cli import prepare_main
 
-    def job(cfg: PrepareConfig) -> None:
-        summary = prepare(cfg)
-        print(f"wrote {summary['images']} images at {summary['image_size']} px to {fs_path(cfg.out)} "
-              f"({', '.join(f'{p}: {n}' for p, n in summary['partitions'].items())}; "
-              f"{sum(len(s) for s in summary['shards'].values())} shards)")
-
-    run_script(PrepareConfig, job, argv)
+    prepare_main(argv)
 
 
 if __name__ == "__main__":
