@@ -165,12 +165,15 @@ def test_prepare_bad_input_is_one_line(tmp_path):
 
 
 def test_train_and_evaluate_read_a_prepared_folder(prepared, tmp_path):
+    import json
+
     from celeba.config import EvalConfig, TrainConfig
     from celeba.evaluate import evaluate
     from celeba.train import train
 
     card = train(TrainConfig(data_dir=prepared, weights="none", image_size=48, epochs=1, limit=16, batch_size=8,
                              models_dir=tmp_path, name="records"))
+    card = json.loads((tmp_path / "records.json").read_text())
     assert card["data"]["train"] == card["data"]["validation"] == 16
     result = evaluate(EvalConfig(model=tmp_path / "records.keras", data_dir=prepared, limit=10, out=tmp_path / "e"))
     assert result["n"] == 10 and set(result["labels"]) == {"Male", "Young"}
