@@ -7,6 +7,7 @@ prediction and the Tensorleap encoders see exactly the same pixels.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
@@ -289,10 +290,8 @@ def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
     data_dir = fs_path(data_dir)
     if not is_dir(data_dir):
         raise _error(data_dir, "data folder not found (download CelebA and pass --data-dir)")
-    from celeba import prepare
-
-    if prepare.is_prepared(data_dir):  # TFRecords written by `prepare`: already checked, cropped and resized
-        return prepare.load_prepared_index(data_dir)
+    if is_prepared(data_dir):  # TFRecords written by `prepare`: already checked, cropped and resized
+        return load_prepared_index(data_dir)
     attrs = read_attributes(_find(data_dir, ATTR_FILES))
     parts = read_partitions(_find(data_dir, PARTITION_FILES))
     frame = attrs.join(parts, how="inner")
@@ -517,10 +516,8 @@ def _decoded(rows: pd.DataFrame, labels: Sequence[str], image_size: int, shuffle
     """Unbatched (image, label) pairs; shuffles cheap paths, or decoded images once they are cached."""
     import tensorflow as tf
 
-    from celeba import prepare
-
-    if prepare.is_records(rows["path"]):  # a prepared folder: read the shards
-        ds = prepare.records_dataset(rows, labels, image_size, shuffle and not cache, seed)
+    if is_records(rows["path"]):  # a prepared folder: read the shards
+        ds = records_dataset(rows, labels, image_size, shuffle and not cache, seed)
         if shuffle and not cache:
             ds = ds.shuffle(min(len(rows), 10_000), seed=seed, reshuffle_each_iteration=True)
     else:
@@ -533,6 +530,77 @@ def _decoded(rows: pd.DataFrame, labels: Sequence[str], image_size: int, shuffle
         if shuffle:
             ds = ds.shuffle(min(len(rows), 10_000), seed=seed, reshuffle_each_iteration=True)
     return ds
+
+
+# --------------------------------------------------------------------------- prepared TFRecords
+# Written by `celeba.prepare`; read here, with the rest of the pipeline, so that the Tensorleap bundle
+# (which ships this file, not the CLI layer) reads a prepared folder too.
+
+PREPARED_FILE = "prepared.json"
+INDEX_FILE = "index.csv"
+RECORD_SUFFIX = ".tfrecord"
+
+
+def is_prepared(folder: Path | str) -> bool:
+    return is_file(join(folder, PREPARED_FILE))
+
+
+def load_prepared_index(folder: Path | str) -> pd.DataFrame:
+    """`load_index` of a prepared folder: the same columns, `path` naming each row's shard file."""
+    meta = json.loads(read_text(join(folder, PREPARED_FILE)))
+    try:
+        frame = pd.read_csv(io.StringIO(read_text(join(folder, INDEX_FILE))), dtype={"image_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, FileNotFoundError) as exc:
+        raise CelebADataError(f"{join(folder, INDEX_FILE)}: unreadable index of a prepared folder ({exc})") from None
+    frame.insert(1, "path", [join(folder, name) for name in frame.pop("shard")])
+    frame[list(ATTRIBUTES)] = frame[list(ATTRIBUTES)].astype(np.int8)
+    frame.attrs["image_size"] = int(meta["image_size"])
+    return frame
+
+
+def is_records(paths: Sequence[str]) -> bool:
+    return len(paths) > 0 and all(str(p).endswith(RECORD_SUFFIX) for p in paths)
+
+
+def records_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, shuffle: bool, seed: int):
+    """Unbatched (float32 image, label) pairs of `rows` read from their shards, in record order unless shuffled
+    (rows from `split` of a prepared index are in record order, so evaluation keeps row order).
+
+    Only the rows asked for are kept (a limit, one cohort of balanced sampling); labels come from `rows`.
+    Images stored at another size are resized like `load_image` does.
+    """
+    import tensorflow as tf
+
+    ids = rows["image_id"].to_numpy(dtype=str)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), -1)
+    y = tf.constant(labels_array(rows, labels))
+    shards = list(dict.fromkeys(rows["path"]))  # unique, in order
+    if shuffle:
+        files = tf.data.Dataset.from_tensor_slices(shards).shuffle(len(shards), seed=seed)
+        ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(shards)),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    else:
+        ds = tf.data.TFRecordDataset(shards)
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "image_id": tf.io.FixedLenFeature([], tf.string)}
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, spec)
+        return example["image"], table.lookup(example["image_id"])
+
+    def decode(image, row):
+        image = tf.io.decode_raw(image, tf.uint8)
+        side = tf.cast(tf.math.sqrt(tf.cast(tf.size(image) // 3, tf.float32)) + 0.5, tf.int32)
+        image = tf.reshape(image, [side, side, 3])
+        image = tf.cond(tf.equal(side, image_size), lambda: tf.cast(image, tf.float32),
+                        lambda: resize_square(image, image_size))
+        image.set_shape([image_size, image_size, 3])
+        return image, tf.gather(y, row)
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).filter(lambda image, row: row >= 0)
+    # A known length (Keras plans epochs with it); a row missing from the shards fails loudly here.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(rows)))
+    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def make_augmenter(seed: int = 0, framing: bool = True):
