@@ -533,8 +533,8 @@ def _decoded(rows: pd.DataFrame, labels: Sequence[str], image_size: int, shuffle
 
 
 # --------------------------------------------------------------------------- prepared TFRecords
-# Written by `celeba.prepare`; read here, with the rest of the pipeline, so that the Tensorleap bundle
-# (which ships this file, not the CLI layer) reads a prepared folder too.
+# Written by `celeba.prepare`, read here with the rest of the pipeline: the Tensorleap bundle ships this
+# file but not prepare.py, which imports the CLI layer (config, cli).
 
 PREPARED_FILE = "prepared.json"
 INDEX_FILE = "index.csv"
