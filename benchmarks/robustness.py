@@ -101,14 +101,12 @@ def largest_drops(table: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def plot(table: list[dict[str, Any]], path: Path, n: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from celeba.plots import plt, save
 
     labels = [k for k in table[0] if k not in ("model", "kind", "dx", "dy", "scale")]
     kinds = ("vertical", "horizontal", "scale")
-    fig, axes = plt.subplots(len(labels), 3, figsize=(13, 3.4 * len(labels)), squeeze=False, sharey="row")
+    fig, axes = plt.subplots(len(labels), 3, figsize=(13, 3.4 * len(labels)), squeeze=False, sharey="row",
+                             layout="constrained")
     for i, label in enumerate(labels):
         for k, kind in enumerate(kinds):
             ax = axes[i][k]
@@ -126,9 +124,7 @@ def plot(table: list[dict[str, Any]], path: Path, n: int) -> None:
                 ax.set_ylabel("accuracy (%)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Accuracy under re-framing ({n} test images)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

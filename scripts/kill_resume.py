@@ -3,7 +3,7 @@
     nice -n 10 python scripts/kill_resume.py --kills 20 --out benchmarks/results/kill_resume.json
 
 Not part of the test suite (it takes tens of minutes). The reference runs train the same tiny config without
-kills, with the same seed and with another seed: the difference between those two is the noise that the
+kills, with the killed run's seed and with `--reference-seeds - 1` other seeds: their spread is the noise that the
 killed run's validation loss is judged against (a resumed run cannot replay the uninterrupted run's shuffling
 and augmentation draws exactly, so an exact match is not expected). A fifth of the kills land in start-up
 (imports, data, model, restoring the backup), a fifth in the first epoch of the process, the rest at a uniform
@@ -99,17 +99,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--max-minutes", type=float, default=float("inf"),
                         help="stop killing after this long (the run then finishes with --resume)")
+    parser.add_argument("--reference-seeds", type=int, default=5,
+                        help="uninterrupted runs (seeds 42, 43, ...) whose spread is the noise")
     parser.add_argument("--resume-kills", action="store_true",
                         help="continue an earlier invocation: its kills are in WORKDIR/kills.jsonl")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
 
-    print("reference runs (no kills), seeds 42 and 43 (in parallel with the kills) ...", flush=True)
+    others = [f"reference-seed{seed}" for seed in range(43, 42 + args.reference_seeds)]
+    print(f"reference runs (no kills): seed 42, then {len(others)} more seeds beside the kills ...", flush=True)
     reference_s = 0.0 if (args.workdir / "reference.json").is_file() else run_to_end(args, "reference", 42)
-    noise = threading.Thread(target=run_to_end, args=(args, "reference-seed43", 43))
-    if not (args.workdir / "reference-seed43.log").exists():  # not started by an earlier invocation
-        noise.start()
+    pending = [n for n in others if not (args.workdir / f"{n}.log").exists()]  # not started by an earlier invocation
+    noise = threading.Thread(target=lambda: [run_to_end(args, n, int(n.removeprefix("reference-seed")))
+                                             for n in pending])
+    noise.start()
     # Seconds per epoch once the training step is traced: the kills are spread over about one and a half of them.
     epoch_s = float(np.median(np.diff(epoch_seconds(args.workdir / "reference"))))
     print(f"an epoch takes {epoch_s:.1f} s once traced", flush=True)
@@ -153,7 +157,7 @@ def main() -> None:
     if noise.is_alive():
         noise.join()
     deadline = time.monotonic() + 3600
-    while not (args.workdir / "reference-seed43.json").is_file() and time.monotonic() < deadline:
+    while not all((args.workdir / f"{n}.json").is_file() for n in others) and time.monotonic() < deadline:
         time.sleep(5)  # started by an earlier invocation of this script
 
     with open(log_path, errors="replace") as f:
@@ -163,14 +167,18 @@ def main() -> None:
         "kills_done": len(kills), "kills": kills, "kills_during_backup_write": sum(k.get("during_backup_write", False) for k in kills),
         "resume_messages": recovered,
         "reference": outcome(args.workdir, "reference"),
-        "reference_seed43": outcome(args.workdir, "reference-seed43"),
+        "reference_other_seeds": {n: outcome(args.workdir, n) for n in others},
         "killed_and_resumed": outcome(args.workdir, name),
         "reference_s": round(reference_s, 1), "final_resume_s": round(final_s, 1),
         "load_average": os.getloadavg(),
     }
-    ref, other, killed = result["reference"], result["reference_seed43"], result["killed_and_resumed"]
-    result["noise_best_val_loss"] = round(abs(ref["best_val_loss"] - other["best_val_loss"]), 4)
+    ref, killed = result["reference"], result["killed_and_resumed"]
+    best = [ref["best_val_loss"], *(o["best_val_loss"] for o in result["reference_other_seeds"].values())]
+    mean, sd = float(np.mean(best)), float(np.std(best, ddof=1)) if len(best) > 1 else 0.0
+    result["reference_best_val_loss"] = {"min": min(best), "max": max(best), "mean": round(mean, 4),
+                                         "sd": round(sd, 4), "runs": len(best)}
     result["killed_minus_reference_best_val_loss"] = round(killed["best_val_loss"] - ref["best_val_loss"], 4)
+    result["killed_within_2sd_of_references"] = abs(killed["best_val_loss"] - mean) <= 2 * sd
     result["same_epochs"] = killed["epochs_trained"] == ref["epochs_trained"] == args.epochs and \
         killed["history_epochs"] == list(range(args.epochs))
     text = json.dumps(result, indent=2)

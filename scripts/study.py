@@ -155,12 +155,9 @@ def markdown(result: dict[str, Any], labels: tuple[str, ...]) -> str:
 
 
 def plot_curve(curve: list[dict[str, Any]], labels: tuple[str, ...], path: Path) -> None:
-    import matplotlib
+    from celeba.plots import plt, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4), layout="constrained")
     for label in labels:
         ax.plot([c["train_images"] for c in curve], [100 * c[label] for c in curve], marker="o", label=label)
     ax.set_xscale("log")
@@ -169,18 +166,14 @@ def plot_curve(curve: list[dict[str, Any]], labels: tuple[str, ...], path: Path)
     ax.set_title("Learning curve: ImageNet-pretrained MobileNetV2, 96 px,\n2 head + 4 fine-tuning epochs, plain BCE")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_mitigations(table: list[dict[str, Any]], labels: tuple[str, ...], path: Path) -> None:
-    import matplotlib
+    from celeba.plots import plt, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels), 4.6), squeeze=False,
+                             layout="constrained")
     for ax, label in zip(axes[0], labels):
         for row in table:
             r = row[label]
@@ -192,9 +185,7 @@ def plot_mitigations(table: list[dict[str, Any]], labels: tuple[str, ...], path:
         ax.set_title(f"{label}: overall vs worst cohort (test)")
         ax.grid(alpha=0.3)
     fig.suptitle("Bias mitigations, same data and schedule (ImageNet-pretrained, 96 px, 15,979 train images)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
