@@ -112,6 +112,17 @@ def _export(cfg) -> int:
     return 0
 
 
+def _prepare(cfg) -> int:
+    from celeba.data import fs_path
+    from celeba.prepare import prepare
+
+    summary = prepare(cfg)
+    print(f"wrote {summary['images']} images at {summary['image_size']} px to {fs_path(cfg.out)} "
+          f"({', '.join(f'{p}: {n}' for p, n in summary['partitions'].items())}; "
+          f"{sum(len(s) for s in summary['shards'].values())} shards)")
+    return 0
+
+
 def _config(module: str, name: str) -> Callable[[], type]:
     def load() -> type:
         import importlib
@@ -150,6 +161,8 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("HTTP service: POST /predict, GET /health, /docs", _config("celeba.serve", "ServeConfig"), _serve),
     "export": Command("TFLite (float16/int8) or ONNX export with a parity check",
                       _config("celeba.export", "ExportConfig"), _export),
+    "prepare": Command("sharded TFRecords of a CelebA folder (uint8 at the training size), for remote storage",
+                       _config("celeba.prepare", "PrepareConfig"), _prepare),
 }
 
 
@@ -270,6 +283,10 @@ def serve_main(argv: Sequence[str] | None = None) -> NoReturn:
 
 def export_main(argv: Sequence[str] | None = None) -> NoReturn:
     run("export", argv)
+
+
+def prepare_main(argv: Sequence[str] | None = None) -> NoReturn:
+    run("prepare", argv)
 
 
 def test_main(argv: Sequence[str] | None = None) -> NoReturn:

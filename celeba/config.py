@@ -102,6 +102,8 @@ class TrainConfig:
     name: str | None = opt(None, "run name", none="smoke-sample-<loss> on the embedded sample, else mobilenetv2-<loss>")
     resume: bool = opt(False, "continue an interrupted run from its last completed epoch")
     mixed_precision: bool = opt(False, "float16 compute on GPU; ignored (with a warning) on CPU")
+    strategy: Literal["auto", "mirrored", "multiworker"] = opt(
+        "auto", "auto: mirrored over the local GPUs if there are several; multiworker: the machines of TF_CONFIG")
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "epochs", "dense_units", "limit", "train_limit", "val_limit")

@@ -150,13 +150,16 @@ def git_state(folder: Path) -> dict[str, Any]:
 
 def annotations_sha256(data_dir: Path) -> dict[str, str]:
     """SHA-256 of every annotation file found in a CelebA folder: the labels a model was trained on."""
+    import tensorflow as tf
+
     from celeba.data import ATTR_FILES, IDENTITY_FILE, LANDMARKS_FILE, PARTITION_FILES, _find_optional
 
     hashes = {}
     for name in (*ATTR_FILES, *PARTITION_FILES, IDENTITY_FILE, LANDMARKS_FILE):
-        found = _find_optional(Path(data_dir), name)
+        found = _find_optional(data_dir, name)  # a path or a URL (gs://...): read through tf.io.gfile
         if found is not None:
-            hashes[name] = hashlib.sha256(found.read_bytes()).hexdigest()
+            with tf.io.gfile.GFile(found, "rb") as f:
+                hashes[name] = hashlib.sha256(f.read()).hexdigest()
     return hashes
 
 

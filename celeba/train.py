@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import os
 import platform
 import shutil
+import tempfile
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -278,6 +281,120 @@ def distribution_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
+STRATEGIES = ("auto", "mirrored", "multiworker")
+
+
+def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """auto: mirrored over the local GPUs when there are several, else one device; mirrored: every local GPU;
+    multiworker: synchronous data-parallel training over the machines of the standard `TF_CONFIG`.
+
+    TensorFlow wants a multi-worker strategy created before any other TensorFlow work in the process.
+    """
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "auto":
+        return distribution_strategy()
+    raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """The one worker that writes the model, run card, checkpoints and backup (TF_CONFIG's chief, else worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster or resolver.task_type is None:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                             and "chief" not in cluster)
+
+
+def fit_on_several_workers(model: keras.Model) -> keras.Model:
+    """Let Keras 3's `fit` run under MultiWorkerMirroredStrategy (keras-team/keras#20585), two small fixes.
+
+    1. Before the first step, `fit` reduces the first batch across replicas only to learn its shapes, with
+       a call that multi-worker strategies reject: this worker's own replica's values give the same shapes.
+    2. Each step averages the (scalar) metric values across workers along axis 0, which scalars lack:
+       scalars are averaged whole.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = getattr(tf_trainer.reduce_per_replica, "__wrapped__", tf_trainer.reduce_per_replica)
+
+    @functools.wraps(original)
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            def mean(v):
+                local = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else tf.convert_to_tensor(v)
+                return strategy.reduce("MEAN", v, axis=0 if local.shape.rank else None)
+
+            return tf.nest.map_structure(mean, values)
+        return original(values, strategy, reduction)
+
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+    def symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v, next(batches))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(symbolic_build, model)
+    return model
+
+
+class AverageAcrossWorkers(keras.callbacks.Callback):
+    """Average the model's non-trainable variables (BatchNorm moving statistics) over the workers.
+
+    Gradients are all-reduced, so trainable weights stay equal everywhere; moving statistics are updated
+    from each worker's own batches and drift apart. Averaging them before every validation (and at the
+    end) gives every worker the same model to validate, checkpoint and save.
+    """
+
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy):
+        super().__init__()
+        self.target, self.strategy = model, strategy
+
+    def average(self) -> None:
+        variables = [v for v in self.target.non_trainable_variables if "float" in str(v.dtype)]
+        if not variables:
+            return
+        flat = tf.concat([tf.reshape(tf.cast(v.value, tf.float32), [-1]) for v in variables], axis=0)
+        mean = self.strategy.reduce("MEAN", self.strategy.experimental_distribute_values_from_function(
+            lambda _: tf.identity(flat)), axis=None)
+        sizes = [int(np.prod(v.shape)) for v in variables]
+        for v, part in zip(variables, tf.split(mean, sizes)):
+            v.assign(tf.cast(tf.reshape(part, v.shape), v.dtype))
+
+    def on_test_begin(self, logs=None):
+        self.average()
+
+    def on_train_end(self, logs=None):
+        self.average()
+
+
+def output_dir(cfg: TrainConfig, strategy: tf.distribute.Strategy) -> Path:
+    """Where this process writes: --models-dir for the chief; a private temporary folder for other workers.
+
+    Other workers take part in every step but their copies are thrown away (TensorFlow's multi-worker
+    advice). With --resume they first copy the chief's run folder, so every worker resumes the same state:
+    across machines, --models-dir must then be storage every worker reads (a shared mount).
+    """
+    if is_chief(strategy):
+        return cfg.models_dir
+    resolver = strategy.cluster_resolver
+    out = Path(tempfile.gettempdir()) / f"celeba-{resolver.task_type}-{resolver.task_id}"
+    shutil.rmtree(out / cfg.run_name, ignore_errors=True)
+    if cfg.resume and (cfg.models_dir / cfg.run_name).is_dir():
+        shutil.copytree(cfg.models_dir / cfg.run_name, out / cfg.run_name)
+    log.info("worker %s %d: writes to %s (the chief writes %s)", resolver.task_type, resolver.task_id, out,
+             cfg.models_dir)
+    return out
+
+
 def set_precision(mixed: bool) -> str:
     if mixed and tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -323,7 +440,7 @@ def make_run_card(cfg: TrainConfig, model_path: Path, rows: dict[str, Any], y_tr
                         for label, p, n in zip(labels, loss.pos_weights, loss.neg_weights)}
                        if isinstance(loss, WeightedBinaryCrossentropy) else None),
         validation_metrics=json.loads(metrics.to_json(orient="index")),
-        epochs_trained=history_epochs(cfg.models_dir / cfg.run_name / "history.csv"),  # all runs of a resumed one
+        epochs_trained=history_epochs(Path(model_path).parent / cfg.run_name / "history.csv"),  # all runs of a resumed one
         time_s=round(train_seconds, 1),
         train_images_per_s=images_per_s(len(rows["train"]), [s for t in throughputs.values() for s in t.epoch_seconds]),
         train_images_per_s_by_phase={name: images_per_s(len(rows["train"]), t.epoch_seconds)
@@ -379,16 +496,20 @@ def run_lock(models_dir: Path, name: str) -> Iterator[Path]:
 
 def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunCard:
     """Train, keep the best model by validation loss, save it under models/ with its run card."""
-    with run_lock(cfg.models_dir, cfg.run_name):
-        return _train(cfg, extra_callbacks)
+    strategy = make_strategy(cfg.strategy)  # first: a multi-worker strategy must precede other TensorFlow work
+    models_dir = output_dir(cfg, strategy)  # the chief's --models-dir, or a worker's own temporary folder
+    with run_lock(models_dir, cfg.run_name):
+        return _train(cfg, extra_callbacks, strategy, models_dir)
 
 
-def _train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback]) -> RunCard:
+def _train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback], strategy: tf.distribute.Strategy,
+           models_dir: Path) -> RunCard:
     from celeba.evaluate import dataset_probabilities
     from celeba.metrics import label_metrics
 
     started = time.perf_counter()
     labels = check_labels(cfg.labels)
+    log.info("strategy: %s (%s), %d replicas", cfg.strategy, type(strategy).__name__, strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(cfg.seed)
     log.info("config: %s", json.dumps(cfg.to_json()))
     index = load_index(cfg.data_dir, check_images=cfg.check_images)
@@ -399,23 +520,24 @@ def _train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback]
     log.info("images: %d train, %d validation", len(rows["train"]), len(rows["validation"]))
     y_train = labels_array(rows["train"], labels)
 
-    run_dir = cfg.models_dir / cfg.run_name
-    model_path = cfg.models_dir / f"{cfg.run_name}.keras"
+    run_dir = models_dir / cfg.run_name
+    model_path = models_dir / f"{cfg.run_name}.keras"
     if not cfg.resume and run_dir.exists():
         log.info("fresh run: clearing %s (use --resume to continue it)", run_dir)
         shutil.rmtree(run_dir)
     elif cfg.resume and not run_dir.exists():
         log.warning("--resume: no run folder %s to resume; starting from the first epoch", run_dir)
     # A kill during a save leaves a temporary file (the saved files are intact); this run's lock makes them ours.
-    remove_stale_temporaries(cfg.models_dir, cfg.run_name)
+    remove_stale_temporaries(models_dir, cfg.run_name)
     if run_dir.exists():
         remove_stale_temporaries(run_dir)
 
     policy = set_precision(cfg.mixed_precision)
-    strategy = distribution_strategy()
     with strategy.scope():
         model = build_model(len(labels), cfg.image_size, cfg.weights, cfg.dense_units, cfg.dropout)
         trainer = with_augmentation(model, cfg.seed) if cfg.augment else model
+        if cfg.strategy == "multiworker":
+            fit_on_several_workers(trainer)
         loss = make_loss(cfg.loss, y_train)
     run_dir.mkdir(parents=True, exist_ok=True)  # after the model: a failed weights download leaves no empty folder
 
@@ -453,6 +575,8 @@ def _train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback]
                 throughput,
                 *extra_callbacks,
             ]
+            if cfg.strategy == "multiworker":
+                callbacks.insert(0, AverageAcrossWorkers(model, strategy))
             trainer.fit(train_ds, validation_data=val_ds, initial_epoch=offset, epochs=offset + phase.epochs,
                       callbacks=callbacks, verbose=keras_verbose(), shuffle=False)  # tf.data shuffles
             save_atomic(model, done_path)
