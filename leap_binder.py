@@ -18,10 +18,10 @@ as real classes.
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -30,9 +30,16 @@ from code_loader.contract.datasetclasses import PredictionTypeHandler, Preproces
 from code_loader.contract.enums import DatasetMetadataType, DataStateType, LeapDataType, MetricDirection
 from code_loader.contract.visualizer_classes import LeapHorizontalBar, LeapImage
 from code_loader.inner_leap_binder.leapbinder_decorators import (
-    tensorleap_custom_loss, tensorleap_custom_metric, tensorleap_custom_visualizer, tensorleap_gt_encoder,
-    tensorleap_input_encoder, tensorleap_integration_test, tensorleap_load_model, tensorleap_metadata,
-    tensorleap_preprocess)
+    tensorleap_custom_loss,
+    tensorleap_custom_metric,
+    tensorleap_custom_visualizer,
+    tensorleap_gt_encoder,
+    tensorleap_input_encoder,
+    tensorleap_integration_test,
+    tensorleap_load_model,
+    tensorleap_metadata,
+    tensorleap_preprocess,
+)
 
 from celeba import data, image_stats, metrics
 
@@ -51,10 +58,10 @@ class ProjectConfig:
     """`project_config.yaml`: what the platform cannot learn from the uploaded model file alone."""
 
     data_root: str = "celeba"
-    labels: Tuple[str, ...] = ("Male", "Young")
+    labels: tuple[str, ...] = ("Male", "Young")
     image_size: int = 96
-    class_weights: Optional[Dict[str, Dict[str, float]]] = None  # label -> {positive: w, negative: w}
-    sample_limit_per_split: Optional[int] = None
+    class_weights: dict[str, dict[str, float]] | None = None  # label -> {positive: w, negative: w}
+    sample_limit_per_split: int | None = None
     model: str = "models/celeba16k-bce-float32.onnx"
     path: Path = field(default=CONFIG_FILE, compare=False)
 
@@ -77,27 +84,33 @@ class ProjectConfig:
             raise data.CelebADataError(f"{path}: image_size must be an integer >= 32, got {config.image_size!r}")
         limit = config.sample_limit_per_split
         if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise data.CelebADataError(f"{path}: sample_limit_per_split must be a positive integer or null, "
-                                       f"got {limit!r}")
+            raise data.CelebADataError(
+                f"{path}: sample_limit_per_split must be a positive integer or null, got {limit!r}"
+            )
         weights = config.class_weights
-        if weights is not None and (set(weights) != set(labels) or any(
-                set(w) != {"positive", "negative"} for w in weights.values())):
-            raise data.CelebADataError(f"{path}: class_weights needs {{positive: w, negative: w}} for exactly "
-                                       f"the labels {list(labels)}, got {weights}")
+        if weights is not None and (
+            set(weights) != set(labels) or any(set(w) != {"positive", "negative"} for w in weights.values())
+        ):
+            raise data.CelebADataError(
+                f"{path}: class_weights needs {{positive: w, negative: w}} for exactly "
+                f"the labels {list(labels)}, got {weights}"
+            )
         return cls(**{**raw, "labels": labels, "path": Path(path)})
 
-    def pos_neg_weights(self) -> Tuple[List[float], List[float]]:
+    def pos_neg_weights(self) -> tuple[list[float], list[float]]:
         """The weights in label order, as `celeba.losses.WeightedBinaryCrossentropy` takes them."""
         assert self.class_weights is not None
-        return ([float(self.class_weights[label]["positive"]) for label in self.labels],
-                [float(self.class_weights[label]["negative"]) for label in self.labels])
+        return (
+            [float(self.class_weights[label]["positive"]) for label in self.labels],
+            [float(self.class_weights[label]["negative"]) for label in self.labels],
+        )
 
 
-def _flag(value: Optional[str]) -> bool:
+def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() not in ("", "0", "false", "no")
 
 
-def data_dir_candidates(root: str, environ: Mapping[str, str] = os.environ) -> List[Path]:
+def data_dir_candidates(root: str, environ: Mapping[str, str] = os.environ) -> list[Path]:
     """Where a data root is looked for, in order: as given if absolute; else `/nfs/<root>` on the cloud
     platform (IS_CLOUD); else under every GENERIC_HOST_PATH entry (':'-separated, on-premise volumes);
     else `~/tensorleap/data/<root>`."""
@@ -111,7 +124,7 @@ def data_dir_candidates(root: str, environ: Mapping[str, str] = os.environ) -> L
     return [Path.home() / "tensorleap" / "data" / root]
 
 
-def data_dir(config: Optional[ProjectConfig] = None, environ: Mapping[str, str] = os.environ) -> Path:
+def data_dir(config: ProjectConfig | None = None, environ: Mapping[str, str] = os.environ) -> Path:
     """The CelebA folder: CELEBA_DATA_DIR (local override), else the first existing data-root candidate."""
     if environ.get(DATA_DIR_ENV):
         return Path(environ[DATA_DIR_ENV])
@@ -123,13 +136,14 @@ def data_dir(config: Optional[ProjectConfig] = None, environ: Mapping[str, str] 
     raise data.CelebADataError(
         f"CelebA folder {config.data_root!r} (data_root in {config.path.name}) not found; tried "
         f"{', '.join(str(c) for c in candidates)}. Put CelebA (official layout) on the data volume under that "
-        f"name, or for a local run set {DATA_DIR_ENV}")
+        f"name, or for a local run set {DATA_DIR_ENV}"
+    )
 
 
-_model_override: Optional[Path] = None
+_model_override: Path | None = None
 
 
-def use_model(path: Optional[Path]) -> None:
+def use_model(path: Path | None) -> None:
     """Run `load_model` on this file (leap_test.py --model); None: back to CELEBA_LEAP_MODEL / the config."""
     global _model_override
     _model_override = None if path is None else Path(path)
@@ -166,7 +180,7 @@ class Samples:
     """One partition's rows and an id -> row map: every encoder finds its sample in O(1)."""
 
     rows: pd.DataFrame
-    position: Dict[str, int]
+    position: dict[str, int]
 
     @classmethod
     def of(cls, rows: pd.DataFrame) -> "Samples":
@@ -176,7 +190,7 @@ class Samples:
     def row(self, sample_id: str) -> pd.DataFrame:
         """The sample as a one-row frame (what the package's frame-based helpers take)."""
         i = self.position[sample_id]
-        return self.rows.iloc[i:i + 1]
+        return self.rows.iloc[i : i + 1]
 
 
 def response(rows: pd.DataFrame, state: DataStateType) -> PreprocessResponse:
@@ -191,10 +205,12 @@ def _row(sample_id: str, preprocess: PreprocessResponse) -> pd.DataFrame:
 
 
 @tensorleap_preprocess()
-def preprocess() -> List[PreprocessResponse]:
+def preprocess() -> list[PreprocessResponse]:
     index = load_index(data_dir())
-    return [response(data.split(index, partition, CONFIG.sample_limit_per_split), state)
-            for partition, state in STATES.items()]
+    return [
+        response(data.split(index, partition, CONFIG.sample_limit_per_split), state)
+        for partition, state in STATES.items()
+    ]
 
 
 @tensorleap_input_encoder("image", channel_dim=-1)
@@ -210,23 +226,26 @@ def gt_labels(sample_id: str, preprocess: PreprocessResponse) -> np.ndarray:
 
 
 @tensorleap_metadata("attribute")
-def metadata_attributes(sample_id: str, preprocess: PreprocessResponse) -> Dict[str, int]:
+def metadata_attributes(sample_id: str, preprocess: PreprocessResponse) -> dict[str, int]:
     """All 40 CelebA attributes (0/1), to slice results by any of them."""
     row = _row(sample_id, preprocess)
     return {name: int(row[name].iat[0]) for name in data.ATTRIBUTES}
 
 
 _POSE = ("pose_yaw", "pose_pitch", "pose_roll", "eye_distance")
-_SAMPLE_TYPES = {"cohort": DatasetMetadataType.string, "identity": DatasetMetadataType.string,
-                 **{name: DatasetMetadataType.float for name in _POSE + data.LANDMARKS}}
+_SAMPLE_TYPES = {
+    "cohort": DatasetMetadataType.string,
+    "identity": DatasetMetadataType.string,
+    **{name: DatasetMetadataType.float for name in _POSE + data.LANDMARKS},
+}
 
 
 @tensorleap_metadata("sample", _SAMPLE_TYPES)
-def metadata_sample(sample_id: str, preprocess: PreprocessResponse) -> Dict[str, Union[str, float, None]]:
+def metadata_sample(sample_id: str, preprocess: PreprocessResponse) -> dict[str, str | float | None]:
     """Male x Young cohort; where those CelebA files exist, the identity (a category: a string), pose proxies
     and the raw landmark pixel coordinates. A sample missing from a present file gets None."""
     row = _row(sample_id, preprocess)
-    values: Dict[str, Union[str, float, None]] = {"cohort": str(metrics.cohort_names(row).iat[0])}
+    values: dict[str, str | float | None] = {"cohort": str(metrics.cohort_names(row).iat[0])}
     if "identity" in row.columns:
         identity = row["identity"].iat[0]
         values["identity"] = None if pd.isna(identity) else str(int(identity))
@@ -238,7 +257,7 @@ def metadata_sample(sample_id: str, preprocess: PreprocessResponse) -> Dict[str,
 
 
 @tensorleap_metadata("image")
-def metadata_image(sample_id: str, preprocess: PreprocessResponse) -> Dict[str, float]:
+def metadata_image(sample_id: str, preprocess: PreprocessResponse) -> dict[str, float]:
     """Mean luminance (lighting / skin-tone proxy), contrast, sharpness (Laplacian variance), file_kb."""
     return image_stats.file_statistics(_row(sample_id, preprocess)["path"].iat[0])
 
@@ -252,8 +271,10 @@ def check_model(session, config: ProjectConfig, path: Path) -> None:
     shape, outputs = session.get_inputs()[0].shape, session.get_outputs()[0].shape
     problems = []
     if shape[1:] != [config.image_size, config.image_size, 3]:
-        problems.append(f"takes input {shape[1:]}, the config says image_size {config.image_size} "
-                        f"([{config.image_size}, {config.image_size}, 3])")
+        problems.append(
+            f"takes input {shape[1:]}, the config says image_size {config.image_size} "
+            f"([{config.image_size}, {config.image_size}, 3])"
+        )
     if outputs[-1] != len(config.labels):
         problems.append(f"has {outputs[-1]} outputs, the config names {len(config.labels)} labels")
     meta = session.get_modelmeta().custom_metadata_map
@@ -273,8 +294,10 @@ def load_model():
 
     path = model_path()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: ONNX model not found (make it with `poetry run export --model "
-                                f"models/<model>.keras --format onnx`)")
+        raise FileNotFoundError(
+            f"{path}: ONNX model not found (make it with `poetry run export --model "
+            f"models/<model>.keras --format onnx`)"
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     check_model(session, CONFIG, path)
     return session
@@ -297,6 +320,7 @@ def bce_loss(gt: np.ndarray, prediction: np.ndarray) -> np.ndarray:
 
 
 if CONFIG.class_weights is not None:
+
     @tensorleap_custom_loss("weighted_bce")
     def weighted_bce_loss(gt: np.ndarray, prediction: np.ndarray) -> np.ndarray:
         """Training's weighted BCE with the class weights of project_config.yaml (the model's training set)."""
@@ -309,14 +333,22 @@ if CONFIG.class_weights is not None:
 # its recall, miss rate, specificity, fall-out); confidence: the probability's distance from the threshold,
 # scaled to [0, 1] (|2p - 1| at 0.5); margin: the same, signed + when right and - when wrong, so the most
 # negative margins are the confident mistakes.
-METRIC_DIRECTIONS = {"accuracy": MetricDirection.Upward, "tp": MetricDirection.Upward, "tn": MetricDirection.Upward,
-                     "fp": MetricDirection.Downward, "fn": MetricDirection.Downward,
-                     "recall": MetricDirection.Upward, "miss_rate": MetricDirection.Downward,
-                     "specificity": MetricDirection.Upward, "fall_out": MetricDirection.Downward,
-                     "confidence": MetricDirection.Upward, "margin": MetricDirection.Upward}
+METRIC_DIRECTIONS = {
+    "accuracy": MetricDirection.Upward,
+    "tp": MetricDirection.Upward,
+    "tn": MetricDirection.Upward,
+    "fp": MetricDirection.Downward,
+    "fn": MetricDirection.Downward,
+    "recall": MetricDirection.Upward,
+    "miss_rate": MetricDirection.Downward,
+    "specificity": MetricDirection.Upward,
+    "fall_out": MetricDirection.Downward,
+    "confidence": MetricDirection.Upward,
+    "margin": MetricDirection.Upward,
+}
 
 
-def label_metrics(gt: np.ndarray, prediction: np.ndarray, threshold: float = 0.5) -> Dict[str, np.ndarray]:
+def label_metrics(gt: np.ndarray, prediction: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
     """{kind: (samples, labels) float32} for every kind of METRIC_DIRECTIONS."""
     gt, prediction = np.asarray(gt, np.float32), np.asarray(prediction, np.float32)
     values = metrics.sample_confusion(gt, prediction, threshold)
@@ -331,9 +363,11 @@ def label_metrics(gt: np.ndarray, prediction: np.ndarray, threshold: float = 0.5
     return {kind: values[kind].astype(np.float32) for kind in METRIC_DIRECTIONS}
 
 
-@tensorleap_custom_metric("label", direction={f"{label}_{kind}": direction for label in LABELS
-                                              for kind, direction in METRIC_DIRECTIONS.items()})
-def label_metric(gt: np.ndarray, prediction: np.ndarray) -> Dict[str, np.ndarray]:
+@tensorleap_custom_metric(
+    "label",
+    direction={f"{label}_{kind}": direction for label in LABELS for kind, direction in METRIC_DIRECTIONS.items()},
+)
+def label_metric(gt: np.ndarray, prediction: np.ndarray) -> dict[str, np.ndarray]:
     """Per sample and label: `<label>_<kind>` for every kind of METRIC_DIRECTIONS."""
     values = label_metrics(gt, prediction)
     return {f"{label}_{kind}": values[kind][:, j] for j, label in enumerate(LABELS) for kind in METRIC_DIRECTIONS}
@@ -355,8 +389,9 @@ def image_visualizer(image: np.ndarray) -> LeapImage:
 
 @tensorleap_custom_visualizer("labels_bar", LeapDataType.HorizontalBar)
 def labels_visualizer(prediction: np.ndarray, gt: np.ndarray) -> LeapHorizontalBar:
-    return LeapHorizontalBar(body=_single(prediction).astype(np.float32), labels=list(LABELS),
-                             gt=_single(gt).astype(np.float32))
+    return LeapHorizontalBar(
+        body=_single(prediction).astype(np.float32), labels=list(LABELS), gt=_single(gt).astype(np.float32)
+    )
 
 
 # --------------------------------------------------------------------------- integration test

@@ -21,8 +21,9 @@ import io
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")  # code-loader otherwise sends usage events (stalls offline)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,22 +32,24 @@ ROOT = Path(__file__).resolve().parent
 ENTRY_FILE = "leap_binder.py"
 SAMPLE_DIR = ROOT / "data" / "celeba-sample"  # absent in a pushed bundle: there the volume is used
 
-Row = Tuple[str, bool, str]
+Row = tuple[str, bool, str]
 
 
 def _failure(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(exc)).strip()
 
 
-def check_dataset() -> Tuple[bool, List[Row], dict]:
+def check_dataset() -> tuple[bool, list[Row], dict]:
     """Run code-loader's own dataset check; returns (valid, [(check, passed, detail)], the binder's globals)."""
     from code_loader import LeapLoader
     from code_loader.leaploader import global_leap_binder
 
     loader = LeapLoader(str(ROOT), ENTRY_FILE)
     result = loader.check_dataset()
-    rows = [(payload.name, payload.is_passed, "; ".join(f"{k}: {v}" for k, v in payload.display.items()))
-            for payload in result.payloads]
+    rows = [
+        (payload.name, payload.is_passed, "; ".join(f"{k}: {v}" for k, v in payload.display.items()))
+        for payload in result.payloads
+    ]
     if result.general_error:
         rows.append(("general", False, result.general_error))
     test_func = global_leap_binder.integration_test_func
@@ -57,7 +60,7 @@ def check_dataset() -> Tuple[bool, List[Row], dict]:
     return result.is_valid, rows, binder
 
 
-def run_integration_tests(binder: dict, samples: int) -> List[Row]:
+def run_integration_tests(binder: dict, samples: int) -> list[Row]:
     """The decorated integration test on the first `samples` ids of every partition."""
     rows = []
     try:
@@ -76,7 +79,7 @@ def run_integration_tests(binder: dict, samples: int) -> List[Row]:
     return rows
 
 
-def custom_handlers() -> Dict[str, Any]:
+def custom_handlers() -> dict[str, Any]:
     """The binder's own losses, metrics and visualizers ('loss bce': handler data), without code-loader's
     built-in ones (registered in every integration; the platform runs only what the binder wires)."""
     from code_loader.default_losses import loss_name_to_function
@@ -85,15 +88,20 @@ def custom_handlers() -> Dict[str, Any]:
     from code_loader.visualizers.default_visualizers import DefaultVisualizer
 
     setup = global_leap_binder.setup_container
-    built_in = {"loss": set(loss_name_to_function), "metric": set(metrics_names_to_functions_and_direction),
-                "visualizer": {v.value for v in DefaultVisualizer}}
-    handlers = ([("loss", h.custom_loss_handler_data) for h in setup.custom_loss_handlers]
-                + [("metric", h.metric_handler_data) for h in setup.metrics]
-                + [("visualizer", h.visualizer_handler_data) for h in setup.visualizers])
+    built_in = {
+        "loss": set(loss_name_to_function),
+        "metric": set(metrics_names_to_functions_and_direction),
+        "visualizer": {v.value for v in DefaultVisualizer},
+    }
+    handlers = (
+        [("loss", h.custom_loss_handler_data) for h in setup.custom_loss_handlers]
+        + [("metric", h.metric_handler_data) for h in setup.metrics]
+        + [("visualizer", h.visualizer_handler_data) for h in setup.visualizers]
+    )
     return {f"{kind} {data.name}": data for kind, data in handlers if data.name not in built_in[kind]}
 
 
-def run_handlers(binder: dict) -> Tuple[List[Row], Dict[str, Any]]:
+def run_handlers(binder: dict) -> tuple[list[Row], dict[str, Any]]:
     """One validation sample as the platform handles it: fetched by LeapLoader, through the ONNX model, then
     every registered loss, metric and visualizer by LeapLoader's `run_*` calls. Returns rows and the values."""
     import numpy as np
@@ -110,9 +118,13 @@ def run_handlers(binder: dict) -> Tuple[List[Row], Dict[str, Any]]:
     except Exception as exc:
         return [("sample through the model", False, _failure(exc))], {}
     tensors = {"image": image, "gt": sample.gt["labels"][None], "prediction": prediction}
-    values: Dict[str, Any] = {"sample_id": sample_id, "metadata": sample.metadata,
-                              "gt": tensors["gt"][0].tolist(), "prediction": prediction[0].tolist()}
-    rows: List[Row] = [(f"sample through the model [validation:{sample_id}]", True, "")]
+    values: dict[str, Any] = {
+        "sample_id": sample_id,
+        "metadata": sample.metadata,
+        "gt": tensors["gt"][0].tolist(),
+        "prediction": prediction[0].tolist(),
+    }
+    rows: list[Row] = [(f"sample through the model [validation:{sample_id}]", True, "")]
     runners = {"loss": loader.run_custom_loss, "metric": loader.run_metric, "visualizer": loader.run_visualizer}
     for name, handler in custom_handlers().items():
         run = runners[name.split()[0]]
@@ -121,8 +133,9 @@ def run_handlers(binder: dict) -> Tuple[List[Row], Dict[str, Any]]:
             if unknown:
                 raise KeyError(f"argument(s) {unknown}: leap_test.py feeds only {sorted(tensors)}")
             with contextlib.redirect_stdout(io.StringIO()):
-                result = run(handler.name, np.array([sample_id]), state,
-                             {arg: tensors[arg] for arg in handler.arg_names})
+                result = run(
+                    handler.name, np.array([sample_id]), state, {arg: tensors[arg] for arg in handler.arg_names}
+                )
             values[name] = result
             rows.append((name, True, ""))
         except Exception as exc:
@@ -153,19 +166,24 @@ def _short(value: Any) -> str:
     return repr(value)
 
 
-def print_sample(values: Dict[str, Any]) -> None:
+def print_sample(values: dict[str, Any]) -> None:
     if not values:
         return
-    print(f"\nvalidation sample {values['sample_id']}: gt {values['gt']}, prediction "
-          f"{[round(p, 3) for p in values['prediction']]}")
-    print("  metadata: " + ", ".join(f"{k}={v!r}" for k, v in values["metadata"].items()
-                                      if not k.startswith("attribute_")) + " (+ the attribute_* fields)")
+    print(
+        f"\nvalidation sample {values['sample_id']}: gt {values['gt']}, prediction "
+        f"{[round(p, 3) for p in values['prediction']]}"
+    )
+    print(
+        "  metadata: "
+        + ", ".join(f"{k}={v!r}" for k, v in values["metadata"].items() if not k.startswith("attribute_"))
+        + " (+ the attribute_* fields)"
+    )
     for name, value in values.items():
         if name.startswith(("loss ", "metric ", "visualizer ")):
             print(f"  {name}: {_short(value)}")
 
 
-def choose_data_dir(data_dir: Optional[Path], volume: bool) -> str:
+def choose_data_dir(data_dir: Path | None, volume: bool) -> str:
     """Set CELEBA_DATA_DIR for the binder where a folder was chosen; returns where the data comes from."""
     if data_dir is not None:
         os.environ["CELEBA_DATA_DIR"] = str(data_dir)
@@ -178,14 +196,15 @@ def choose_data_dir(data_dir: Optional[Path], volume: bool) -> str:
     return "data_root of project_config.yaml, found on the data volume"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=2, help="integration-test samples per partition")
     parser.add_argument("--model", type=Path, help="the ONNX model (default: model in project_config.yaml)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--data-dir", type=Path, help="a CelebA folder (official layout)")
-    where.add_argument("--volume", action="store_true",
-                        help="look up data_root on the data volume, as the platform does")
+    where.add_argument(
+        "--volume", action="store_true", help="look up data_root on the data volume, as the platform does"
+    )
     args = parser.parse_args(argv)
 
     source = choose_data_dir(args.data_dir, args.volume)
@@ -199,8 +218,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except Exception as exc:
             data_note, counts = f"not found ({source})", f"none ({_failure(exc)})"
         print(f"data:     {data_note}\nsamples:  {counts} (sample_limit_per_split: {config.sample_limit_per_split})")
-        print(f"model:    {binder['model_path']()}\nsettings: {config.path}: labels {list(config.labels)}, "
-              f"image_size {config.image_size}, class_weights {'set' if config.class_weights else 'none'}\n")
+        print(
+            f"model:    {binder['model_path']()}\nsettings: {config.path}: labels {list(config.labels)}, "
+            f"image_size {config.image_size}, class_weights {'set' if config.class_weights else 'none'}\n"
+        )
         rows += run_integration_tests(binder, args.samples)
         handler_rows, values = run_handlers(binder)
         rows += handler_rows

@@ -30,9 +30,11 @@ def main(argv: list[str] | None = None) -> None:
     from mtcnn import MTCNN  # not a project dependency
 
     mtcnn = MTCNN()
-    detectors = {"haar": lambda im: bool(detect_faces(im)),
-                 "mtcnn": lambda im: any(f["confidence"] >= 0.9 for f in mtcnn.detect_faces(im)),
-                 "blazeface": lambda im: bool(_blazeface()(im))}
+    detectors = {
+        "haar": lambda im: bool(detect_faces(im)),
+        "mtcnn": lambda im: any(f["confidence"] >= 0.9 for f in mtcnn.detect_faces(im)),
+        "blazeface": lambda im: bool(_blazeface()(im)),
+    }
     images = [read_photo(p) for p in split(load_index(args.data_dir), "test", args.limit)["path"]]
     make = framings()
     for name in ("aligned", "tight", "wide", "rotated"):

@@ -59,8 +59,17 @@ def run(cfg: FramingConfig) -> dict:
     for i, path in enumerate(tqdm(rows["path"], desc="framing", unit="img")):
         rgb = read_photo(path)
         crops.append(rgb)
-        records.append({"image": i, "framing": "original", "method": "aligned", "found": True, "partial": False,
-                        "warned": False, "crop": len(crops) - 1})
+        records.append(
+            {
+                "image": i,
+                "framing": "original",
+                "method": "aligned",
+                "found": True,
+                "partial": False,
+                "warned": False,
+                "crop": len(crops) - 1,
+            }
+        )
         for framing in names:
             photo = np.ascontiguousarray(makers[framing](rgb, i))
             for method in cfg.methods:
@@ -70,10 +79,18 @@ def run(cfg: FramingConfig) -> dict:
                 face = faces[0] if faces else None
                 if face is not None:
                     crops.append(face.crop)
-                records.append({"image": i, "framing": framing, "method": method, "found": face is not None,
-                                "partial": bool(face and face.partial_face), "warned": bool(face and face.warnings),
-                                "crop": len(crops) - 1 if face is not None else -1})
-    probs = np.concatenate([predictor.probabilities(crops[k:k + 256]) for k in range(0, len(crops), 256)])
+                records.append(
+                    {
+                        "image": i,
+                        "framing": framing,
+                        "method": method,
+                        "found": face is not None,
+                        "partial": bool(face and face.partial_face),
+                        "warned": bool(face and face.warnings),
+                        "crop": len(crops) - 1 if face is not None else -1,
+                    }
+                )
+    probs = np.concatenate([predictor.probabilities(crops[k : k + 256]) for k in range(0, len(crops), 256)])
     frame = pd.DataFrame(records)
     for j, label in enumerate(predictor.labels):
         correct = (probs[frame["crop"], j] >= 0.5) == y[frame["image"], j]
@@ -82,20 +99,27 @@ def run(cfg: FramingConfig) -> dict:
     table = []
     for (framing, method), part in frame[frame["framing"] != "original"].groupby(["framing", "method"], sort=False):
         found = part[part["found"]]
-        row = {"framing": framing, "method": method, "images": len(part), "found": round(part["found"].mean(), 4),
-               "partial_face": round(found["partial"].mean(), 4) if len(found) else None,
-               "warned": round(found["warned"].mean(), 4) if len(found) else None,
-               "ms_per_image": round(1000 * seconds[framing, method] / len(part), 1)}
+        row = {
+            "framing": framing,
+            "method": method,
+            "images": len(part),
+            "found": round(part["found"].mean(), 4),
+            "partial_face": round(found["partial"].mean(), 4) if len(found) else None,
+            "warned": round(found["warned"].mean(), 4) if len(found) else None,
+            "ms_per_image": round(1000 * seconds[framing, method] / len(part), 1),
+        }
         for label in predictor.labels:
             acc = found[f"correct_{label}"].mean()
             ref = original.loc[found["image"], f"correct_{label}"].mean()
             row[f"{label}_accuracy"] = round(float(acc), 4) if len(found) else None
             row[f"{label}_vs_aligned"] = round(float(acc - ref), 4) if len(found) else None
         table.append(row)
-    result = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "images": len(rows),
-              "aligned_accuracy": {label: round(float(original[f"correct_{label}"].mean()), 4)
-                                   for label in predictor.labels},
-              "rows": table}
+    result = {
+        "config": {k: str(v) for k, v in asdict(cfg).items()},
+        "images": len(rows),
+        "aligned_accuracy": {label: round(float(original[f"correct_{label}"].mean()), 4) for label in predictor.labels},
+        "rows": table,
+    }
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     cfg.out.write_text(json.dumps(result, indent=2))
     pd.DataFrame(table).to_csv(cfg.out.with_suffix(".csv"), index=False)

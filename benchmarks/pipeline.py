@@ -33,9 +33,14 @@ LABELS = ("Male", "Young")
 #: A published MobileNetV2 training throughput: timm's benchmark CSV, row `mobilenetv2_100`
 #: (github.com/huggingface/pytorch-image-models, results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv;
 #: columns train_samples_per_sec, train_batch_size, train_img_size). PyTorch 1.12, AMP, channels-last.
-GPU_REFERENCE = {"images_per_s": 2313.1, "image_size": 224, "batch_size": 512, "gpu": "RTX 3090",
-                 "source": "huggingface/pytorch-image-models results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv, "
-                           "row mobilenetv2_100 (train_samples_per_sec)"}
+GPU_REFERENCE = {
+    "images_per_s": 2313.1,
+    "image_size": 224,
+    "batch_size": 512,
+    "gpu": "RTX 3090",
+    "source": "huggingface/pytorch-image-models results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv, "
+    "row mobilenetv2_100 (train_samples_per_sec)",
+}
 
 
 @dataclass
@@ -49,8 +54,11 @@ class PipelineBenchConfig:
     batch_size: int = opt(64, "batch size")
     repeats: int = opt(3, "passes per measurement; the fastest counts")
     records: bool = opt(True, "also prepare TFRecords (in a temporary folder) and time reading them")
-    gpu_rate: float | None = opt(None, "measured GPU training images/s at the first size",
-                                 none="the published figure (GPU_REFERENCE) scaled by pixels")
+    gpu_rate: float | None = opt(
+        None,
+        "measured GPU training images/s at the first size",
+        none="the published figure (GPU_REFERENCE) scaled by pixels",
+    )
     out: Path = opt(Path("benchmarks/results/pipeline.json"), "the JSON report")
 
 
@@ -111,7 +119,8 @@ def full_decode_dataset(rows, size: int, batch_size: int, threads: int):
     ds = tf.data.Dataset.from_tensor_slices((rows["path"].to_numpy(dtype=str), labels_array(rows, LABELS)))
     ds = ds.shuffle(len(rows), seed=0).map(
         lambda p, y: (preprocess_image(decode_image(tf.io.read_file(p), p), size), y),
-        num_parallel_calls=tf.data.AUTOTUNE)
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(pipeline_options(True, threads))
 
 
@@ -120,7 +129,7 @@ def run(cfg: PipelineBenchConfig) -> dict[str, Any]:
 
     from celeba.data import load_index, make_dataset
 
-    rows = load_index(cfg.data_dir).iloc[:cfg.images].reset_index(drop=True)
+    rows = load_index(cfg.data_dir).iloc[: cfg.images].reset_index(drop=True)
     for path in rows["path"]:  # warm the page cache, so the first configuration pays no disk reads
         tf.io.gfile.GFile(path, "rb").read()
     load_start = [round(v, 2) for v in os.getloadavg()]
@@ -132,8 +141,11 @@ def run(cfg: PipelineBenchConfig) -> dict[str, Any]:
                 from celeba.prepare import PrepareConfig, prepare
 
                 folder = Path(tmp) / f"records-{size}"
-                prepare(PrepareConfig(data_dir=cfg.data_dir, out=folder, image_size=size, limit=cfg.images,
-                                      check_images=False))
+                prepare(
+                    PrepareConfig(
+                        data_dir=cfg.data_dir, out=folder, image_size=size, limit=cfg.images, check_images=False
+                    )
+                )
                 index = load_index(folder)
                 record_rows = index[index["image_id"].isin(set(rows["image_id"]))].reset_index(drop=True)
             for threads in cfg.cores:
@@ -145,22 +157,36 @@ def run(cfg: PipelineBenchConfig) -> dict[str, Any]:
                     "cpu_augment": with_cpu_augmentation(plain),
                 }
                 if record_rows is not None:
-                    datasets["tfrecords"] = make_dataset(record_rows, LABELS, size, cfg.batch_size, training=True,
-                                                         threads=threads)
+                    datasets["tfrecords"] = make_dataset(
+                        record_rows, LABELS, size, cfg.batch_size, training=True, threads=threads
+                    )
                 measured = measure(datasets, cfg.repeats)
                 gpu = gpu_rate_at(size, cfg.gpu_rate, cfg.sizes[0])
                 for name, (wall, per_core) in measured.items():
-                    results.append({"image_size": size, "cores": threads, "pipeline": name, "images_per_s": wall,
-                                    "images_per_cpu_s": per_core,
-                                    "cores_to_feed_gpu": round(gpu["images_per_s"] / per_core, 1),
-                                    "gpu_images_per_s": gpu["images_per_s"]})
-    report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-              "machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__,
-                          "load_average_at_start": load_start,
-                          "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
-              "images": len(rows), "gpu_reference": GPU_REFERENCE,
-              "gpu_rate": {size: gpu_rate_at(size, cfg.gpu_rate, cfg.sizes[0]) for size in cfg.sizes},
-              "results": results}
+                    results.append(
+                        {
+                            "image_size": size,
+                            "cores": threads,
+                            "pipeline": name,
+                            "images_per_s": wall,
+                            "images_per_cpu_s": per_core,
+                            "cores_to_feed_gpu": round(gpu["images_per_s"] / per_core, 1),
+                            "gpu_images_per_s": gpu["images_per_s"],
+                        }
+                    )
+    report = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "tensorflow": tf.__version__,
+            "load_average_at_start": load_start,
+            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        },
+        "images": len(rows),
+        "gpu_reference": GPU_REFERENCE,
+        "gpu_rate": {size: gpu_rate_at(size, cfg.gpu_rate, cfg.sizes[0]) for size in cfg.sizes},
+        "results": results,
+    }
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     cfg.out.write_text(json.dumps(report, indent=2))
     return report
@@ -170,13 +196,17 @@ def report_table(report: dict[str, Any]) -> None:
     import pandas as pd
 
     results = pd.DataFrame(report["results"])
-    table = results.pivot_table(index=["image_size", "cores"], columns="pipeline",
-                                values=["images_per_cpu_s", "images_per_s"], sort=False)
+    table = results.pivot_table(
+        index=["image_size", "cores"], columns="pipeline", values=["images_per_cpu_s", "images_per_s"], sort=False
+    )
     m = report["machine"]
-    print(f"\nimages per CPU-second (= per core) and per wall second ({report['images']} images; load average "
-          f"{m['load_average_at_start']} -> {m['load_average_at_end']} on {m['cpus']} cores)\n{table.to_string()}")
-    feed = results.query("cores == 1").pivot_table(index="image_size", columns="pipeline",
-                                                   values="cores_to_feed_gpu", sort=False)
+    print(
+        f"\nimages per CPU-second (= per core) and per wall second ({report['images']} images; load average "
+        f"{m['load_average_at_start']} -> {m['load_average_at_end']} on {m['cpus']} cores)\n{table.to_string()}"
+    )
+    feed = results.query("cores == 1").pivot_table(
+        index="image_size", columns="pipeline", values="cores_to_feed_gpu", sort=False
+    )
     print(f"\ncores to feed the GPU rate {report['gpu_rate']}\n{feed.to_string()}\n\nwrote {report['config']['out']}")
 
 

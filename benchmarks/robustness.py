@@ -53,7 +53,7 @@ def reframe(image: np.ndarray, dx: float, dy: float, scale: float) -> np.ndarray
     left, top = int(round(cx - crop / 2)), int(round(cy - crop / 2))
     pad = max(0, -left, -top, left + crop - w, top + crop - h)
     padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else image
-    return padded[top + pad: top + pad + crop, left + pad: left + pad + crop]
+    return padded[top + pad : top + pad + crop, left + pad : left + pad + crop]
 
 
 def accuracy_table(model_path: Path, rows, images: list[np.ndarray]) -> list[dict[str, Any]]:
@@ -67,8 +67,16 @@ def accuracy_table(model_path: Path, rows, images: list[np.ndarray]) -> list[dic
     for kind, dx, dy, scale in conditions():
         batch = np.stack([preprocess_image(reframe(image, dx, dy, scale), size).numpy() for image in images])
         correct = (model.predict(batch, batch_size=64, verbose=0) >= 0.5) == (y >= 0.5)
-        results.append({"model": model_path.stem, "kind": kind, "dx": dx, "dy": dy, "scale": scale,
-                        **{label: round(float(correct[:, j].mean()), 4) for j, label in enumerate(labels)}})
+        results.append(
+            {
+                "model": model_path.stem,
+                "kind": kind,
+                "dx": dx,
+                "dy": dy,
+                "scale": scale,
+                **{label: round(float(correct[:, j].mean()), 4) for j, label in enumerate(labels)},
+            }
+        )
     return results
 
 
@@ -80,9 +88,16 @@ def run(cfg: RobustnessConfig) -> dict[str, Any]:
     rows = split(load_index(cfg.data_dir), cfg.partition, cfg.limit)
     images = [np.asarray(Image.open(path).convert("RGB")) for path in rows["path"]]
     table = [row for path in cfg.model for row in accuracy_table(Path(path), rows, images)]
-    result = {"config": {"models": [str(m) for m in cfg.model], "data_dir": str(cfg.data_dir),
-                         "partition": cfg.partition, "images": len(rows)},
-              "accuracy": table, "largest_drop": largest_drops(table)}
+    result = {
+        "config": {
+            "models": [str(m) for m in cfg.model],
+            "data_dir": str(cfg.data_dir),
+            "partition": cfg.partition,
+            "images": len(rows),
+        },
+        "accuracy": table,
+        "largest_drop": largest_drops(table),
+    }
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     cfg.out.write_text(json.dumps(result, indent=2))
     plot(table, cfg.out.with_suffix(".png"), len(rows))
@@ -105,19 +120,23 @@ def plot(table: list[dict[str, Any]], path: Path, n: int) -> None:
 
     labels = [k for k in table[0] if k not in ("model", "kind", "dx", "dy", "scale")]
     kinds = ("vertical", "horizontal", "scale")
-    fig, axes = plt.subplots(len(labels), 3, figsize=(13, 3.4 * len(labels)), squeeze=False, sharey="row",
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(labels), 3, figsize=(13, 3.4 * len(labels)), squeeze=False, sharey="row", layout="constrained"
+    )
     for i, label in enumerate(labels):
         for k, kind in enumerate(kinds):
             ax = axes[i][k]
             for model in dict.fromkeys(row["model"] for row in table):
-                rows = [r for r in table if r["model"] == model and (r["kind"] == kind or
-                        (r["dx"] == r["dy"] == 0 and r["scale"] == 1))]
-                xs = [100 * (r["dy"] if kind == "vertical" else r["dx"]) if kind != "scale" else r["scale"]
-                      for r in rows]
+                rows = [
+                    r
+                    for r in table
+                    if r["model"] == model and (r["kind"] == kind or (r["dx"] == r["dy"] == 0 and r["scale"] == 1))
+                ]
+                xs = [
+                    100 * (r["dy"] if kind == "vertical" else r["dx"]) if kind != "scale" else r["scale"] for r in rows
+                ]
                 order = np.argsort(xs)
-                ax.plot(np.array(xs)[order], 100 * np.array([r[label] for r in rows])[order], marker="o",
-                        label=model)
+                ax.plot(np.array(xs)[order], 100 * np.array([r[label] for r in rows])[order], marker="o", label=model)
             ax.set_title(f"{label}: {kind} {'shift (% of side)' if kind != 'scale' else '(face size x)'}")
             ax.grid(alpha=0.3)
             if k == 0:

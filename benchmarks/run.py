@@ -16,9 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -107,16 +108,16 @@ def bench_pipeline(cfg: BenchConfig, rows, size: int = 96) -> dict[str, Any]:
     """tf.data (the training pipeline, augmentation on) vs the naive loader vs what training consumes."""
     import tensorflow as tf
 
+    from benchmarks.pipeline import with_cpu_augmentation
     from celeba.data import make_dataset
     from celeba.train import Throughput
-
-    from benchmarks.pipeline import with_cpu_augmentation
 
     count = lambda b: int(b[0].shape[0])  # noqa: E731
     plain = rate(*timed_pass(make_dataset(rows, LABELS, size, cfg.batch_size, training=True), count))
     # The augmentation now runs in the training graph; this times it where it used to be, in tf.data on the CPU.
-    pipeline = rate(*timed_pass(with_cpu_augmentation(make_dataset(rows, LABELS, size, cfg.batch_size, training=True)),
-                                count))
+    pipeline = rate(
+        *timed_pass(with_cpu_augmentation(make_dataset(rows, LABELS, size, cfg.batch_size, training=True)), count)
+    )
     naive = rate(*timed_pass(naive_loader(list(rows["path"]), size, cfg.batch_size), len))
 
     # Training consumption: the model's own speed on batches already in memory (no input cost at all).
@@ -127,13 +128,17 @@ def bench_pipeline(cfg: BenchConfig, rows, size: int = 96) -> dict[str, Any]:
     in_memory = tf.data.Dataset.from_tensors((x, y)).repeat(cfg.steps)
     model.fit(in_memory, epochs=3, verbose=0, callbacks=[timer], shuffle=False)
     consumption = rate(cfg.steps * cfg.batch_size, min(timer.epoch_seconds[1:]))
-    return {"image_size": size, "tf_data_images_per_s": pipeline, "tf_data_no_augment_images_per_s": plain,
-            "naive_pil_images_per_s": naive,
-            "training_consumption_images_per_s": consumption,
-            "ratio_pipeline_to_training": round(pipeline / consumption, 2),
-            "ratio_pipeline_to_naive": round(pipeline / naive, 2),
-            "note": "tf_data_images_per_s: with the augmentation in tf.data on the CPU (its old place; see "
-                    "benchmarks/pipeline.py); the naive loader and the no-augment run (today's pipeline) have none"}
+    return {
+        "image_size": size,
+        "tf_data_images_per_s": pipeline,
+        "tf_data_no_augment_images_per_s": plain,
+        "naive_pil_images_per_s": naive,
+        "training_consumption_images_per_s": consumption,
+        "ratio_pipeline_to_training": round(pipeline / consumption, 2),
+        "ratio_pipeline_to_naive": round(pipeline / naive, 2),
+        "note": "tf_data_images_per_s: with the augmentation in tf.data on the CPU (its old place; see "
+        "benchmarks/pipeline.py); the naive loader and the no-augment run (today's pipeline) have none",
+    }
 
 
 def bench_training(cfg: BenchConfig, rows) -> list[dict[str, Any]]:
@@ -142,7 +147,7 @@ def bench_training(cfg: BenchConfig, rows) -> list[dict[str, Any]]:
     from celeba.train import Throughput
 
     results = []
-    train_rows = rows.iloc[:cfg.steps * cfg.batch_size]
+    train_rows = rows.iloc[: cfg.steps * cfg.batch_size]
     for size in cfg.sizes:
         for cache in (False, True):
             model = fresh_model(size)
@@ -151,8 +156,13 @@ def bench_training(cfg: BenchConfig, rows) -> list[dict[str, Any]]:
             # Epoch 1: tracing (and filling the cache); epochs 2 and 3 are timed, the faster one counts
             # (one epoch is a few seconds: a neighbour's burst of CPU can halve it).
             model.fit(ds, epochs=3, verbose=0, callbacks=[timer], shuffle=False)
-            results.append({"image_size": size, "cache": cache,
-                            "train_images_per_s": rate(len(train_rows), min(timer.epoch_seconds[1:]))})
+            results.append(
+                {
+                    "image_size": size,
+                    "cache": cache,
+                    "train_images_per_s": rate(len(train_rows), min(timer.epoch_seconds[1:])),
+                }
+            )
     return results
 
 
@@ -164,13 +174,24 @@ def bench_inference(cfg: BenchConfig, model_path: Path, workdir: Path) -> list[d
     files = {"keras": model_path}
     for quantize in ("float16", "int8"):
         out = workdir / f"bench-{quantize}.tflite"
-        export(ExportConfig(model=model_path, quantize=quantize, out=out, data_dir=cfg.data_dir, parity_limit=64,
-                            representative=64, min_agreement=0.0, tolerance=1.0))  # parity: the export's job
+        export(
+            ExportConfig(
+                model=model_path,
+                quantize=quantize,
+                out=out,
+                data_dir=cfg.data_dir,
+                parity_limit=64,
+                representative=64,
+                min_agreement=0.0,
+                tolerance=1.0,
+            )
+        )  # parity: the export's job
         files[f"tflite-{quantize}"] = out
     try:
         out = workdir / "bench.onnx"
-        export(ExportConfig(model=model_path, format="onnx", out=out, parity_limit=64, min_agreement=0.0,
-                            tolerance=1.0))
+        export(
+            ExportConfig(model=model_path, format="onnx", out=out, parity_limit=64, min_agreement=0.0, tolerance=1.0)
+        )
         files["onnx"] = out
     except ImportError as exc:  # tf2onnx/onnxruntime missing: the rest still runs
         print(f"skipping ONNX: {exc}", file=sys.stderr)
@@ -194,8 +215,15 @@ def bench_inference(cfg: BenchConfig, model_path: Path, workdir: Path) -> list[d
             start = time.perf_counter()
             infer(single)
             latencies.append(time.perf_counter() - start)
-        results.append({"backend": name, "image_size": size, "file_mb": round(Path(path).stat().st_size / 1e6, 2),
-                        "batch_images_per_s": throughput, **percentiles(latencies)})
+        results.append(
+            {
+                "backend": name,
+                "image_size": size,
+                "file_mb": round(Path(path).stat().st_size / 1e6, 2),
+                "batch_images_per_s": throughput,
+                **percentiles(latencies),
+            }
+        )
     return results
 
 
@@ -207,15 +235,19 @@ def _free_port() -> int:
 
 def bench_service(cfg: BenchConfig, model_path: Path, image: Path) -> dict[str, Any]:
     """`serve` in its own process on 127.0.0.1; a bounded pool of client threads posts one photo at a time."""
-    import requests
     from concurrent.futures import ThreadPoolExecutor
+
+    import requests
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     serve = Path(sys.executable).with_name("serve")
     command = [str(serve)] if serve.exists() else [sys.executable, "-m", "celeba", "serve"]
-    server = subprocess.Popen([*command, "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*command, "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -224,7 +256,7 @@ def bench_service(cfg: BenchConfig, model_path: Path, image: Path) -> dict[str, 
                 break
             except requests.RequestException:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"serve did not start on {url}")
+                    raise RuntimeError(f"serve did not start on {url}") from None
                 time.sleep(0.5)
         data = image.read_bytes()
         session = requests.Session()
@@ -244,9 +276,14 @@ def bench_service(cfg: BenchConfig, model_path: Path, image: Path) -> dict[str, 
     finally:
         server.terminate()
         server.wait(30)
-    return {"model": model_path.name, "requests": cfg.requests, "concurrency": cfg.concurrency,
-            "image": f"{image.name} (face detection on)", "requests_per_s": rate(cfg.requests, seconds),
-            **percentiles(latencies)}
+    return {
+        "model": model_path.name,
+        "requests": cfg.requests,
+        "concurrency": cfg.concurrency,
+        "image": f"{image.name} (face detection on)",
+        "requests_per_s": rate(cfg.requests, seconds),
+        **percentiles(latencies),
+    }
 
 
 # --------------------------------------------------------------------------- the command
@@ -256,22 +293,33 @@ def machine() -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    return {"cpus": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+    return {
+        "cpus": os.cpu_count(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
 def print_table(report: dict[str, Any]) -> None:
     import pandas as pd
 
     m = report["machine"]
-    print(f"\nmachine: {m['cpus']} CPU cores, {m['gpus']} GPU, TensorFlow {m['tensorflow']}, "
-          f"load average at start {m['load_average_at_start']}")
+    print(
+        f"\nmachine: {m['cpus']} CPU cores, {m['gpus']} GPU, TensorFlow {m['tensorflow']}, "
+        f"load average at start {m['load_average_at_start']}"
+    )
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         if "pipeline" in report:
             print("\ninput pipeline (images/s)\n" + pd.Series(report["pipeline"]).to_string())
-        for key, title in (("training", "training"), ("inference", "inference"), ):
+        for key, title in (
+            ("training", "training"),
+            ("inference", "inference"),
+        ):
             if key in report:
                 print(f"\n{title}\n" + pd.DataFrame(report[key]).to_string(index=False))
         if "service" in report:
@@ -285,9 +333,12 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     from celeba.train import save_atomic
 
     index = load_index(cfg.data_dir)
-    rows = index.iloc[:cfg.images].reset_index(drop=True)
-    report: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-                              "machine": machine(), "images_available": len(index)}
+    rows = index.iloc[: cfg.images].reset_index(drop=True)
+    report: dict[str, Any] = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "machine": machine(),
+        "images_available": len(index),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model_path = cfg.model

@@ -1,6 +1,7 @@
 """Load test of `serve` with near-limit images: peak RSS next to throughput and p95 latency.
 
-    nice -n 10 python -m benchmarks.serve_load --requests 8 --clients 8 --max-concurrent 2 8 --model models/celeba8k-bce.keras
+    nice -n 10 python -m benchmarks.serve_load --requests 8 --clients 8 --max-concurrent 2 8 \
+        --model models/celeba8k-bce.keras
 
 For each `--max-concurrent` value a fresh `serve` process (real uvicorn on 127.0.0.1) gets `--requests` uploads
 from `--clients` concurrent clients, alternating a PNG and a JPEG just under the 40-megapixel limit. The server's
@@ -67,9 +68,22 @@ def load_test(model: Path, max_concurrent: int, images: dict[str, bytes], reques
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "TL_DISABLE_ANALYTICS": "true"}
-    server = subprocess.Popen([sys.executable, "-c", "from celeba.cli import serve_main; serve_main()",
-                               "--model", str(model), "--port", str(port), "--max-concurrent", str(max_concurrent)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from celeba.cli import serve_main; serve_main()",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--max-concurrent",
+            str(max_concurrent),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -109,11 +123,18 @@ def load_test(model: Path, max_concurrent: int, images: dict[str, bytes], reques
         sampler.join()
         after = rss_mb(server.pid)
         latencies = np.array([t for t, _ in results])
-        return {"max_concurrent": max_concurrent, "requests": requests_n, "clients": clients,
-                "status_codes": sorted({code for _, code in results}),
-                "throughput_rps": round(requests_n / wall, 3), "p50_s": round(float(np.percentile(latencies, 50)), 2),
-                "p95_s": round(float(np.percentile(latencies, 95)), 2),
-                "rss_idle_mb": round(idle), "rss_peak_mb": round(max(samples)), "rss_after_mb": round(after)}
+        return {
+            "max_concurrent": max_concurrent,
+            "requests": requests_n,
+            "clients": clients,
+            "status_codes": sorted({code for _, code in results}),
+            "throughput_rps": round(requests_n / wall, 3),
+            "p50_s": round(float(np.percentile(latencies, 50)), 2),
+            "p95_s": round(float(np.percentile(latencies, 95)), 2),
+            "rss_idle_mb": round(idle),
+            "rss_peak_mb": round(max(samples)),
+            "rss_after_mb": round(after),
+        }
     finally:
         server.terminate()
         server.wait(30)
@@ -129,15 +150,21 @@ def main() -> None:
     args = parser.parse_args()
 
     images = near_limit_images()
-    print(f"images: PNG {len(images['png']) / 1e3:.0f} KB, JPEG {len(images['jpeg']) / 1e6:.1f} MB, 39.9 MP each",
-          flush=True)
+    print(
+        f"images: PNG {len(images['png']) / 1e3:.0f} KB, JPEG {len(images['jpeg']) / 1e6:.1f} MB, 39.9 MP each",
+        flush=True,
+    )
     runs = []
     for k in args.max_concurrent:
         runs.append(load_test(args.model, k, images, args.requests, args.clients))
         print(json.dumps(runs[-1]), flush=True)
-    result = {"model": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model),
-              "image_bytes": {k: len(v) for k, v in images.items()}, "runs": runs,
-              "load_average_after": os.getloadavg(), "cpus": os.cpu_count()}
+    result = {
+        "model": str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model),
+        "image_bytes": {k: len(v) for k, v in images.items()},
+        "runs": runs,
+        "load_average_after": os.getloadavg(),
+        "cpus": os.cpu_count(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -18,17 +18,25 @@ __all__ = ["AnalyzeConfig", "analyze", "markdown_table"]
 class AnalyzeConfig(PhotoFolderOptions):
     """Bias analysis of saved models on one CelebA partition. Repeat --model to compare models side by side."""
 
-    model: tuple[Path, ...] = opt((DEFAULT_MODEL,), "saved .keras models (run cards beside them); repeat --model or "
-                                                    "list several; the first is the reference of the deltas")
+    model: tuple[Path, ...] = opt(
+        (DEFAULT_MODEL,),
+        "saved .keras models (run cards beside them); repeat --model or "
+        "list several; the first is the reference of the deltas",
+    )
     data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder (official or Kaggle layout)")
     partition: Literal["train", "validation", "test"] = opt("test", "which official partition to analyse")
-    out: Path | None = opt(None, "folder for report.md, the figures and the CSVs",
-                           none="reports/analysis-<partition>/ or reports/audit-<folder>/")
+    out: Path | None = opt(
+        None,
+        "folder for report.md, the figures and the CSVs",
+        none="reports/analysis-<partition>/ or reports/audit-<folder>/",
+    )
     limit: int | None = opt(None, "only the first N images of the partition (quick runs)", none="all")
     batch_size: int = opt(64, "images per prediction batch")
     threshold: float = opt(0.5, "the decision threshold used everywhere")
-    pairs: tuple[str, ...] = opt(("Male,Young", "Male,Eyeglasses", "Young,Pale_Skin", "Male,Heavy_Makeup"),
-                                 "attribute pairs A,B whose 2x2 cohorts get a heatmap; the first drives the summary")
+    pairs: tuple[str, ...] = opt(
+        ("Male,Young", "Male,Eyeglasses", "Young,Pale_Skin", "Male,Heavy_Makeup"),
+        "attribute pairs A,B whose 2x2 cohorts get a heatmap; the first drives the summary",
+    )
     projections: tuple[str, ...] = opt(("pca", "tsne", "umap"), "2-D latent projections (umap only when installed)")
     faces: int = opt(6, "faces per Grad-CAM row")
     bins: int = opt(5, "quantile bins of numeric group columns, mean luminance and sharpness")
@@ -43,6 +51,16 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
 
     result = run(cfg)
     a = result.analysis
-    return {"report": result.report, "out": result.out, "labels": a.labels, "models": a.models,
-            "figures": result.figures, "summary": a.summary, "findings": a.findings, "groups": a.groups,
-            "cohorts": a.cohorts, "thresholds": a.thresholds, "analysis": a}
+    return {
+        "report": result.report,
+        "out": result.out,
+        "labels": a.labels,
+        "models": a.models,
+        "figures": result.figures,
+        "summary": a.summary,
+        "findings": a.findings,
+        "groups": a.groups,
+        "cohorts": a.cohorts,
+        "thresholds": a.thresholds,
+        "analysis": a,
+    }

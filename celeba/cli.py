@@ -14,9 +14,10 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 log = logging.getLogger("celeba")
 
@@ -28,11 +29,14 @@ def _train(cfg) -> int:
     from celeba.train import train
 
     card = train(cfg)
-    accuracy = ", ".join(f"{label} {m['accuracy']:.3f} (ROC-AUC {m['roc_auc']:.3f})"
-                         for label, m in card.validation_metrics.items())
+    accuracy = ", ".join(
+        f"{label} {m['accuracy']:.3f} (ROC-AUC {m['roc_auc']:.3f})" for label, m in card.validation_metrics.items()
+    )
     print(f"saved {card.model} and its run card {Path(card.model).with_suffix('.json')}")
-    print(f"validation: {accuracy}; {card.epochs_trained} epochs in {card.time_s:.0f} s, "
-          f"{card.train_images_per_s} training images/s")
+    print(
+        f"validation: {accuracy}; {card.epochs_trained} epochs in {card.time_s:.0f} s, "
+        f"{card.train_images_per_s} training images/s"
+    )
     return 0
 
 
@@ -49,8 +53,11 @@ def _evaluate(cfg) -> int:
             print("\n".join(f"{label}: {how}" for label, how in result["derivations"].items()), "\n")
             print("photos per face status: " + ", ".join(f"{k} {v}" for k, v in result["faces"].items()), "\n")
         print(result["metrics_table"].to_string(), "\n")
-        print(("accuracy per group, worst first\n" if folder else "accuracy per cohort\n")
-              + result["cohorts_table"].to_string(), "\n")
+        print(
+            ("accuracy per group, worst first\n" if folder else "accuracy per cohort\n")
+            + result["cohorts_table"].to_string(),
+            "\n",
+        )
     files = "groups.csv, faces.csv" if folder else "cohorts.csv"
     print(f"wrote {result['out']}/metrics.json, metrics.csv, {files}, predictions.csv")
     return 0
@@ -79,11 +86,17 @@ def _predict(cfg) -> int:
     faceless = [r["file"] for r in results if not r["faces"]]
     warned = sum(bool(face.get("warnings")) for r in results for face in r["faces"])
     if warned:
-        print(f"{warned} face(s) outside what the model was trained on (see the warnings column); "
-              "their scores are less reliable", file=sys.stderr)
+        print(
+            f"{warned} face(s) outside what the model was trained on (see the warnings column); "
+            "their scores are less reliable",
+            file=sys.stderr,
+        )
     if faceless:
-        print(f"no face found in {len(faceless)} image(s): {', '.join(faceless[:5])}"
-              f"{' ...' if len(faceless) > 5 else ''}", file=sys.stderr)
+        print(
+            f"no face found in {len(faceless)} image(s): {', '.join(faceless[:5])}"
+            f"{' ...' if len(faceless) > 5 else ''}",
+            file=sys.stderr,
+        )
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
     return 2 if errors else 0
@@ -106,8 +119,10 @@ def _export(cfg) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(card["model"])
-    print(f"wrote {out} ({card['size_bytes'] / 1e6:.2f} MB; Keras model {card['keras_size_bytes'] / 1e6:.2f} MB) "
-          f"and its card {out.with_suffix('.json')}")
+    print(
+        f"wrote {out} ({card['size_bytes'] / 1e6:.2f} MB; Keras model {card['keras_size_bytes'] / 1e6:.2f} MB) "
+        f"and its card {out.with_suffix('.json')}"
+    )
     print(parity_line(card["parity"]))
     return 0
 
@@ -117,9 +132,11 @@ def _prepare(cfg) -> int:
     from celeba.prepare import prepare
 
     summary = prepare(cfg)
-    print(f"wrote {summary['images']} images at {summary['image_size']} px to {fs_path(cfg.out)} "
-          f"({', '.join(f'{p}: {n}' for p, n in summary['partitions'].items())}; "
-          f"{sum(len(s) for s in summary['shards'].values())} shards)")
+    print(
+        f"wrote {summary['images']} images at {summary['image_size']} px to {fs_path(cfg.out)} "
+        f"({', '.join(f'{p}: {n}' for p, n in summary['partitions'].items())}; "
+        f"{sum(len(s) for s in summary['shards'].values())} shards)"
+    )
     return 0
 
 
@@ -128,6 +145,7 @@ def _config(module: str, name: str) -> Callable[[], type]:
         import importlib
 
         return getattr(importlib.import_module(module), name)
+
     return load
 
 
@@ -149,20 +167,33 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("train a model; writes models/<name>.keras and its run card", _config("celeba.config", "TrainConfig"),
-                     _train, _replay,
-                     "interrupted: run the same command with --resume to continue from the last completed epoch"),
-    "evaluate": Command("per-label and per-cohort metrics of a model on a partition",
-                        _config("celeba.config", "EvalConfig"), _evaluate),
-    "analyze": Command("the bias report: cohorts, confusion, latent space, saliency, calibration",
-                       _config("celeba.analyze", "AnalyzeConfig"), _analyze),
-    "predict": Command("attribute probabilities for every face in photos", _config("celeba.predict", "PredictConfig"),
-                       _predict),
+    "train": Command(
+        "train a model; writes models/<name>.keras and its run card",
+        _config("celeba.config", "TrainConfig"),
+        _train,
+        _replay,
+        "interrupted: run the same command with --resume to continue from the last completed epoch",
+    ),
+    "evaluate": Command(
+        "per-label and per-cohort metrics of a model on a partition", _config("celeba.config", "EvalConfig"), _evaluate
+    ),
+    "analyze": Command(
+        "the bias report: cohorts, confusion, latent space, saliency, calibration",
+        _config("celeba.analyze", "AnalyzeConfig"),
+        _analyze,
+    ),
+    "predict": Command(
+        "attribute probabilities for every face in photos", _config("celeba.predict", "PredictConfig"), _predict
+    ),
     "serve": Command("HTTP service: POST /predict, GET /health, /docs", _config("celeba.serve", "ServeConfig"), _serve),
-    "export": Command("TFLite (float16/int8) or ONNX export with a parity check",
-                      _config("celeba.export", "ExportConfig"), _export),
-    "prepare": Command("sharded TFRecords of a CelebA folder (uint8 at the training size), for remote storage",
-                       _config("celeba.prepare", "PrepareConfig"), _prepare),
+    "export": Command(
+        "TFLite (float16/int8) or ONNX export with a parity check", _config("celeba.export", "ExportConfig"), _export
+    ),
+    "prepare": Command(
+        "sharded TFRecords of a CelebA folder (uint8 at the training size), for remote storage",
+        _config("celeba.prepare", "PrepareConfig"),
+        _prepare,
+    ),
 }
 
 
@@ -172,8 +203,12 @@ COMMANDS: dict[str, Command] = {
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (exit 2), from the modules already imported (no import just to catch)."""
     errors: list[type[BaseException]] = [FileNotFoundError, FileExistsError]
-    for module, names in (("celeba.config", ["ConfigError"]), ("celeba.data", ["CelebADataError"]),
-                          ("celeba.model", ["WeightsError"]), ("celeba.runcard", ["RunCardError"])):
+    for module, names in (
+        ("celeba.config", ["ConfigError"]),
+        ("celeba.data", ["CelebADataError"]),
+        ("celeba.model", ["WeightsError"]),
+        ("celeba.runcard", ["RunCardError"]),
+    ):
         if module in sys.modules:
             errors += [getattr(sys.modules[module], name) for name in names]
     return tuple(errors)
@@ -232,8 +267,10 @@ def describe_os_error(exc: OSError) -> str:
     named = re.search(r"filename = '([^']+)'", text)
     filename = exc.filename or (named[1] if named else None)
     if is_disk_full(exc):
-        return (f"{filename or 'output'}: no space left on device (the last complete model and backup are kept; "
-                f"free space, then run the same command with --resume)")
+        return (
+            f"{filename or 'output'}: no space left on device (the last complete model and backup are kept; "
+            f"free space, then run the same command with --resume)"
+        )
     if filename is not None and exc.strerror:
         return f"{filename}: {' '.join(exc.strerror.split())}"
     return text
@@ -254,6 +291,7 @@ def run_script(cls: type, job: Callable[[Any], Any], argv: Sequence[str] | None 
         cfg = parse_config(cls, argv)
     except _user_errors() as exc:
         fail(str(exc))
+
     def call() -> int:
         job(cfg)  # scripts report what they measured themselves
         return 0
@@ -306,8 +344,10 @@ def usage() -> str:
     width = max(map(len, COMMANDS)) + 2
     lines = [f"  {name:<{width}}{command.help}" for name, command in COMMANDS.items()]
     lines.append(f"  {'test':<{width}}the test suite (pytest arguments pass through)")
-    return ("usage: celeba COMMAND [flags]   (`celeba COMMAND --help` lists a command's flags)\n\n"
-            "Predict CelebA face attributes and make the model's biases visible.\n\ncommands:\n" + "\n".join(lines))
+    return (
+        "usage: celeba COMMAND [flags]   (`celeba COMMAND --help` lists a command's flags)\n\n"
+        "Predict CelebA face attributes and make the model's biases visible.\n\ncommands:\n" + "\n".join(lines)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

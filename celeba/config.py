@@ -8,9 +8,10 @@ import inspect
 import math
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from celeba.data import SAMPLE_DIR
 
@@ -67,10 +68,8 @@ def resolve_model(path: Path) -> Path:
         return path
     if (REPO_ROOT / path).is_file():
         return REPO_ROOT / path
-    hint = ("the default model ships with the repository: is this a complete clone? "
-            if path == DEFAULT_MODEL else "")
-    raise FileNotFoundError(f"{path}: model file not found ({hint}pass --model PATH, or train one with "
-                            f"`celeba train`)")
+    hint = "the default model ships with the repository: is this a complete clone? " if path == DEFAULT_MODEL else ""
+    raise FileNotFoundError(f"{path}: model file not found ({hint}pass --model PATH, or train one with `celeba train`)")
 
 
 @dataclass
@@ -80,9 +79,11 @@ class TrainConfig:
     data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder (official or Kaggle layout)")
     labels: tuple[str, ...] = opt(("Male", "Young"), "any of the 40 CelebA attributes")
     loss: Literal["bce", "weighted-bce", "focal"] = opt(
-        "bce", "bce; weighted-bce: class-balanced weights from the train partition; focal: focal loss, gamma 2")
+        "bce", "bce; weighted-bce: class-balanced weights from the train partition; focal: focal loss, gamma 2"
+    )
     sampling: Literal["natural", "balanced"] = opt(
-        "natural", "natural: the data's own mix; balanced: every label cohort equally often per batch")
+        "natural", "natural: the data's own mix; balanced: every label cohort equally often per batch"
+    )
     weights: str = opt("imagenet", "'imagenet' (downloaded by Keras once), 'none' (from scratch) or a local .h5 file")
     image_size: int = opt(128, "square input side in pixels; ImageNet weights exist for 96, 128, 160, 192, 224")
     batch_size: int = opt(32, "images per batch and replica")
@@ -103,7 +104,8 @@ class TrainConfig:
     resume: bool = opt(False, "continue an interrupted run from its last completed epoch")
     mixed_precision: bool = opt(False, "float16 compute on GPU; ignored (with a warning) on CPU")
     strategy: Literal["auto", "mirrored", "multiworker"] = opt(
-        "auto", "auto: mirrored over the local GPUs if there are several; multiworker: the machines of TF_CONFIG")
+        "auto", "auto: mirrored over the local GPUs if there are several; multiworker: the machines of TF_CONFIG"
+    )
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "epochs", "dense_units", "limit", "train_limit", "val_limit")
@@ -125,8 +127,10 @@ class TrainConfig:
         return specific if specific is not None else self.limit
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
@@ -138,7 +142,7 @@ class TrainConfig:
             if key not in known:
                 continue
             kind, many = _base_type(hints[key])
-            kwargs[key] = (tuple(value) if many else Path(value) if kind is Path and value is not None else value)
+            kwargs[key] = tuple(value) if many else Path(value) if kind is Path and value is not None else value
         return cls(**kwargs), sorted(set(values) - known)
 
 
@@ -146,12 +150,15 @@ class TrainConfig:
 class PhotoFolderOptions:
     """The audit's flags (`--images` and how its truth and groups are read), shared by `evaluate` and `analyze`."""
 
-    images: Path | None = opt(None, "a folder of photos to audit instead of CelebA (faces found like predict; "
-                                    "docs/audit.md)", none="CelebA")
-    labels_csv: Path | None = opt(None, "with --images: CSV with file, labels (Male, Young: 0/1/empty), group columns",
-                                  none="none")
-    filename_pattern: str | None = opt(None, "with --images, instead of a CSV: e.g. '{age}_{gender}_{race}_*.jpg'",
-                                       none="none")
+    images: Path | None = opt(
+        None, "a folder of photos to audit instead of CelebA (faces found like predict; docs/audit.md)", none="CelebA"
+    )
+    labels_csv: Path | None = opt(
+        None, "with --images: CSV with file, labels (Male, Young: 0/1/empty), group columns", none="none"
+    )
+    filename_pattern: str | None = opt(
+        None, "with --images, instead of a CSV: e.g. '{age}_{gender}_{race}_*.jpg'", none="none"
+    )
     derive: tuple[str, ...] = opt((), "labels from other columns, e.g. 'Young=age<30' 'Male=gender==0'")
     map: tuple[str, ...] = opt((), "names for group values, e.g. 'gender:0=male,1=female'")
     min_slice: int = opt(20, "groups smaller than this are listed but never headlined")
@@ -167,8 +174,9 @@ class EvalConfig(PhotoFolderOptions):
     limit: int | None = opt(None, "only the first N images of the partition", none="all")
     batch_size: int = opt(64, "images per prediction batch")
     threshold: float = opt(0.5, "decision threshold on the probabilities")
-    out: Path | None = opt(None, "folder for metrics.json/.csv, cohorts.csv, predictions.csv",
-                           none="reports/<model name>-<partition>/")
+    out: Path | None = opt(
+        None, "folder for metrics.json/.csv, cohorts.csv, predictions.csv", none="reports/<model name>-<partition>/"
+    )
     check_images: bool = opt(True, "decode every image once up front and skip unreadable ones")
     bins: int = opt(5, "quantile bins of numeric group columns")
 
@@ -222,8 +230,9 @@ def flag_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
 
 
-def build_parser(cls: type, description: str | None = None, prog: str | None = None, base: Any = None,
-                 replay: bool = False) -> argparse.ArgumentParser:
+def build_parser(
+    cls: type, description: str | None = None, prog: str | None = None, base: Any = None, replay: bool = False
+) -> argparse.ArgumentParser:
     """An argparse parser from a config dataclass, so flags, defaults and help never drift apart.
 
     `base`: an instance whose values are the defaults (a replayed run); `replay`: add `--config RUN_CARD.json`.
@@ -231,32 +240,50 @@ def build_parser(cls: type, description: str | None = None, prog: str | None = N
     hints = typing.get_type_hints(cls)
     parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__)
     if replay:
-        parser.add_argument("--config", type=Path, metavar="RUN_CARD.json",
-                            help="replay a run: its run card's config is the default of every other flag")
+        parser.add_argument(
+            "--config",
+            type=Path,
+            metavar="RUN_CARD.json",
+            help="replay a run: its run card's config is the default of every other flag",
+        )
     for f in flag_fields(cls):
         default = getattr(base, f.name) if base is not None else f.default
         text = field_help(f, default).replace("%", "%%")
         kind, many = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         if f.metadata.get("positional"):
-            parser.add_argument(f.name, nargs="*", type=kind, default=None, help=text,
-                                metavar=f.metadata.get("metavar", f.name.upper()))
+            parser.add_argument(
+                f.name, nargs="*", type=kind, default=None, help=text, metavar=f.metadata.get("metavar", f.name.upper())
+            )
         elif kind is bool:
             action = parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
             action.help = text  # not argparse's own "(default: True)"
         elif typing.get_origin(kind) is Literal:
             parser.add_argument(flag, choices=typing.get_args(kind), default=default, help=text)
         elif many:  # `--model a b --model c` means all three; an explicit value replaces the default
-            parser.add_argument(flag, type=kind, nargs="+", action="extend", default=None, help=text,
-                                metavar=f.metadata.get("metavar", f.name.upper().rstrip("S")))
+            parser.add_argument(
+                flag,
+                type=kind,
+                nargs="+",
+                action="extend",
+                default=None,
+                help=text,
+                metavar=f.metadata.get("metavar", f.name.upper().rstrip("S")),
+            )
         else:
-            parser.add_argument(flag, type=kind, default=default, help=text,
-                                metavar=f.metadata.get("metavar", f.name.upper()))
+            parser.add_argument(
+                flag, type=kind, default=default, help=text, metavar=f.metadata.get("metavar", f.name.upper())
+            )
     return parser
 
 
-def parse_config(cls: type, argv: Sequence[str] | None = None, description: str | None = None,
-                 prog: str | None = None, load_base: Callable[[Path], Any] | None = None):
+def parse_config(
+    cls: type,
+    argv: Sequence[str] | None = None,
+    description: str | None = None,
+    prog: str | None = None,
+    load_base: Callable[[Path], Any] | None = None,
+):
     """Parse flags (and positionals anywhere among them) into a `cls` instance.
 
     `load_base`: enables `--config RUN_CARD.json`, whose values become the defaults. ConfigError from the
@@ -272,7 +299,9 @@ def parse_config(cls: type, argv: Sequence[str] | None = None, description: str 
     values = vars(parser.parse_intermixed_args(argv))
     values.pop("config", None)
     for f in dataclasses.fields(cls):
-        if values[f.name] is None and (f.metadata.get("positional") or _base_type(typing.get_type_hints(cls)[f.name])[1]):
+        if values[f.name] is None and (
+            f.metadata.get("positional") or _base_type(typing.get_type_hints(cls)[f.name])[1]
+        ):
             values[f.name] = getattr(base, f.name) if base is not None else f.default
         elif isinstance(values[f.name], list):
             values[f.name] = tuple(values[f.name])

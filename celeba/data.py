@@ -11,9 +11,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -110,7 +110,9 @@ def read_attributes(path: Path) -> pd.DataFrame:
                 raise _error(path, f"first line must be the row count, got {declared[:40]!r}")
             missing = [a for a in ATTRIBUTES if a not in header]
             if missing:  # pandas would shift the columns and fail with a TypeError
-                raise _error(path, f"line 2: header lacks attribute(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")
+                raise _error(
+                    path, f"line 2: header lacks attribute(s) {missing[:5]}{'...' if len(missing) > 5 else ''}"
+                )
             # Header has 40 names and rows 41 fields, so pandas makes the file name the index.
             frame = pd.read_csv(io.StringIO(text), sep=r"\s+", skiprows=1, header=0)
             if len(frame) != int(declared):
@@ -130,8 +132,11 @@ def read_attributes(path: Path) -> pd.DataFrame:
     frame = frame[list(ATTRIBUTES)]
     bad = frame.isna().any(axis=1) | ~frame.isin([-1, 1, 0]).all(axis=1)
     if bad.any():
-        raise _error(path, f"row for {bad.idxmax()!r} is incomplete or has values other than -1/1 "
-                           f"({int(bad.sum())} bad rows; truncated file?)")
+        raise _error(
+            path,
+            f"row for {bad.idxmax()!r} is incomplete or has values other than -1/1 "
+            f"({int(bad.sum())} bad rows; truncated file?)",
+        )
     return (frame.astype(np.int8) == 1).astype(np.int8)
 
 
@@ -146,16 +151,17 @@ def read_partitions(path: Path) -> pd.Series:
             frame = pd.read_csv(text, dtype={"image_id": str})
             frame.columns = ["image_id", "partition"]
         else:
-            frame = pd.read_csv(text, sep=r"\s+", header=None, names=["image_id", "partition"],
-                                dtype={"image_id": str})
+            frame = pd.read_csv(text, sep=r"\s+", header=None, names=["image_id", "partition"], dtype={"image_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise _error(path, f"malformed partition file ({exc})") from None
     codes = pd.to_numeric(frame["partition"], errors="coerce")
     if codes.isna().any() or not codes.isin(PARTITIONS).all():
         row = int((codes.isna() | ~codes.isin(PARTITIONS)).idxmax())
         raise _error(path, f"line {row + 1}: partition must be 0, 1 or 2, got {frame['partition'][row]!r}")
-    parts = pd.DataFrame({"partition": codes.astype(int).map(PARTITIONS).values},
-                         index=pd.Index(frame["image_id"].values, name="image_id"))
+    parts = pd.DataFrame(
+        {"partition": codes.astype(int).map(PARTITIONS).values},
+        index=pd.Index(frame["image_id"].values, name="image_id"),
+    )
     return _drop_duplicate_rows(parts, path, "partition rows")["partition"]
 
 
@@ -170,28 +176,42 @@ def _drop_duplicate_rows(frame: pd.DataFrame, path: Path, what: str) -> pd.DataF
     conflicting = distinct.index[distinct.index.duplicated()].unique()
     if len(conflicting):
         first = conflicting[0]
-        values = (rows.loc[first, "partition"].tolist() if "partition" in rows.columns else "different values")
-        raise _error(path, f"{len(conflicting)} image(s) have conflicting {what}, e.g. {first!r}: {values}; "
-                           f"fix the file (an image in two partitions leaks test data into training)")
+        values = rows.loc[first, "partition"].tolist() if "partition" in rows.columns else "different values"
+        raise _error(
+            path,
+            f"{len(conflicting)} image(s) have conflicting {what}, e.g. {first!r}: {values}; "
+            f"fix the file (an image in two partitions leaks test data into training)",
+        )
     dropped = int(frame.index.duplicated().sum())
-    log.warning("%s: %d duplicate %s dropped (e.g. %s)", path, dropped, what,
-                ", ".join(frame.index[frame.index.duplicated()].unique()[:3]))
+    log.warning(
+        "%s: %d duplicate %s dropped (e.g. %s)",
+        path,
+        dropped,
+        what,
+        ", ".join(frame.index[frame.index.duplicated()].unique()[:3]),
+    )
     return frame[~frame.index.duplicated()]
 
 
 def read_identities(path: Path) -> pd.Series:
     """Read `identity_CelebA.txt`: image id -> celebrity id (for identity-aware analysis)."""
     try:
-        frame = pd.read_csv(io.StringIO(read_text(path)), sep=r"\s+", header=None, names=["image_id", "identity"],
-                            dtype={"image_id": str, "identity": "Int64"})
+        frame = pd.read_csv(
+            io.StringIO(read_text(path)),
+            sep=r"\s+",
+            header=None,
+            names=["image_id", "identity"],
+            dtype={"image_id": str, "identity": "Int64"},
+        )
     except (pd.errors.ParserError, ValueError) as exc:
         raise _error(path, f"malformed identity file ({exc})") from None
     return frame.set_index("image_id")["identity"]
 
 
 LANDMARKS_FILE = "list_landmarks_align_celeba.txt"
-LANDMARKS = tuple("lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y "
-                  "leftmouth_x leftmouth_y rightmouth_x rightmouth_y".split())
+LANDMARKS = tuple(
+    "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y".split()
+)
 
 
 def read_landmarks(path: Path) -> pd.DataFrame:
@@ -232,12 +252,15 @@ def pose_proxies(landmarks: pd.DataFrame) -> pd.DataFrame:
     eye_distance = np.hypot(eye_dx, eye_dy)
     eye_x, eye_y = (lm["lefteye_x"] + lm["righteye_x"]) / 2, (lm["lefteye_y"] + lm["righteye_y"]) / 2
     mouth_y = (lm["leftmouth_y"] + lm["rightmouth_y"]) / 2
-    return pd.DataFrame({
-        "pose_yaw": (lm["nose_x"] - eye_x) / eye_distance.replace(0, np.nan),
-        "pose_pitch": (lm["nose_y"] - eye_y) / (mouth_y - eye_y).replace(0, np.nan),
-        "pose_roll": np.degrees(np.arctan2(eye_dy, eye_dx)),
-        "eye_distance": eye_distance,
-    }, index=landmarks.index).astype(np.float32)
+    return pd.DataFrame(
+        {
+            "pose_yaw": (lm["nose_x"] - eye_x) / eye_distance.replace(0, np.nan),
+            "pose_pitch": (lm["nose_y"] - eye_y) / (mouth_y - eye_y).replace(0, np.nan),
+            "pose_roll": np.degrees(np.arctan2(eye_dy, eye_dx)),
+            "eye_distance": eye_distance,
+        },
+        index=landmarks.index,
+    ).astype(np.float32)
 
 
 def _find(data_dir: Path | str, names: Sequence[str]) -> str:
@@ -271,8 +294,9 @@ def image_dir(data_dir: Path | str) -> Path | str:
 def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     unknown = [name for name in labels if name not in ATTRIBUTES]
     if unknown or not labels:
-        raise CelebADataError(f"--labels: unknown attribute(s) {unknown or '(none given)'}; "
-                              f"choose from: {', '.join(ATTRIBUTES)}")
+        raise CelebADataError(
+            f"--labels: unknown attribute(s) {unknown or '(none given)'}; choose from: {', '.join(ATTRIBUTES)}"
+        )
     repeated = sorted({name for name in labels if list(labels).count(name) > 1})
     if repeated:
         raise CelebADataError(f"--labels: {', '.join(repeated)} given more than once")
@@ -299,8 +323,9 @@ def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
         log.warning("%d attribute rows have no partition and are skipped", len(attrs) - len(frame))
     if len(frame) < len(parts):
         lacking = parts.index.difference(attrs.index)
-        log.warning("%d partition rows have no attribute row and are skipped (e.g. %s)", len(lacking),
-                    ", ".join(lacking[:3]))
+        log.warning(
+            "%d partition rows have no attribute row and are skipped (e.g. %s)", len(lacking), ", ".join(lacking[:3])
+        )
     if is_file(join(data_dir, IDENTITY_FILE)):
         frame = frame.join(read_identities(join(data_dir, IDENTITY_FILE)), how="left")
     landmarks = _find_optional(data_dir, LANDMARKS_FILE)
@@ -312,8 +337,13 @@ def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
     has_image = frame.index.isin(present)
     if not has_image.all():
         missing = frame.index[~has_image]
-        log.warning("%d of %d annotated images are not in %s and are skipped (e.g. %s)",
-                    len(missing), len(frame), folder, ", ".join(missing[:3]))
+        log.warning(
+            "%d of %d annotated images are not in %s and are skipped (e.g. %s)",
+            len(missing),
+            len(frame),
+            folder,
+            ", ".join(missing[:3]),
+        )
         frame = frame[has_image]
     if frame.empty:
         raise _error(folder, "no annotated image found in this folder")
@@ -362,8 +392,16 @@ def find_bad_images(paths: Sequence[str], workers: int = 8) -> dict[str, str]:
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(workers) as pool:
-        results = list(tqdm(pool.map(_image_problem, paths), total=len(paths), desc="checking images",
-                            unit="img", disable=len(paths) < 2000, leave=False))
+        results = list(
+            tqdm(
+                pool.map(_image_problem, paths),
+                total=len(paths),
+                desc="checking images",
+                unit="img",
+                disable=len(paths) < 2000,
+                leave=False,
+            )
+        )
     return {path: problem for path, problem in zip(paths, results) if problem}
 
 
@@ -434,7 +472,7 @@ def decode_square(raw, path=""):
         # of margin on each side, cut off afterwards, keeps the pixels identical. Rows need none.
         margin = tf.minimum(left, 16)
         window = tf.stack([top, left - margin, side, tf.minimum(side + 2 * margin, shape[1] - left + margin)])
-        return tf.image.decode_and_crop_jpeg(raw, window, channels=3)[:, margin:margin + side]
+        return tf.image.decode_and_crop_jpeg(raw, window, channels=3)[:, margin : margin + side]
 
     is_jpeg = tf.equal(tf.strings.substr(raw, 0, len(_MAGIC[0])), _MAGIC[0])
     image = tf.cond(is_jpeg, jpeg, lambda: centre_square(decode_image(raw, path)))
@@ -459,9 +497,17 @@ def cohort_keys(y: np.ndarray) -> np.ndarray:
     return (y * (1 << np.arange(y.shape[1]))).sum(axis=1) if y.size else np.zeros(len(y), np.int64)
 
 
-def make_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, batch_size: int,
-                 training: bool = False, cache: bool = False, seed: int = 0, sampling: str = "natural",
-                 threads: int | None = None):
+def make_dataset(
+    rows: pd.DataFrame,
+    labels: Sequence[str],
+    image_size: int,
+    batch_size: int,
+    training: bool = False,
+    cache: bool = False,
+    seed: int = 0,
+    sampling: str = "natural",
+    threads: int | None = None,
+):
     """(image, label) batches: parallel decode -> crop/resize -> [cache] -> shuffle -> batch -> prefetch.
 
     Random augmentation is not here: `celeba.train` runs `make_augmenter` on whole batches inside the
@@ -477,8 +523,10 @@ def make_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, bat
     y = labels_array(rows, labels)
     if training and sampling == "balanced":
         keys = cohort_keys(y)
-        parts = [_decoded(rows[keys == key], labels, image_size, True, cache, seed + int(key)).repeat()
-                 for key in np.unique(keys)]
+        parts = [
+            _decoded(rows[keys == key], labels, image_size, True, cache, seed + int(key)).repeat()
+            for key in np.unique(keys)
+        ]
         ds = tf.data.Dataset.sample_from_datasets(parts, seed=seed, rerandomize_each_iteration=True).take(len(rows))
     else:
         ds = _decoded(rows, labels, image_size, training, cache, seed)
@@ -573,13 +621,18 @@ def records_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, 
 
     ids = rows["image_id"].to_numpy(dtype=str)
     table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), -1)
+        tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), -1
+    )
     y = tf.constant(labels_array(rows, labels))
     shards = list(dict.fromkeys(rows["path"]))  # unique, in order
     if shuffle:
         files = tf.data.Dataset.from_tensor_slices(shards).shuffle(len(shards), seed=seed)
-        ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(shards)),
-                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        ds = files.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(4, len(shards)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=False,
+        )
     else:
         ds = tf.data.TFRecordDataset(shards)
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "image_id": tf.io.FixedLenFeature([], tf.string)}
@@ -592,8 +645,9 @@ def records_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, 
         image = tf.io.decode_raw(image, tf.uint8)
         side = tf.cast(tf.math.sqrt(tf.cast(tf.size(image) // 3, tf.float32)) + 0.5, tf.int32)
         image = tf.reshape(image, [side, side, 3])
-        image = tf.cond(tf.equal(side, image_size), lambda: tf.cast(image, tf.float32),
-                        lambda: resize_square(image, image_size))
+        image = tf.cond(
+            tf.equal(side, image_size), lambda: tf.cast(image, tf.float32), lambda: resize_square(image, image_size)
+        )
         image.set_shape([image_size, image_size, 3])
         return image, tf.gather(y, row)
 
@@ -611,14 +665,21 @@ def make_augmenter(seed: int = 0, framing: bool = True):
     """
     import keras
 
-    framing_layers = [
-        keras.layers.RandomTranslation(0.12, 0.12, fill_mode="reflect", seed=seed),
-        keras.layers.RandomZoom((-0.2, 0.2), fill_mode="reflect", seed=seed),
-    ] if framing else [keras.layers.RandomZoom(0.08, fill_mode="reflect", seed=seed)]
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.03, fill_mode="reflect", seed=seed),
-        *framing_layers,
-        keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
-        keras.layers.RandomContrast(0.1, seed=seed),
-    ], name="augment")
+    framing_layers = (
+        [
+            keras.layers.RandomTranslation(0.12, 0.12, fill_mode="reflect", seed=seed),
+            keras.layers.RandomZoom((-0.2, 0.2), fill_mode="reflect", seed=seed),
+        ]
+        if framing
+        else [keras.layers.RandomZoom(0.08, fill_mode="reflect", seed=seed)]
+    )
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.03, fill_mode="reflect", seed=seed),
+            *framing_layers,
+            keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
+            keras.layers.RandomContrast(0.1, seed=seed),
+        ],
+        name="augment",
+    )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -20,8 +21,9 @@ from celeba.runtime import keras_verbose
 log = logging.getLogger(__name__)
 
 
-def dataset_probabilities(model: keras.Model, rows: pd.DataFrame, labels: Sequence[str], image_size: int,
-            batch_size: int = 64) -> np.ndarray:
+def dataset_probabilities(
+    model: keras.Model, rows: pd.DataFrame, labels: Sequence[str], image_size: int, batch_size: int = 64
+) -> np.ndarray:
     """Probabilities of index rows (CelebA-style aligned images) through the tf.data pipeline, in order."""
     ds = make_dataset(rows, labels, image_size, batch_size, training=False)
     return model.predict(ds, verbose=keras_verbose())
@@ -52,7 +54,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         predictions[f"{label}_prob"] = probs[:, j]
     predictions.to_csv(out / "predictions.csv", index=False)
     result = {
-        "model": str(cfg.model), "partition": cfg.partition, "n": len(rows), "threshold": cfg.threshold,
+        "model": str(cfg.model),
+        "partition": cfg.partition,
+        "n": len(rows),
+        "threshold": cfg.threshold,
         "labels": json.loads(metrics.to_json(orient="index")),
         "cohorts": json.loads(cohorts.to_json(orient="index")),
     }
@@ -67,11 +72,13 @@ def evaluate_folder(cfg: EvalConfig) -> dict[str, Any]:
     from celeba.analysis.population import folder_population
     from celeba.analysis.scoring import run_models
 
-    population = folder_population(cfg.images, cfg.labels_csv, cfg.filename_pattern, cfg.derive, cfg.map, cfg.bins,
-                                   cfg.limit)
+    population = folder_population(
+        cfg.images, cfg.labels_csv, cfg.filename_pattern, cfg.derive, cfg.map, cfg.bins, cfg.limit
+    )
     runs, labels, status = run_models([cfg.model], population.rows, population.detect, cfg.batch_size)
-    analysis = compute(population, labels, {runs[0].name: runs[0].probs}, status, [runs[0].note], cfg.threshold,
-                       cfg.min_slice)
+    analysis = compute(
+        population, labels, {runs[0].name: runs[0].probs}, status, [runs[0].note], cfg.threshold, cfg.min_slice
+    )
     out = cfg.out or Path("reports") / f"{Path(cfg.model).stem}-{Path(cfg.images).name}"
     out.mkdir(parents=True, exist_ok=True)
     metrics = analysis.metrics[runs[0].name]
@@ -80,11 +87,16 @@ def evaluate_folder(cfg: EvalConfig) -> dict[str, Any]:
     groups.to_csv(out / "groups.csv", index=False)
     analysis.faces.to_csv(out / "faces.csv")
     analysis.predictions.to_csv(out / "predictions.csv", index=False)
-    result = {"model": str(cfg.model), "images": str(cfg.images), "n": len(population.rows),
-              "threshold": cfg.threshold, "derivations": analysis.derivations,
-              "faces": json.loads(analysis.faces.loc[("all", "all")].to_json()),
-              "labels": json.loads(metrics.to_json(orient="index")),
-              "skipped": analysis.skipped.to_dict(orient="records")}
+    result = {
+        "model": str(cfg.model),
+        "images": str(cfg.images),
+        "n": len(population.rows),
+        "threshold": cfg.threshold,
+        "derivations": analysis.derivations,
+        "faces": json.loads(analysis.faces.loc[("all", "all")].to_json()),
+        "labels": json.loads(metrics.to_json(orient="index")),
+        "skipped": analysis.skipped.to_dict(orient="records"),
+    }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
 
     columns = ["label", "grouping", "group", "n", "accuracy", "ci_low", "ci_high", "no_face", "small"]

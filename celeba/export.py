@@ -14,9 +14,10 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,13 +38,17 @@ class ParityError(AssertionError):
         self.out, self.check = out, check
         failed = []
         if check["max_abs_diff"] > check["tolerance"]:
-            failed.append(f"max |probability difference| {check['max_abs_diff']:.4f} > tolerance "
-                          f"{check['tolerance']:g}")
+            failed.append(
+                f"max |probability difference| {check['max_abs_diff']:.4f} > tolerance {check['tolerance']:g}"
+            )
         if check["label_agreement"] < check["min_agreement"]:
-            failed.append(f"labels agree on {check['label_agreement']:.2%} of decisions < "
-                          f"{check['min_agreement']:.0%} required")
-        super().__init__(f"{out}: parity check failed on {check['images']} images: {'; '.join(failed)}. "
-                         f"The file is kept so it can be benchmarked; do not ship it as is.")
+            failed.append(
+                f"labels agree on {check['label_agreement']:.2%} of decisions < {check['min_agreement']:.0%} required"
+            )
+        super().__init__(
+            f"{out}: parity check failed on {check['images']} images: {'; '.join(failed)}. "
+            f"The file is kept so it can be benchmarked; do not ship it as is."
+        )
 
 
 def exported_labels(path: Path) -> tuple[str, ...]:
@@ -52,13 +57,17 @@ def exported_labels(path: Path) -> tuple[str, ...]:
 
     card = card_path(path)
     if not card.is_file():
-        raise ModelFileError(f"{card}: card of the exported model not found; it holds the label names "
-                             f"(export again, or copy the .json written with {Path(path).name})")
+        raise ModelFileError(
+            f"{card}: card of the exported model not found; it holds the label names "
+            f"(export again, or copy the .json written with {Path(path).name})"
+        )
     loaded = RunCard.load(card)
     size = loaded.extra.get("size_bytes")
     if size is not None and size != Path(path).stat().st_size:
-        raise ModelFileError(f"{card}: written for a {size}-byte file, but {path} has {Path(path).stat().st_size} "
-                             f"bytes: the card belongs to another export")
+        raise ModelFileError(
+            f"{card}: written for a {size}-byte file, but {path} has {Path(path).stat().st_size} "
+            f"bytes: the card belongs to another export"
+        )
     return tuple(loaded.labels)
 
 
@@ -84,8 +93,9 @@ class TFLiteModel:
         if outputs != len(self.labels):
             from celeba.model import ModelFileError
 
-            raise ModelFileError(f"{path}: model has {outputs} outputs but its card names {len(self.labels)} "
-                                 f"labels {list(self.labels)}")
+            raise ModelFileError(
+                f"{path}: model has {outputs} outputs but its card names {len(self.labels)} labels {list(self.labels)}"
+            )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
@@ -126,8 +136,9 @@ def load_exported(path: Path) -> TFLiteModel | OnnxModel:
     return OnnxModel(path) if Path(path).suffix == ".onnx" else TFLiteModel(path)
 
 
-def _batches(data_dir: Path, partition: str | None, limit: int | None, image_size: int,
-             batch_size: int) -> Iterator[np.ndarray]:
+def _batches(
+    data_dir: Path, partition: str | None, limit: int | None, image_size: int, batch_size: int
+) -> Iterator[np.ndarray]:
     from celeba.data import load_index, make_dataset, split
 
     index = load_index(data_dir)
@@ -136,8 +147,9 @@ def _batches(data_dir: Path, partition: str | None, limit: int | None, image_siz
         yield x.numpy()
 
 
-def convert(model, quantize: Literal["none", "float16", "int8", "int16x8"], representative: Iterator[np.ndarray] | None = None
-            ) -> bytes:
+def convert(
+    model, quantize: Literal["none", "float16", "int8", "int16x8"], representative: Iterator[np.ndarray] | None = None
+) -> bytes:
     """TFLite flatbuffer bytes. Keras 3 models go through a SavedModel, the converter's supported input."""
     import tensorflow as tf
 
@@ -154,8 +166,10 @@ def convert(model, quantize: Literal["none", "float16", "int8", "int16x8"], repr
             converter.representative_dataset = lambda: ([x[None]] for batch in representative for x in batch)
             # int16x8: int8 weights (the same size) with int16 activations, for decisions near the threshold.
             converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if quantize == "int8"
-                else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+                if quantize == "int8"
+                else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
         return converter.convert()
 
 
@@ -185,8 +199,12 @@ def parity(model, lite, batches: Iterator[np.ndarray], threshold: float = 0.5) -
         lite_probs.append(lite(x))
     a, b = np.concatenate(keras_probs), np.concatenate(lite_probs)
     diff = np.abs(a - b)
-    return {"images": len(a), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "label_agreement": float(((a >= threshold) == (b >= threshold)).mean())}
+    return {
+        "images": len(a),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "label_agreement": float(((a >= threshold) == (b >= threshold)).mean()),
+    }
 
 
 @dataclass
@@ -196,16 +214,26 @@ class ExportConfig:
     model: Path = opt(DEFAULT_MODEL, "the saved .keras model (run card beside it) to export")
     format: Literal["tflite", "onnx"] = opt("tflite", "tflite (TensorFlow Lite) or onnx (onnxruntime)")
     quantize: Literal["none", "float16", "int8", "int16x8"] = opt(
-        "float16", "tflite only (onnx is exported as float32): float16 weights, int8 weights and activations, or "
-                   "int16x8 (int8 weights, int16 activations)")
-    out: Path | None = opt(None, "the exported file; its card goes beside it",
-                           none="beside the model, <name>-<quantize>.tflite or <name>-float32.onnx")
+        "float16",
+        "tflite only (onnx is exported as float32): float16 weights, int8 weights and activations, or "
+        "int16x8 (int8 weights, int16 activations)",
+    )
+    out: Path | None = opt(
+        None,
+        "the exported file; its card goes beside it",
+        none="beside the model, <name>-<quantize>.tflite or <name>-float32.onnx",
+    )
     data_dir: Path = opt(SAMPLE_DIR, "int8/int16x8 calibration images come from this folder's train partition")
     representative: int = opt(100, "training images for int8/int16x8 calibration")
-    parity_dir: Path = opt(SAMPLE_DIR, "every image of this CelebA folder goes through both models for the parity check")
+    parity_dir: Path = opt(
+        SAMPLE_DIR, "every image of this CelebA folder goes through both models for the parity check"
+    )
     parity_limit: int | None = opt(None, "at most N parity images", none="all")
-    tolerance: float | None = opt(None, "largest allowed |probability difference| between the two models",
-                                  none="none 1e-4, float16 0.01, int8 0.1, int16x8 0.05")
+    tolerance: float | None = opt(
+        None,
+        "largest allowed |probability difference| between the two models",
+        none="none 1e-4, float16 0.01, int8 0.1, int16x8 0.05",
+    )
     min_agreement: float = opt(0.99, "fraction of (image, label) decisions that must agree")
     batch_size: int = opt(32, "images per conversion and parity batch")
     force: bool = opt(False, "replace an existing --out file (of the same kind)")
@@ -250,15 +278,18 @@ def check_out(out: Path, fmt: str, model: Path, force: bool) -> None:
     if out.exists():
         kind = file_kind(out) if out.is_file() else "folder"
         if kind != fmt:
-            raise FileExistsError(f"--out {out}: exists and is a {kind} file, not a {fmt} model; "
-                                  f"not replacing it (not even with --force)")
+            raise FileExistsError(
+                f"--out {out}: exists and is a {kind} file, not a {fmt} model; not replacing it (not even with --force)"
+            )
         if not force:
             raise FileExistsError(f"--out {out}: exists; pass --force to replace it")
     card = card_path(out)
     if card.exists():
         if "source_model" not in read_card(card):
-            raise FileExistsError(f"--out {out}: {card} is the run card of a trained model, which the export's "
-                                  f"card would replace; pick another --out")
+            raise FileExistsError(
+                f"--out {out}: {card} is the run card of a trained model, which the export's "
+                f"card would replace; pick another --out"
+            )
         if not force:
             raise FileExistsError(f"--out {out}: {card} exists; pass --force to replace it")
 
@@ -266,7 +297,6 @@ def check_out(out: Path, fmt: str, model: Path, force: bool) -> None:
 def export(cfg: ExportConfig) -> dict[str, Any]:
     """Write the .tflite and its card (labels, parity), raise ParityError when parity fails."""
     from celeba.model import load_model, model_image_size
-
     from celeba.train import atomic_path
 
     cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
@@ -280,16 +310,32 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     log.info("converting %s to %s (%s)", cfg.model, cfg.format, cfg.quantize)
     if cfg.format == "onnx":
         source = RunCard.load(cfg.model) if card_path(cfg.model).is_file() else None
-        flatbuffer = convert_onnx(model, metadata={  # JSON values: what celeba reads back (leap_binder.py)
-            "labels": json.dumps(list(labels)), "image_size": str(size),
-            "class_weights": json.dumps(source.class_weights if source else None)})
+        flatbuffer = convert_onnx(
+            model,
+            metadata={  # JSON values: what celeba reads back (leap_binder.py)
+                "labels": json.dumps(list(labels)),
+                "image_size": str(size),
+                "class_weights": json.dumps(source.class_weights if source else None),
+            },
+        )
     else:
-        representative = (_batches(cfg.data_dir, "train", cfg.representative, size, cfg.batch_size)
-                          if cfg.quantize in ("int8", "int16x8") else None)
+        representative = (
+            _batches(cfg.data_dir, "train", cfg.representative, size, cfg.batch_size)
+            if cfg.quantize in ("int8", "int16x8")
+            else None
+        )
         flatbuffer = convert(model, cfg.quantize, representative)
-    card = RunCard(model=str(out), config={"labels": list(labels), "image_size": size},
-                   extra={"source_model": str(cfg.model), "format": cfg.format, "quantize": cfg.quantize,
-                          "size_bytes": len(flatbuffer), "keras_size_bytes": Path(cfg.model).stat().st_size})
+    card = RunCard(
+        model=str(out),
+        config={"labels": list(labels), "image_size": size},
+        extra={
+            "source_model": str(cfg.model),
+            "format": cfg.format,
+            "quantize": cfg.quantize,
+            "size_bytes": len(flatbuffer),
+            "keras_size_bytes": Path(cfg.model).stat().st_size,
+        },
+    )
     card.save(card_path(out))  # labels first: the exported model reads them
     with atomic_path(out) as tmp:
         tmp.write_bytes(flatbuffer)
@@ -311,8 +357,12 @@ def verify(model, out: Path, cfg: ExportConfig) -> dict[str, Any]:
     tolerance = TOLERANCE[cfg.quantize] if cfg.tolerance is None else cfg.tolerance
     size = model_image_size(model)
     check = parity(model, load_exported(out), _batches(cfg.parity_dir, None, cfg.parity_limit, size, cfg.batch_size))
-    check |= {"tolerance": tolerance, "min_agreement": cfg.min_agreement, "parity_dir": str(cfg.parity_dir),
-              "passed": check["max_abs_diff"] <= tolerance and check["label_agreement"] >= cfg.min_agreement}
+    check |= {
+        "tolerance": tolerance,
+        "min_agreement": cfg.min_agreement,
+        "parity_dir": str(cfg.parity_dir),
+        "passed": check["max_abs_diff"] <= tolerance and check["label_agreement"] >= cfg.min_agreement,
+    }
     if not check["passed"]:
         raise ParityError(out, check)
     return check
@@ -320,7 +370,9 @@ def verify(model, out: Path, cfg: ExportConfig) -> dict[str, Any]:
 
 def parity_line(check: dict[str, Any]) -> str:
     """One readable line of a parity check, for the CLI."""
-    return (f"parity on {check['images']} images: max |dp| {check['max_abs_diff']:.5f} "
-            f"(tolerance {check['tolerance']:g}), mean |dp| {check['mean_abs_diff']:.5f}, "
-            f"labels agree {check['label_agreement']:.2%} (need {check['min_agreement']:.0%}): "
-            f"{'PASS' if check['passed'] else 'FAIL'}")
+    return (
+        f"parity on {check['images']} images: max |dp| {check['max_abs_diff']:.5f} "
+        f"(tolerance {check['tolerance']:g}), mean |dp| {check['mean_abs_diff']:.5f}, "
+        f"labels agree {check['label_agreement']:.2%} (need {check['min_agreement']:.0%}): "
+        f"{'PASS' if check['passed'] else 'FAIL'}"
+    )

@@ -25,9 +25,10 @@ Every face carries warnings where it is outside what the model saw in training (
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from typing import Iterable, Literal
+from functools import cache
+from typing import Literal
 
 import numpy as np
 
@@ -113,18 +114,25 @@ class FaceCrop:
 
     def info(self) -> dict:
         """The JSON-ready description (everything but the pixels)."""
-        return {"box": self.box.as_dict(), "method": self.method,
-                "score": None if self.score is None else round(self.score, 4),
-                "landmarks": None if self.landmarks is None else
-                {name: [round(float(x), 1), round(float(y), 1)] for name, (x, y) in zip(LANDMARK_NAMES, self.landmarks)},
-                "roll": None if self.roll is None else round(self.roll, 1),
-                "partial_face": self.partial_face, "warnings": list(self.warnings)}
+        return {
+            "box": self.box.as_dict(),
+            "method": self.method,
+            "score": None if self.score is None else round(self.score, 4),
+            "landmarks": None
+            if self.landmarks is None
+            else {
+                name: [round(float(x), 1), round(float(y), 1)] for name, (x, y) in zip(LANDMARK_NAMES, self.landmarks)
+            },
+            "roll": None if self.roll is None else round(self.roll, 1),
+            "partial_face": self.partial_face,
+            "warnings": list(self.warnings),
+        }
 
 
 # --------------------------------------------------------------------------- detectors
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cascade():
     import cv2
 
@@ -134,7 +142,7 @@ def _cascade():
     return detector
 
 
-@lru_cache(maxsize=None)
+@cache
 def _blazeface():
     import math
 
@@ -180,8 +188,10 @@ def detect_faces(rgb: np.ndarray, min_face: float = 0.08, min_neighbors: int = 5
     gray, p = _pad(gray, pad)
     with _LOCK:
         found = _cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=min_neighbors, minSize=(side, side))
-    boxes = [Box(*(int(round(v)) for v in ((x - p) / scale, (y - p) / scale, w / scale, h / scale)))
-             for x, y, w, h in np.reshape(found, (-1, 4))]
+    boxes = [
+        Box(*(int(round(v)) for v in ((x - p) / scale, (y - p) / scale, w / scale, h / scale)))
+        for x, y, w, h in np.reshape(found, (-1, 4))
+    ]
     boxes = [b for b in boxes if _centred_inside(b, rgb.shape)]
     return sorted(boxes, key=lambda b: b.w * b.h, reverse=True)
 
@@ -240,9 +250,13 @@ def alignment_matrix(landmarks: np.ndarray) -> np.ndarray:
     import cv2
 
     # A threshold no point can exceed makes RANSAC keep all five, and the refinement a least-squares fit.
-    matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32).reshape(-1, 1, 2),
-                                            CELEBA_LANDMARKS.reshape(-1, 1, 2), method=cv2.RANSAC,
-                                            ransacReprojThreshold=1e9, refineIters=20)
+    matrix, _ = cv2.estimateAffinePartial2D(
+        np.asarray(landmarks, np.float32).reshape(-1, 1, 2),
+        CELEBA_LANDMARKS.reshape(-1, 1, 2),
+        method=cv2.RANSAC,
+        ransacReprojThreshold=1e9,
+        refineIters=20,
+    )
     if matrix is None:  # degenerate landmarks (all on one point)
         raise ValueError("landmarks do not define a similarity transform")
     return matrix
@@ -267,10 +281,16 @@ def warp(rgb: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, float]:
         matrix = matrix @ np.diag([1 / fx, 1 / fy, 1.0])
         rgb = small
     crop = cv2.warpAffine(rgb, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    inside = cv2.warpAffine(np.ones(rgb.shape[:2], np.float32), matrix, (out_w, out_h), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    inside = cv2.warpAffine(
+        np.ones(rgb.shape[:2], np.float32),
+        matrix,
+        (out_w, out_h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     top = (out_h - out_w) // 2
-    return crop, float(1.0 - inside[top:top + out_w].mean())
+    return crop, float(1.0 - inside[top : top + out_w].mean())
 
 
 def crop_face(rgb: np.ndarray, box: Box, framing: Framing = CELEBA_FRAMING) -> np.ndarray:
@@ -291,18 +311,19 @@ def roll_and_yaw(landmarks: np.ndarray) -> tuple[float, float, float]:
     distance = float(np.hypot(*eye))
     if distance == 0:
         return 0.0, 0.0, 0.0
-    yaw = float(np.dot(nose - (left + right) / 2, eye) / distance ** 2)
+    yaw = float(np.dot(nose - (left + right) / 2, eye) / distance**2)
     return float(np.degrees(np.arctan2(eye[1], eye[0]))), yaw, distance
 
 
 def brightness(crop: np.ndarray) -> float:
     """Mean grey level (0-255) of the model's view of a 178x218 crop (its centre square)."""
     top = (crop.shape[0] - crop.shape[1]) // 2
-    return float((np.asarray(crop[top:top + crop.shape[1], :, :3], np.float32) @ [0.299, 0.587, 0.114]).mean())
+    return float((np.asarray(crop[top : top + crop.shape[1], :, :3], np.float32) @ [0.299, 0.587, 0.114]).mean())
 
 
-def face_warnings(score: float | None, landmarks: np.ndarray | None, partial: bool,
-                  light: float | None = None) -> tuple[str, ...]:
+def face_warnings(
+    score: float | None, landmarks: np.ndarray | None, partial: bool, light: float | None = None
+) -> tuple[str, ...]:
     """Why a face is outside what CelebA's training images look like (empty: nothing known to be wrong)."""
     out = []
     if landmarks is None:
@@ -336,8 +357,16 @@ def _from_detection(rgb: np.ndarray, det: Detection) -> FaceCrop:
     light = brightness(crop)
     if light < MIN_BRIGHTNESS:  # CelebA has almost no dark photos: give the model the exposure it knows
         crop = np.clip(crop.astype(np.float32) * (CELEBA_BRIGHTNESS / max(light, 1.0)), 0, 255).astype(np.uint8)
-    return FaceCrop(det.box, crop, method, det.score, det.landmarks, roll, partial,
-                    face_warnings(det.score, det.landmarks, partial, light))
+    return FaceCrop(
+        det.box,
+        crop,
+        method,
+        det.score,
+        det.landmarks,
+        roll,
+        partial,
+        face_warnings(det.score, det.landmarks, partial, light),
+    )
 
 
 def find_faces(rgb: np.ndarray, max_faces: int = 10, detector: Detector = "blazeface") -> list[FaceCrop]:
@@ -377,8 +406,9 @@ def measure_framing(images: Iterable[np.ndarray]) -> tuple[Framing, int, int]:
             continue
         b = boxes[0]
         height, width = rgb.shape[:2]
-        ratios.append((width / b.w, height / b.w, (width / 2 - b.x - b.w / 2) / b.w,
-                       (height / 2 - b.y - b.h / 2) / b.w))
+        ratios.append(
+            (width / b.w, height / b.w, (width / 2 - b.x - b.w / 2) / b.w, (height / 2 - b.y - b.h / 2) / b.w)
+        )
     if not ratios:
         raise ValueError("no face found in any image: cannot measure the framing")
     return Framing(*(round(float(v), 3) for v in np.median(ratios, axis=0))), len(ratios), seen
@@ -422,8 +452,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.landmarks:
         mean, max_yaw, found, seen = measure_landmarks(images)
         print(f"CELEBA_LANDMARKS = {mean.tolist()}  # {', '.join(LANDMARK_NAMES)}")
-        print(f"CELEBA_MAX_YAW = {max_yaw}  (face found in {found} of {seen} images; in use: "
-              f"{CELEBA_LANDMARKS.tolist()}, {CELEBA_MAX_YAW})")
+        print(
+            f"CELEBA_MAX_YAW = {max_yaw}  (face found in {found} of {seen} images; in use: "
+            f"{CELEBA_LANDMARKS.tolist()}, {CELEBA_MAX_YAW})"
+        )
     else:
         framing, found, seen = measure_framing(images)
         print(f"{framing} (face found in {found} of {seen} images; in use: {CELEBA_FRAMING})")

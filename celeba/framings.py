@@ -7,7 +7,7 @@ labels are the aligned image's labels. Face size is measured in units of the Haa
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -26,8 +26,13 @@ def _background(rgb: np.ndarray) -> tuple[int, ...]:
 def _warp(rgb: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import cv2
 
-    return cv2.warpAffine(rgb, matrix, size, flags=cv2.INTER_AREA if matrix[0, 0] < 1 else cv2.INTER_CUBIC,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        rgb,
+        matrix,
+        size,
+        flags=cv2.INTER_AREA if matrix[0, 0] < 1 else cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
 def tight(rgb: np.ndarray, fill: float = 0.9, side: int = 224) -> np.ndarray:
@@ -39,7 +44,9 @@ def tight(rgb: np.ndarray, fill: float = 0.9, side: int = 224) -> np.ndarray:
     return _warp(rgb, matrix, (side, side))
 
 
-def on_canvas(rgb: np.ndarray, face_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float]]:
+def on_canvas(
+    rgb: np.ndarray, face_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, tuple[float, float]]:
     """(4:3 photo in which the face is `face_fraction` of the width, face centre): the aligned image pasted at a
     random place on a plain canvas of its background colour."""
     h, w = rgb.shape[:2]
@@ -48,7 +55,7 @@ def on_canvas(rgb: np.ndarray, face_fraction: float, rng: np.random.Generator) -
     canvas = np.empty((height, width, 3), np.uint8)
     canvas[:] = _background(rgb)
     y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-    canvas[y:y + h, x:x + w] = rgb
+    canvas[y : y + h, x : x + w] = rgb
     return canvas, (x + FACE_CENTRE[0], y + FACE_CENTRE[1])
 
 
@@ -58,8 +65,9 @@ def rotated(rgb: np.ndarray, degrees: float, rng: np.random.Generator) -> np.nda
 
     photo, centre = on_canvas(rgb, 1 / 3, rng)
     matrix = cv2.getRotationMatrix2D(centre, degrees, 1.0)
-    return cv2.warpAffine(photo, matrix, (photo.shape[1], photo.shape[0]), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        photo, matrix, (photo.shape[1], photo.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 def scaled(rgb: np.ndarray, factor: float) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -29,8 +29,9 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
     Registered and serializable: `keras.models.load_model` restores it once `celeba.losses` is imported.
     """
 
-    def __init__(self, pos_weights: Sequence[float], neg_weights: Sequence[float],
-                 name: str = "weighted_bce", **kwargs):
+    def __init__(
+        self, pos_weights: Sequence[float], neg_weights: Sequence[float], name: str = "weighted_bce", **kwargs
+    ):
         super().__init__(name=name, **kwargs)
         self.pos_weights = [float(w) for w in pos_weights]
         self.neg_weights = [float(w) for w in neg_weights]
@@ -38,8 +39,9 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
         per_element = ops.binary_crossentropy(y_true, y_pred)
-        weights = (y_true * ops.convert_to_tensor(self.pos_weights, y_pred.dtype)
-                   + (1.0 - y_true) * ops.convert_to_tensor(self.neg_weights, y_pred.dtype))
+        weights = y_true * ops.convert_to_tensor(self.pos_weights, y_pred.dtype) + (
+            1.0 - y_true
+        ) * ops.convert_to_tensor(self.neg_weights, y_pred.dtype)
         return ops.mean(per_element * weights, axis=-1)
 
     def get_config(self):

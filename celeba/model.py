@@ -7,8 +7,8 @@ import json
 import logging
 import warnings
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import keras
 
@@ -42,19 +42,22 @@ def _backbone(inputs, weights: str):
     if spec == "imagenet" and size not in IMAGENET_SIZES:
         raise WeightsError(f"--image-size {size}: ImageNet weights exist only for sizes {IMAGENET_SIZES}")
     try:
-        return keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=spec,
-                                                 input_tensor=inputs, pooling=None)
+        return keras.applications.MobileNetV2(
+            input_shape=(size, size, 3), include_top=False, weights=spec, input_tensor=inputs, pooling=None
+        )
     except Exception as exc:
         if spec != "imagenet":
             raise WeightsError(f"{spec}: could not load MobileNetV2 weights ({exc})") from exc
         raise WeightsError(
             f"could not download the ImageNet weights for MobileNetV2 ({type(exc).__name__}: {exc}). "
             f"Offline? Pass --weights PATH/TO/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5 "
-            f"or --weights none to train from scratch.") from exc
+            f"or --weights none to train from scratch."
+        ) from exc
 
 
-def build_model(n_labels: int, image_size: int = 128, weights: str = "imagenet",
-                dense_units: int = 128, dropout: float = 0.3) -> keras.Model:
+def build_model(
+    n_labels: int, image_size: int = 128, weights: str = "imagenet", dense_units: int = 128, dropout: float = 0.3
+) -> keras.Model:
     """Inputs are float32 pixels in [0, 255]: the [-1, 1] scaling lives inside the model, once."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
@@ -76,8 +79,9 @@ def build_model(n_labels: int, image_size: int = 128, weights: str = "imagenet",
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
     head = set(HEAD_LAYERS) | {"head_relu"}
-    return [layer for layer in model.layers
-            if layer.name not in head and not isinstance(layer, keras.layers.InputLayer)]
+    return [
+        layer for layer in model.layers if layer.name not in head and not isinstance(layer, keras.layers.InputLayer)
+    ]
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool, freeze_batchnorm: bool = True) -> None:
@@ -151,11 +155,15 @@ def model_labels(model_path: Path, card: RunCard | None) -> tuple[str, ...]:
     """The labels inside the model file, checked against its run card; the card alone for older models."""
     inside, beside = embedded_labels(model_path), (tuple(card.labels) if card is not None else None)
     if inside is not None and beside is not None and inside != beside:
-        raise ModelFileError(f"{model_path}: the model's labels {list(inside)} disagree with its run card "
-                             f"{card_path(model_path)} ({list(beside)}): the card belongs to another model")
+        raise ModelFileError(
+            f"{model_path}: the model's labels {list(inside)} disagree with its run card "
+            f"{card_path(model_path)} ({list(beside)}): the card belongs to another model"
+        )
     if inside is None and beside is None:
-        raise ModelFileError(f"{card_path(model_path)}: run card not found, and {model_path} holds no labels of "
-                             f"its own (put the run card saved with the model beside it)")
+        raise ModelFileError(
+            f"{card_path(model_path)}: run card not found, and {model_path} holds no labels of "
+            f"its own (put the run card saved with the model beside it)"
+        )
     return inside or beside
 
 
@@ -180,8 +188,10 @@ def load_model(model_path: Path, labels: Sequence[str] | None = None) -> tuple[k
         with without_optimizer_warnings():
             model = keras.models.load_model(model_path)
     except Exception as exc:  # Keras raises many types for a corrupt file; the file exists, so say what is wrong
-        raise ModelFileError(f"{model_path}: cannot load the model ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else 'corrupt file'})") from None
+        raise ModelFileError(
+            f"{model_path}: cannot load the model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'corrupt file'})"
+        ) from None
     labels = tuple(labels)
     if model.output_shape[-1] != len(labels):
         raise ModelFileError(f"{model_path}: model has {model.output_shape[-1]} outputs but labels are {labels}")

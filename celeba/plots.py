@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -27,18 +27,34 @@ def save(fig: plt.Figure, path: Path, note: str = "") -> Path:
 
 
 def _grid(nrows: int, ncols: int, cell: tuple[float, float]) -> tuple[plt.Figure, np.ndarray]:
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell[0] * ncols, cell[1] * nrows), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(cell[0] * ncols, cell[1] * nrows), squeeze=False, layout="constrained"
+    )
     return fig, axes
 
 
-def _matrix(ax: plt.Axes, colour: np.ndarray, text: np.ndarray, rows: Sequence[str], cols: Sequence[str],
-            vmin: float = 0.5, vmax: float = 1.0, cmap: str = ACCURACY_CMAP) -> None:
+def _matrix(
+    ax: plt.Axes,
+    colour: np.ndarray,
+    text: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    vmin: float = 0.5,
+    vmax: float = 1.0,
+    cmap: str = ACCURACY_CMAP,
+) -> None:
     """A small annotated heatmap; empty cells (NaN) stay white."""
     ax.imshow(np.ma.masked_invalid(colour), cmap=cmap, vmin=vmin, vmax=vmax)
     for (i, j), value in np.ndenumerate(text):
-        ax.text(j, i, value, ha="center", va="center", fontsize=9,
-                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.75, "lw": 0})
+        ax.text(
+            j,
+            i,
+            value,
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.75, "lw": 0},
+        )
     ax.set_xticks(range(len(cols)), [c.replace("Not ", "Not\n").replace("_", " ") for c in cols])
     ax.set_yticks(range(len(rows)), [r.replace("_", " ") for r in rows])
     ax.tick_params(length=0)
@@ -48,8 +64,9 @@ def _levels(attribute: str) -> list[str]:
     return [attribute, f"Not {attribute}"]
 
 
-def cohort_heatmaps(tables: Mapping[str, pd.DataFrame], pair: tuple[str, str], labels: Sequence[str],
-                    path: Path, note: str = "") -> Path:
+def cohort_heatmaps(
+    tables: Mapping[str, pd.DataFrame], pair: tuple[str, str], labels: Sequence[str], path: Path, note: str = ""
+) -> Path:
     """Accuracy of every label over the 2x2 cohorts of `pair`, with the cell counts; one row per model."""
     a, b = pair
     fig, axes = _grid(len(tables), len(labels), (3.2, 2.6))
@@ -69,12 +86,13 @@ def cohort_heatmaps(tables: Mapping[str, pd.DataFrame], pair: tuple[str, str], l
     return save(fig, path, note)
 
 
-def train_distribution(tables: Mapping[tuple[str, str], pd.DataFrame], labels: Sequence[str], path: Path,
-                       note: str = "") -> Path:
+def train_distribution(
+    tables: Mapping[tuple[str, str], pd.DataFrame], labels: Sequence[str], path: Path, note: str = ""
+) -> Path:
     """Training images per cohort and how often each label is positive there: where the model saw few examples."""
     ncols = min(2, len(tables))
     fig, axes = _grid(-(-len(tables) // ncols), ncols, (3.6, 3.1))
-    for ax in axes.flat[len(tables):]:
+    for ax in axes.flat[len(tables) :]:
         ax.axis("off")
     for ax, ((a, b), table) in zip(axes.flat, tables.items()):
         share = np.full((2, 2), np.nan)
@@ -84,8 +102,9 @@ def train_distribution(tables: Mapping[tuple[str, str], pd.DataFrame], labels: S
                 name = f"{row} & {col}"
                 if name in table.index:
                     share[i, j] = table.at[name, "share"]
-                    rates = "\n".join(f"{label} {table.at[name, f'{label}_positive']:.0%}" for label in labels
-                                      if label not in (a, b))
+                    rates = "\n".join(
+                        f"{label} {table.at[name, f'{label}_positive']:.0%}" for label in labels if label not in (a, b)
+                    )
                     text[i, j] = f"n={int(table.at[name, 'n'])} ({share[i, j]:.0%})" + (f"\n{rates}" if rates else "")
         _matrix(ax, share, text, _levels(a), _levels(b), vmin=0.0, vmax=max(0.5, np.nanmax(share)), cmap="Blues")
         ax.set_title(f"{a} x {b}")
@@ -102,16 +121,24 @@ def confusion_grid(tables: Mapping[str, pd.DataFrame], path: Path, note: str = "
             counts = np.array([[row.tn, row.fp], [row.fn, row.tp]], dtype=float)
             rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
             text = np.vectorize(lambda n, p: f"{int(n)}\n{p:.0%}")(counts, rates)
-            _matrix(axes[r, c], rates, text, [f"not {label}", label], ["pred 0", "pred 1"], vmin=0, vmax=1,
-                    cmap="Blues")
+            _matrix(
+                axes[r, c], rates, text, [f"not {label}", label], ["pred 0", "pred 1"], vmin=0, vmax=1, cmap="Blues"
+            )
             axes[r, c].set_ylabel("true")
             axes[r, c].set_title(f"{model}\n{label}" + ("" if group == "all" else f" | {group}"))
     fig.suptitle("Confusion matrices (count, rate within the true class)")
     return save(fig, path, note)
 
 
-def latent_space(points: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str], title: str,
-                 path: Path, note: str = "") -> Path:
+def latent_space(
+    points: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    labels: Sequence[str],
+    title: str,
+    path: Path,
+    note: str = "",
+) -> Path:
     """2-D projection of the embeddings, coloured by ground truth (left) and by prediction (right), per label."""
     fig, axes = _grid(len(labels), 2, (3.6, 3.3))
     colours = np.array(["#1f77b4", "#d62728"])
@@ -129,8 +156,7 @@ def latent_space(points: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, lab
     return save(fig, path, note)
 
 
-def gradcam_grid(rows: Sequence[tuple[str, np.ndarray, Sequence[str]]], title: str, path: Path,
-                 note: str = "") -> Path:
+def gradcam_grid(rows: Sequence[tuple[str, np.ndarray, Sequence[str]]], title: str, path: Path, note: str = "") -> Path:
     """Rows of Grad-CAM overlays: (row title, uint8 images (k, H, W, 3), one caption per image)."""
     ncols = max(len(images) for _, images, _ in rows)
     fig, axes = _grid(len(rows), max(ncols, 1), (1.6, 1.9))
@@ -141,14 +167,16 @@ def gradcam_grid(rows: Sequence[tuple[str, np.ndarray, Sequence[str]]], title: s
             if c < len(images):
                 ax.imshow(images[c])
                 ax.set_title(captions[c], fontsize=8)
-        axes[r, 0].text(-0.08, 0.5, row_title, transform=axes[r, 0].transAxes, rotation=90, ha="right",
-                        va="center", fontsize=9)
+        axes[r, 0].text(
+            -0.08, 0.5, row_title, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=9
+        )
     fig.suptitle(title)
     return save(fig, path, note)
 
 
-def slice_curves(tables: Mapping[str, pd.DataFrame], labels: Sequence[str], stats: Sequence[str], path: Path,
-                 note: str = "") -> Path:
+def slice_curves(
+    tables: Mapping[str, pd.DataFrame], labels: Sequence[str], stats: Sequence[str], path: Path, note: str = ""
+) -> Path:
     """Accuracy per quantile bin of each image statistic (x ticks: bin and its size), one line per model."""
     fig, axes = _grid(len(labels), len(stats), (4.4, 2.9))
     for c, stat in enumerate(stats):
@@ -159,11 +187,19 @@ def slice_curves(tables: Mapping[str, pd.DataFrame], labels: Sequence[str], stat
                 part = table[table["kind"] == stat]
                 acc = part[f"{label}_accuracy"].to_numpy()
                 error = np.sqrt(acc * (1 - acc) / np.maximum(part["n"].to_numpy(), 1))  # binomial standard error
-                ax.errorbar(np.arange(len(part)) + 0.06 * k, acc, error, fmt="o-", capsize=3,
-                            color=MODEL_COLOURS[k % 10], label=model)
+                ax.errorbar(
+                    np.arange(len(part)) + 0.06 * k,
+                    acc,
+                    error,
+                    fmt="o-",
+                    capsize=3,
+                    color=MODEL_COLOURS[k % 10],
+                    label=model,
+                )
                 lowest = min(lowest, np.nanmin(acc - error) - 0.03)
-            ax.set_xticks(range(len(part)), [f"{s.split(' ', 1)[1]}\nn={n}" for s, n in zip(part.index, part["n"])],
-                          fontsize=7)
+            ax.set_xticks(
+                range(len(part)), [f"{s.split(' ', 1)[1]}\nn={n}" for s, n in zip(part.index, part["n"])], fontsize=7
+            )
             ax.set_title(f"{label} accuracy vs {stat.replace('_', ' ')}")
             ax.set_ylim(max(0.0, lowest), 1.0)
             ax.grid(alpha=0.3)
@@ -172,8 +208,13 @@ def slice_curves(tables: Mapping[str, pd.DataFrame], labels: Sequence[str], stat
     return save(fig, path, note)
 
 
-def reliability(curves: Mapping[str, Mapping[str, pd.DataFrame]], ece: pd.DataFrame, labels: Sequence[str],
-                path: Path, note: str = "") -> Path:
+def reliability(
+    curves: Mapping[str, Mapping[str, pd.DataFrame]],
+    ece: pd.DataFrame,
+    labels: Sequence[str],
+    path: Path,
+    note: str = "",
+) -> Path:
     """Observed positive rate vs mean predicted probability per bin; the diagonal is perfect calibration."""
     fig, axes = _grid(1, len(labels), (3.6, 3.6))
     for c, label in enumerate(labels):
@@ -181,8 +222,13 @@ def reliability(curves: Mapping[str, Mapping[str, pd.DataFrame]], ece: pd.DataFr
         ax.plot([0, 1], [0, 1], ":", color="0.5")
         for k, (model, per_label) in enumerate(curves.items()):
             curve = per_label[label]
-            ax.plot(curve["confidence"], curve["observed"], "o-", color=MODEL_COLOURS[k % 10],
-                    label=f"{model} (ECE {ece.at[(model, label), 'ece']:.3f})")
+            ax.plot(
+                curve["confidence"],
+                curve["observed"],
+                "o-",
+                color=MODEL_COLOURS[k % 10],
+                label=f"{model} (ECE {ece.at[(model, label), 'ece']:.3f})",
+            )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("mean predicted probability")
@@ -193,8 +239,9 @@ def reliability(curves: Mapping[str, Mapping[str, pd.DataFrame]], ece: pd.DataFr
     return save(fig, path, note)
 
 
-def threshold_curves(curves: Mapping[str, Mapping[str, pd.DataFrame]], thresholds: pd.DataFrame, path: Path,
-                     note: str = "") -> Path:
+def threshold_curves(
+    curves: Mapping[str, Mapping[str, pd.DataFrame]], thresholds: pd.DataFrame, path: Path, note: str = ""
+) -> Path:
     """Cohort accuracy vs decision threshold; dotted: the default, solid: the cohort-balancing threshold."""
     labels = list(next(iter(curves.values())))
     fig, axes = _grid(len(curves), len(labels), (4.2, 3.0))
@@ -202,12 +249,20 @@ def threshold_curves(curves: Mapping[str, Mapping[str, pd.DataFrame]], threshold
         for c, label in enumerate(labels):
             ax, curve, row = axes[r, c], per_label[label], thresholds.loc[(model, label)]
             for k, cohort in enumerate(curve.columns):
-                ax.plot(curve.index, curve[cohort], color="black" if cohort == "all" else MODEL_COLOURS[k % 10],
-                        lw=2.2 if cohort == "all" else 1.4, ls="--" if cohort == "all" else "-", label=cohort)
+                ax.plot(
+                    curve.index,
+                    curve[cohort],
+                    color="black" if cohort == "all" else MODEL_COLOURS[k % 10],
+                    lw=2.2 if cohort == "all" else 1.4,
+                    ls="--" if cohort == "all" else "-",
+                    label=cohort,
+                )
             ax.axvline(row["threshold"], color="0.5", ls=":")
             ax.axvline(row["balancing_threshold"], color="0.2")
-            ax.set_title(f"{model}: {label}\ngap {row['gap']:.0%} at {row['threshold']:g}, "
-                         f"{row['gap_balanced']:.0%} at {row['balancing_threshold']:g}")
+            ax.set_title(
+                f"{model}: {label}\ngap {row['gap']:.0%} at {row['threshold']:g}, "
+                f"{row['gap_balanced']:.0%} at {row['balancing_threshold']:g}"
+            )
             ax.set_xlabel("decision threshold")
             ax.set_ylabel("accuracy")
             ax.set_ylim(0, 1.02)
@@ -217,8 +272,9 @@ def threshold_curves(curves: Mapping[str, Mapping[str, pd.DataFrame]], threshold
     return save(fig, path, note)
 
 
-def group_accuracy(groups: pd.DataFrame, labels: Sequence[str], path: Path, note: str = "",
-                   groupings: Sequence[str] = ()) -> Path:
+def group_accuracy(
+    groups: pd.DataFrame, labels: Sequence[str], path: Path, note: str = "", groupings: Sequence[str] = ()
+) -> Path:
     """Accuracy per group with its 95% interval, one panel per label, one colour per model; groups below
     --min-slice are drawn hollow (listed, not headlined). Group columns in the order of `groupings`."""
     rank = {g: i for i, g in enumerate(dict.fromkeys([*groupings, *groups["grouping"]]))}
@@ -233,8 +289,9 @@ def group_accuracy(groups: pd.DataFrame, labels: Sequence[str], path: Path, note
             part = groups[(groups["model"] == model) & (groups["label"] == label)]
             y = np.array([order[g, v] for g, v in zip(part["grouping"], part["group"])]) + 0.15 * k
             acc = part["accuracy"].to_numpy(float)
-            err = np.clip(np.vstack([acc - part["ci_low"].to_numpy(float),
-                                     part["ci_high"].to_numpy(float) - acc]), 0, None)
+            err = np.clip(
+                np.vstack([acc - part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float) - acc]), 0, None
+            )
             colour = MODEL_COLOURS[k % 10]
             ax.errorbar(acc, y, xerr=err, fmt="none", ecolor=colour, capsize=2, lw=1)
             small = part["small"].to_numpy(bool)
@@ -251,15 +308,23 @@ def group_accuracy(groups: pd.DataFrame, labels: Sequence[str], path: Path, note
     return save(fig, path, note)
 
 
-def latent_by_group(points: np.ndarray, groups: Mapping[str, np.ndarray], title: str, path: Path,
-                    note: str = "") -> Path:
+def latent_by_group(
+    points: np.ndarray, groups: Mapping[str, np.ndarray], title: str, path: Path, note: str = ""
+) -> Path:
     """2-D projection of the embeddings coloured by the group of each photo, one panel per group column."""
     fig, axes = _grid(1, max(1, len(groups)), (3.8, 3.5))
     for ax, (name, values) in zip(axes.flat, groups.items()):
         for k, value in enumerate(dict.fromkeys(values)):
             mask = values == value
-            ax.scatter(points[mask, 0], points[mask, 1], s=5, alpha=0.7, linewidths=0,
-                       color=MODEL_COLOURS[k % 10], label=f"{value} ({mask.sum()})")
+            ax.scatter(
+                points[mask, 0],
+                points[mask, 1],
+                s=5,
+                alpha=0.7,
+                linewidths=0,
+                color=MODEL_COLOURS[k % 10],
+                label=f"{value} ({mask.sum()})",
+            )
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])

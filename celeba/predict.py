@@ -10,10 +10,11 @@ from __future__ import annotations
 import io
 import logging
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,8 +29,15 @@ MAX_MEGAPIXELS = 40.0
 TF_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}  # what training's decoder reads: decode these exactly like training
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # EXIF orientation -> PIL transpose that makes the photo upright (phones store it rotated).
-_EXIF_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
-                   6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
+_EXIF_TRANSPOSE = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
 
 
 class ImageError(CelebADataError):
@@ -43,8 +51,9 @@ class ImageTooLarge(ImageError):
 # --------------------------------------------------------------------------- reading images
 
 
-def decode_photo(data: bytes, name: str, max_bytes: int = MAX_BYTES,
-                 max_megapixels: float = MAX_MEGAPIXELS) -> np.ndarray:
+def decode_photo(
+    data: bytes, name: str, max_bytes: int = MAX_BYTES, max_megapixels: float = MAX_MEGAPIXELS
+) -> np.ndarray:
     """Bytes -> upright uint8 RGB, checking size limits before decoding a single pixel.
 
     JPEG/PNG/GIF/BMP go through TensorFlow's decoder, like the training images (PIL's JPEG decoder
@@ -53,8 +62,13 @@ def decode_photo(data: bytes, name: str, max_bytes: int = MAX_BYTES,
     return decode_photo_bounded(data, name, max_bytes, max_megapixels)[0]
 
 
-def decode_photo_bounded(data: bytes, name: str, max_bytes: int = MAX_BYTES, max_megapixels: float = MAX_MEGAPIXELS,
-                         decode_megapixels: float | None = None) -> tuple[np.ndarray, float]:
+def decode_photo_bounded(
+    data: bytes,
+    name: str,
+    max_bytes: int = MAX_BYTES,
+    max_megapixels: float = MAX_MEGAPIXELS,
+    decode_megapixels: float | None = None,
+) -> tuple[np.ndarray, float]:
     """`decode_photo`, plus: a JPEG over `decode_megapixels` is downscaled while decoding (PIL's draft mode
     decodes at 1/2, 1/4 or 1/8 scale), so its full-size pixels never exist in memory.
 
@@ -70,8 +84,10 @@ def decode_photo_bounded(data: bytes, name: str, max_bytes: int = MAX_BYTES, max
         with Image.open(io.BytesIO(data)) as header:  # reads the header only
             width, height = header.size
             if width * height > max_megapixels * 1e6:
-                raise ImageTooLarge(f"{name}: {width}x{height} = {width * height / 1e6:.1f} megapixels is over "
-                                    f"the {max_megapixels:g} megapixel limit")
+                raise ImageTooLarge(
+                    f"{name}: {width}x{height} = {width * height / 1e6:.1f} megapixels is over "
+                    f"the {max_megapixels:g} megapixel limit"
+                )
             orientation = header.getexif().get(0x0112, 1)
             image_format = header.format
             scale = 1.0
@@ -136,8 +152,9 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
-def face_crops(rgb: np.ndarray, detect: bool = True, max_faces: int = 10,
-               detector: Detector = "blazeface", name: str = "image") -> list[FaceCrop]:
+def face_crops(
+    rgb: np.ndarray, detect: bool = True, max_faces: int = 10, detector: Detector = "blazeface", name: str = "image"
+) -> list[FaceCrop]:
     """The face preparation every photo path shares (predict, serve, the audit): faces aligned like CelebA, largest
     first; `detect=False` takes the image as an already aligned CelebA-style crop. An image OpenCV cannot process
     is an ImageError naming `name`, not a crash of the whole run."""
@@ -148,8 +165,10 @@ def face_crops(rgb: np.ndarray, detect: bool = True, max_faces: int = 10,
     try:
         return find_faces(rgb, max_faces, detector)
     except cv2.error as exc:
-        raise ImageError(f"{name}: face detection failed on this {rgb.shape[1]}x{rgb.shape[0]} image "
-                         f"({' '.join(str(exc).split())[:200]})") from None
+        raise ImageError(
+            f"{name}: face detection failed on this {rgb.shape[1]}x{rgb.shape[0]} image "
+            f"({' '.join(str(exc).split())[:200]})"
+        ) from None
 
 
 # --------------------------------------------------------------------------- the model
@@ -163,9 +182,9 @@ def load_predictor_model(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray]
 
         lite = load_exported(path)
         return lite, lite.labels, lite.image_size
-    from celeba.model import load_model, model_image_size
-
     import tensorflow as tf
+
+    from celeba.model import load_model, model_image_size
 
     model, labels = load_model(path)
     size = model_image_size(model)
@@ -174,15 +193,16 @@ def load_predictor_model(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray]
     return (lambda batch: call(tf.constant(batch, tf.float32)).numpy()), labels, size
 
 
-@lru_cache(maxsize=None)
+@cache
 def _preprocess_graph(image_size: int) -> Callable:
     """`preprocess_image` traced once for any uint8 RGB image: the same op, without eager overhead per face."""
     import tensorflow as tf
 
     from celeba.data import preprocess_image
 
-    return tf.function(lambda image: preprocess_image(image, image_size),
-                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    return tf.function(
+        lambda image: preprocess_image(image, image_size), input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)]
+    )
 
 
 @dataclass
@@ -193,8 +213,11 @@ class Face:
 
     def as_dict(self, threshold: float) -> dict[str, Any]:
         info = self.found.info() if self.found is not None else {"box": self.box.as_dict()}
-        return {**info, "probabilities": self.probabilities,
-                "labels": [k for k, p in self.probabilities.items() if p >= threshold]}
+        return {
+            **info,
+            "probabilities": self.probabilities,
+            "labels": [k for k, p in self.probabilities.items() if p >= threshold],
+        }
 
 
 class Predictor:
@@ -224,8 +247,12 @@ class Predictor:
         probs = self.probabilities([face.crop for faces in found for face in faces])
         out, k = [], 0
         for faces in found:
-            out.append([Face(face.box, {lab: round(float(p), 4) for lab, p in zip(self.labels, probs[k + i])}, face)
-                        for i, face in enumerate(faces)])
+            out.append(
+                [
+                    Face(face.box, {lab: round(float(p), 4) for lab, p in zip(self.labels, probs[k + i])}, face)
+                    for i, face in enumerate(faces)
+                ]
+            )
             k += len(faces)
         return out
 
@@ -235,8 +262,12 @@ class Predictor:
         if scale != 1.0:  # the box in the photo's pixels (other coordinates stay in the decoded image's)
             for face in out:
                 face["box"] = {k: int(round(v * scale)) for k, v in face["box"].items()}
-        return {"file": name, "width": int(round(rgb.shape[1] * scale)), "height": int(round(rgb.shape[0] * scale)),
-                "faces": out}
+        return {
+            "file": name,
+            "width": int(round(rgb.shape[1] * scale)),
+            "height": int(round(rgb.shape[0] * scale)),
+            "faces": out,
+        }
 
     def warm_up(self) -> None:
         """One detection and one model call on a blank photo: the first request then does not pay for
@@ -252,12 +283,14 @@ class Predictor:
 class PredictConfig:
     """Attribute probabilities for every face in photos (files or folders)."""
 
-    paths: tuple[Path, ...] = opt((), "image files or folders (folders: recursively, every image file)",
-                                  positional=True, metavar="PATH")
+    paths: tuple[Path, ...] = opt(
+        (), "image files or folders (folders: recursively, every image file)", positional=True, metavar="PATH"
+    )
     model: Path = opt(DEFAULT_MODEL, ".keras model (run card beside it) or an exported .tflite/.onnx (card beside it)")
     detect: bool = opt(True, "find faces and crop them like CelebA; --no-detect: the images already are aligned crops")
-    detector: Detector = opt("blazeface", "blazeface: landmarks + CelebA alignment (Haar framing as fallback); "
-                                          "haar: framing only")
+    detector: Detector = opt(
+        "blazeface", "blazeface: landmarks + CelebA alignment (Haar framing as fallback); haar: framing only"
+    )
     threshold: float = opt(0.5, "a label is listed when its probability is at least this")
     max_faces: int = opt(10, "faces per image, largest first")
     batch_size: int = opt(32, "images per model call (all their faces go through the model as one batch)")
@@ -288,8 +321,9 @@ def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str], tu
     files = image_files(cfg.paths)
     predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces, cfg.detector)
     results, errors = [], []
-    with tqdm(total=len(files), unit="img", desc="predict", file=sys.stderr,
-              disable=len(files) < 2 or not sys.stderr.isatty()) as bar:  # no bar escape codes in logs
+    with tqdm(
+        total=len(files), unit="img", desc="predict", file=sys.stderr, disable=len(files) < 2 or not sys.stderr.isatty()
+    ) as bar:  # no bar escape codes in logs
         for chunk in _chunks(files, cfg.batch_size):
             good: list[tuple[Path, np.ndarray, list]] = []
             for path in chunk:  # a bad file is reported and skipped; the others still get their output
@@ -306,7 +340,7 @@ def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str], tu
 
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), max(1, size)):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def results_table(results: list[dict[str, Any]], labels: Sequence[str]):
@@ -314,9 +348,20 @@ def results_table(results: list[dict[str, Any]], labels: Sequence[str]):
     was found, `partial_face` and the warnings' short names (the JSON has their full text)."""
     import pandas as pd
 
-    rows = [{"file": r["file"], "face": i, **face["box"], **face["probabilities"], "labels": " ".join(face["labels"]),
-             "method": face.get("method", ""), "partial_face": face.get("partial_face", False),
-             "warnings": " ".join(w.split(":")[0] for w in face.get("warnings", []))}
-            for r in results for i, face in enumerate(r["faces"])]
-    return pd.DataFrame(rows, columns=["file", "face", "x", "y", "w", "h", *labels, "labels", "method",
-                                       "partial_face", "warnings"])
+    rows = [
+        {
+            "file": r["file"],
+            "face": i,
+            **face["box"],
+            **face["probabilities"],
+            "labels": " ".join(face["labels"]),
+            "method": face.get("method", ""),
+            "partial_face": face.get("partial_face", False),
+            "warnings": " ".join(w.split(":")[0] for w in face.get("warnings", [])),
+        }
+        for r in results
+        for i, face in enumerate(r["faces"])
+    ]
+    return pd.DataFrame(
+        rows, columns=["file", "face", "x", "y", "w", "h", *labels, "labels", "method", "partial_face", "warnings"]
+    )

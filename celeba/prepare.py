@@ -20,8 +20,20 @@ import numpy as np
 import pandas as pd
 
 from celeba.config import opt
-from celeba.data import (ATTRIBUTES, INDEX_FILE, PARTITIONS, PREPARED_FILE, RECORD_SUFFIX, SAMPLE_DIR, fs_path, join,
-                         labels_array, load_index, make_dataset, split)
+from celeba.data import (
+    ATTRIBUTES,
+    INDEX_FILE,
+    PARTITIONS,
+    PREPARED_FILE,
+    RECORD_SUFFIX,
+    SAMPLE_DIR,
+    fs_path,
+    join,
+    labels_array,
+    load_index,
+    make_dataset,
+    split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +55,15 @@ def _example(image: np.ndarray, image_id: str, attributes: np.ndarray):
     import tensorflow as tf
 
     feature = tf.train.Feature
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image": feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
-        "image_id": feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
-        "attributes": feature(int64_list=tf.train.Int64List(value=attributes.tolist())),
-    })).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image": feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+                "image_id": feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
+                "attributes": feature(int64_list=tf.train.Int64List(value=attributes.tolist())),
+            }
+        )
+    ).SerializeToString()
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
@@ -81,9 +97,14 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     prepared = pd.concat(parts, ignore_index=True).rename(columns={"path": "shard"})
     with tf.io.gfile.GFile(join(out, INDEX_FILE), "w") as f:
         f.write(prepared.to_csv(index=False))
-    summary = {"image_size": cfg.image_size, "source": fs_path(cfg.data_dir), "images": len(prepared),
-               "partitions": {p: int(n) for p, n in prepared["partition"].value_counts().items()},
-               "shards": shards, "attributes": list(ATTRIBUTES)}
+    summary = {
+        "image_size": cfg.image_size,
+        "source": fs_path(cfg.data_dir),
+        "images": len(prepared),
+        "partitions": {p: int(n) for p, n in prepared["partition"].value_counts().items()},
+        "shards": shards,
+        "attributes": list(ATTRIBUTES),
+    }
     with tf.io.gfile.GFile(join(out, PREPARED_FILE), "w") as f:
         f.write(json.dumps(summary, indent=2))
     return summary

@@ -33,8 +33,15 @@ def card_path(model_path: Path) -> Path:
 
 
 #: The keys of every training card since the first (the committed models' cards have exactly these).
-TRAINING_KEYS = ("data", "class_weights", "validation_metrics", "epochs_trained", "time_s", "train_images_per_s",
-                 "environment")
+TRAINING_KEYS = (
+    "data",
+    "class_weights",
+    "validation_metrics",
+    "epochs_trained",
+    "time_s",
+    "train_images_per_s",
+    "environment",
+)
 
 
 @dataclass
@@ -67,8 +74,11 @@ class RunCard:
 
     def roc_auc(self) -> dict[str, float]:
         """Validation ROC-AUC per label (empty for cards without validation metrics)."""
-        return {label: float(m["roc_auc"]) for label, m in self.validation_metrics.items()
-                if isinstance(m, dict) and m.get("roc_auc") is not None}
+        return {
+            label: float(m["roc_auc"])
+            for label, m in self.validation_metrics.items()
+            if isinstance(m, dict) and m.get("roc_auc") is not None
+        }
 
     def quality_warning(self) -> str | None:
         """A sentence when the model is near chance on some label (a smoke run, or a failed training), else None."""
@@ -76,8 +86,10 @@ class RunCard:
         if not weak:
             return None
         listed = ", ".join(f"{label} {auc:.2f}" for label, auc in weak.items())
-        return (f"{self.model}: validation ROC-AUC {listed} is near chance (0.5): its predictions are not meaningful "
-                f"(a smoke-test model?)")
+        return (
+            f"{self.model}: validation ROC-AUC {listed} is near chance (0.5): its predictions are not meaningful "
+            f"(a smoke-test model?)"
+        )
 
     def train_config(self):
         """The TrainConfig this run was trained with (for `train --config`), run on the same absolute data dir."""
@@ -118,8 +130,11 @@ class RunCard:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: a training card keeps the original keys; newer or unused fields appear only when set."""
         always = {"config"} | (set(TRAINING_KEYS) if self.epochs_trained is not None else set())
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name != "extra" and (f.name in always or getattr(self, f.name) not in (None, {}, ""))}
+        values = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "extra" and (f.name in always or getattr(self, f.name) not in (None, {}, ""))
+        }
         return values | self.extra
 
     def save(self, path: Path) -> Path:
@@ -139,10 +154,17 @@ class RunCard:
 def git_state(folder: Path) -> dict[str, Any]:
     """The commit and whether the checkout had uncommitted changes; empty outside a git checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                                capture_output=True, text=True, timeout=10, check=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"git_commit": commit, "git_dirty": bool(status.strip())}
@@ -167,5 +189,8 @@ def provenance(data_dir: Path) -> dict[str, Any]:
     """Where a run came from: code (git commit, dirty flag), data (absolute folder, annotation hashes)."""
     from celeba.config import REPO_ROOT
 
-    return {**git_state(REPO_ROOT), "data_dir": str(Path(data_dir).resolve()),
-            "annotations_sha256": annotations_sha256(data_dir)}
+    return {
+        **git_state(REPO_ROOT),
+        "data_dir": str(Path(data_dir).resolve()),
+        "annotations_sha256": annotations_sha256(data_dir),
+    }

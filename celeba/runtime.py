@@ -11,9 +11,17 @@ log = logging.getLogger("celeba")
 
 #: TensorFlow's start-up lines that are not the user's business (written by C++ before logging is set up, so
 #: TF_CPP_MIN_LOG_LEVEL cannot hide them): the absl preamble, oneDNN, the CUDA stub on CPU machines, CPU features.
-_STARTUP_NOISE = ("All log messages before absl::InitializeLog()", "port.cc", "cudart_stub.cc",
-                  "cpu_feature_guard.cc", "To enable the following instructions", "rebuild TensorFlow with",
-                  "Unable to register cu", "computation_placer.cc", "cuda_platform.cc")
+_STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog()",
+    "port.cc",
+    "cudart_stub.cc",
+    "cpu_feature_guard.cc",
+    "To enable the following instructions",
+    "rebuild TensorFlow with",
+    "Unable to register cu",
+    "computation_placer.cc",
+    "cuda_platform.cc",
+)
 
 
 def quiet_tensorflow() -> None:
@@ -36,8 +44,11 @@ def quiet_tensorflow() -> None:
             os.dup2(saved, 2)
             os.close(saved)
             caught.seek(0)
-            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
-                    if line.strip() and not any(noise in line for noise in _STARTUP_NOISE)]
+            kept = [
+                line
+                for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                if line.strip() and not any(noise in line for noise in _STARTUP_NOISE)
+            ]
             sys.stderr.write("".join(kept))
 
 

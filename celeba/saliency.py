@@ -14,8 +14,13 @@ def gradcam_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, [model.get_layer(FEATURE_LAYER).output, model.output])
 
 
-def gradcam(model: keras.Model, images: np.ndarray, label_index: int, towards: bool = True,
-            grad_model: keras.Model | None = None) -> np.ndarray:
+def gradcam(
+    model: keras.Model,
+    images: np.ndarray,
+    label_index: int,
+    towards: bool = True,
+    grad_model: keras.Model | None = None,
+) -> np.ndarray:
     """Heatmaps (N, H, W) in [0, 1] at the input size, for a batch of preprocessed images.
 
     towards=True explains what raises the label's probability, False what lowers it.

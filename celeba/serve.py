@@ -12,17 +12,18 @@ import ipaddress
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request, UploadFile  # module level: FastAPI resolves annotations
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pydantic import BaseModel, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from celeba.config import DEFAULT_MODEL, opt
 from celeba.faces import Detector
@@ -32,7 +33,9 @@ log = logging.getLogger(__name__)
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file in a multipart body
 DECODE_MEGAPIXELS = 12.0  # larger JPEGs are decoded at 1/2, 1/4 or 1/8 scale: faces stay far above 96 px
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-SWAGGER_ASSETS = "/static/swagger"  # Swagger UI's JS and CSS, served from the fastapi-swagger package: /docs works offline
+SWAGGER_ASSETS = (
+    "/static/swagger"  # Swagger UI's JS and CSS, served from the fastapi-swagger package: /docs works offline
+)
 
 
 # --------------------------------------------------------------------------- the API's types (OpenAPI schema)
@@ -52,11 +55,13 @@ class FaceResult(BaseModel):
     method: str = Field("none", description="blazeface+align, haar+framing, or none (detect=false)")
     score: float | None = Field(None, description="the detector's confidence, 0 to 1 (null: no detector score)")
     landmarks: dict[str, list[float]] | None = Field(
-        None, description="left_eye, right_eye, nose, mouth as [x, y] photo pixels (null: Haar fallback)")
+        None, description="left_eye, right_eye, nose, mouth as [x, y] photo pixels (null: Haar fallback)"
+    )
     roll: float | None = Field(None, description="eye-line angle in the photo, degrees")
     partial_face: bool = Field(False, description="the CelebA window ran past the photo edge; the border was reflected")
-    warnings: list[str] = Field(default_factory=list,
-                                description="where the face is outside the training distribution (docs/faces.md)")
+    warnings: list[str] = Field(
+        default_factory=list, description="where the face is outside the training distribution (docs/faces.md)"
+    )
     probabilities: dict[str, float] = Field(description="probability of every label, 0 to 1")
     labels: list[str] = Field(description="the labels whose probability is at least the threshold")
 
@@ -81,8 +86,9 @@ class Health(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    detail: str = Field(description="what was wrong with the upload, naming it, e.g. "
-                                    "'x.jpg: not a decodable image (corrupt JPEG data)'")
+    detail: str = Field(
+        description="what was wrong with the upload, naming it, e.g. 'x.jpg: not a decodable image (corrupt JPEG data)'"
+    )
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -101,10 +107,13 @@ def add_offline_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - API",
-                                   swagger_js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon-32x32.png",
+        )
 
 
 class BodyLimit:
@@ -122,8 +131,9 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
-            return await self._refuse(send, f"upload of {int(length) / 1e6:.1f} MB is over the "
-                                            f"{self.max_bytes / 1e6:.1f} MB limit")
+            return await self._refuse(
+                send, f"upload of {int(length) / 1e6:.1f} MB is over the {self.max_bytes / 1e6:.1f} MB limit"
+            )
         state = {"received": 0, "over": False, "started": False}
 
         async def counted_receive():
@@ -149,15 +159,26 @@ class BodyLimit:
             if not state["over"]:
                 raise
         if state["over"] and not state["started"]:
-            await self._refuse(send, f"upload is over the {self.max_bytes / 1e6:.1f} MB limit "
-                                     f"(stopped reading after {state['received'] / 1e6:.1f} MB)")
+            await self._refuse(
+                send,
+                f"upload is over the {self.max_bytes / 1e6:.1f} MB limit "
+                f"(stopped reading after {state['received'] / 1e6:.1f} MB)",
+            )
 
     @staticmethod
     async def _refuse(send, detail: str) -> None:
         body = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -176,9 +197,16 @@ def release_memory() -> None:
         pass
 
 
-def create_app(predictor: Predictor | Path, max_bytes: int = MAX_BYTES, max_megapixels: float = MAX_MEGAPIXELS,
-               max_concurrent: int = 2, decode_megapixels: float | None = DECODE_MEGAPIXELS,
-               allow_origins: Sequence[str] = (), allowed_hosts: Sequence[str] | None = None, warm_up: bool = True):
+def create_app(
+    predictor: Predictor | Path,
+    max_bytes: int = MAX_BYTES,
+    max_megapixels: float = MAX_MEGAPIXELS,
+    max_concurrent: int = 2,
+    decode_megapixels: float | None = DECODE_MEGAPIXELS,
+    allow_origins: Sequence[str] = (),
+    allowed_hosts: Sequence[str] | None = None,
+    warm_up: bool = True,
+):
     """The FastAPI app around one loaded model (a Predictor, or a model path to load).
 
     Memory is bounded: at most `max_concurrent` photos are decoded and scored at once (the others wait),
@@ -191,38 +219,61 @@ def create_app(predictor: Predictor | Path, max_bytes: int = MAX_BYTES, max_mega
     if warm_up:
         predictor.warm_up()
     decoding = threading.BoundedSemaphore(max_concurrent)
-    app = FastAPI(title="CelebA attributes", docs_url=None, redoc_url=None,
-                  description=f"Probabilities of {', '.join(predictor.labels)} for every face in a photo.")
+    app = FastAPI(
+        title="CelebA attributes",
+        docs_url=None,
+        redoc_url=None,
+        description=f"Probabilities of {', '.join(predictor.labels)} for every face in a photo.",
+    )
     add_offline_docs(app)
 
     @app.middleware("http")
     async def refuse_cross_origin_posts(request: Request, call_next):
         """Browsers send a form POST from any web page without asking (no CORS preflight): refuse those."""
         origin = request.headers.get("origin")
-        if (origin and request.method not in ("GET", "HEAD", "OPTIONS") and "*" not in allow_origins
-                and origin not in allow_origins and not same_origin(origin, request.headers.get("host", ""))):
-            return JSONResponse({"detail": f"cross-origin request from {origin} refused; start the service with "
-                                           f"--allow-origin {origin} to allow it"}, status_code=403)
+        if (
+            origin
+            and request.method not in ("GET", "HEAD", "OPTIONS")
+            and "*" not in allow_origins
+            and origin not in allow_origins
+            and not same_origin(origin, request.headers.get("host", ""))
+        ):
+            return JSONResponse(
+                {
+                    "detail": f"cross-origin request from {origin} refused; start the service with "
+                    f"--allow-origin {origin} to allow it"
+                },
+                status_code=403,
+            )
         return await call_next(request)
 
     if allow_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["*"])
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
     app.add_middleware(BodyLimit, limit=max_bytes + MULTIPART_OVERHEAD, max_bytes=max_bytes)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     @app.get("/health")
     def health() -> Health:
-        return Health(status="ok", ready=True, model=predictor.model_path.name, labels=list(predictor.labels),
-                      image_size=predictor.image_size, max_bytes=max_bytes, max_megapixels=max_megapixels,
-                      max_concurrent=max_concurrent)
+        return Health(
+            status="ok",
+            ready=True,
+            model=predictor.model_path.name,
+            labels=list(predictor.labels),
+            image_size=predictor.image_size,
+            max_bytes=max_bytes,
+            max_megapixels=max_megapixels,
+            max_concurrent=max_concurrent,
+        )
 
     # A plain `def`: FastAPI runs it in its thread pool, so decoding and inference never block the event loop.
     @app.post("/predict", responses=ERRORS)
-    def predict(file: UploadFile,
-                detect: bool = Query(True, description="false: the image already is a CelebA-style aligned crop")
-                ) -> Prediction:
+    def predict(
+        file: UploadFile,
+        detect: bool = Query(True, description="false: the image already is a CelebA-style aligned crop"),
+    ) -> Prediction:
         name = file.filename or "upload"
         data = file.file.read(max_bytes + 1)  # never read more than the limit allows
         with decoding:  # bounds the decoded pixels in memory at once
@@ -251,21 +302,26 @@ class ServeConfig:
     """Serve a trained model over HTTP: POST /predict, GET /health, OpenAPI page at /docs."""
 
     model: Path = opt(DEFAULT_MODEL, ".keras model (run card beside it) or an exported .tflite/.onnx (card beside it)")
-    host: str = opt("127.0.0.1", "interface to listen on; 0.0.0.0 (e.g. in a container) exposes the unauthenticated "
-                                 "service to other machines")
+    host: str = opt(
+        "127.0.0.1",
+        "interface to listen on; 0.0.0.0 (e.g. in a container) exposes the unauthenticated service to other machines",
+    )
     port: int = opt(8000, "TCP port")
     max_bytes: int = opt(MAX_BYTES, "larger uploads get 413")
     max_megapixels: float = opt(MAX_MEGAPIXELS, "larger images get 413 (checked before decoding)")
     threshold: float = opt(0.5, "a label is listed for a face when its probability is at least this")
     max_faces: int = opt(10, "faces per image, largest first")
-    detector: Detector = opt("blazeface", "blazeface: landmarks + CelebA alignment (Haar as fallback); "
-                                          "haar: framing only")
+    detector: Detector = opt(
+        "blazeface", "blazeface: landmarks + CelebA alignment (Haar as fallback); haar: framing only"
+    )
     max_concurrent: int = opt(2, "photos decoded and scored at once (bounds memory); further requests wait")
     decode_megapixels: float = opt(DECODE_MEGAPIXELS, "larger JPEGs are downscaled while decoding")
-    allow_origin: tuple[str, ...] = opt((), "web origins whose pages may POST here (CORS), e.g. https://app.example; "
-                                            "* for any", none="none")
-    allowed_host: tuple[str, ...] = opt((), "Host header names to accept besides loopback ones (any, off loopback)",
-                                        none="loopback names only")
+    allow_origin: tuple[str, ...] = opt(
+        (), "web origins whose pages may POST here (CORS), e.g. https://app.example; * for any", none="none"
+    )
+    allowed_host: tuple[str, ...] = opt(
+        (), "Host header names to accept besides loopback ones (any, off loopback)", none="loopback names only"
+    )
 
     def __post_init__(self) -> None:
         from celeba.config import ConfigError, at_least, fraction, positive
@@ -298,8 +354,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            raise OSError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); "
-                          f"is another service running there? pick another --port") from None
+            raise OSError(
+                f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); "
+                f"is another service running there? pick another --port"
+            ) from None
 
 
 def allowed_hosts(bind: str, extra: Sequence[str]) -> list[str] | None:
@@ -319,7 +377,14 @@ def serve(cfg: ServeConfig) -> None:
     check_port_free(cfg.host, cfg.port)  # before spending seconds on loading the model
     predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces, cfg.detector)
     log.info("warming up (one detection and one model call) before serving")
-    app = create_app(predictor, cfg.max_bytes, cfg.max_megapixels, cfg.max_concurrent, cfg.decode_megapixels,
-                     cfg.allow_origin, allowed_hosts(cfg.host, cfg.allowed_host))
+    app = create_app(
+        predictor,
+        cfg.max_bytes,
+        cfg.max_megapixels,
+        cfg.max_concurrent,
+        cfg.decode_megapixels,
+        cfg.allow_origin,
+        allowed_hosts(cfg.host, cfg.allowed_host),
+    )
     log.info("serving %s on http://%s:%d (OpenAPI page: /docs)", predictor.model_path, cfg.host, cfg.port)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

@@ -13,9 +13,10 @@ import shutil
 import tempfile
 import time
 import types
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -143,8 +144,12 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
                 with without_optimizer_warnings():
                     self.model.load_weights(path)
             except Exception as exc:  # h5py raises OSError, KeyError, ValueError... for a broken file
-                log.warning("resume: %s is unreadable (%s: %s); trying the previous backup",
-                            path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                log.warning(
+                    "resume: %s is unreadable (%s: %s); trying the previous backup",
+                    path,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
                 skipped.append(str(path))
                 continue
             self.model._initial_epoch = epoch
@@ -166,7 +171,7 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
         with atomic_path(path) as tmp:
             self.model.save_weights(tmp)
             _pause_for_test(epoch, tmp)
-        for _, old in self.backups()[self.keep:]:
+        for _, old in self.backups()[self.keep :]:
             old.unlink(missing_ok=True)
 
 
@@ -195,8 +200,9 @@ def trim_history(path: Path, first_epoch: int) -> None:
         return
     with open(path, "r+", newline="") as f:
         lines = f.readlines()
-        keep = lines[:1] + [line for line in lines[1:]
-                            if line.split(",")[0].isdigit() and int(line.split(",")[0]) < first_epoch]
+        keep = lines[:1] + [
+            line for line in lines[1:] if line.split(",")[0].isdigit() and int(line.split(",")[0]) < first_epoch
+        ]
         if len(keep) < len(lines):
             f.seek(0)
             f.writelines(keep)
@@ -270,8 +276,10 @@ def plan_phases(cfg: TrainConfig) -> list[Phase]:
     if cfg.weights.lower() == "none":
         return [Phase("full", cfg.epochs, cfg.learning_rate, True, False)]
     head = min(cfg.freeze_epochs, cfg.epochs)
-    phases = [Phase("head", head, cfg.learning_rate, False, True),
-              Phase("finetune", cfg.epochs - head, cfg.learning_rate / 10, True, True)]
+    phases = [
+        Phase("head", head, cfg.learning_rate, False, True),
+        Phase("finetune", cfg.epochs - head, cfg.learning_rate / 10, True, True),
+    ]
     return [p for p in phases if p.epochs > 0]
 
 
@@ -305,8 +313,9 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
     if not cluster or resolver.task_type is None:
         return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
-                                             and "chief" not in cluster)
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
+    )
 
 
 def fit_on_several_workers(model: keras.Model) -> keras.Model:
@@ -324,6 +333,7 @@ def fit_on_several_workers(model: keras.Model) -> keras.Model:
     @functools.wraps(original)
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+
             def mean(v):
                 local = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else tf.convert_to_tensor(v)
                 return strategy.reduce("MEAN", v, axis=0 if local.shape.rank else None)
@@ -337,7 +347,8 @@ def fit_on_several_workers(model: keras.Model) -> keras.Model:
         if iterator is not None:
             for _, _, batches in iterator:
                 data_batch = tf.nest.map_structure(
-                    lambda v: v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v, next(batches))
+                    lambda v: v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v, next(batches)
+                )
                 break
         with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=data_batch)
@@ -363,8 +374,9 @@ class AverageAcrossWorkers(keras.callbacks.Callback):
         if not variables:
             return
         flat = tf.concat([tf.reshape(tf.cast(v.value, tf.float32), [-1]) for v in variables], axis=0)
-        mean = self.strategy.reduce("MEAN", self.strategy.experimental_distribute_values_from_function(
-            lambda _: tf.identity(flat)), axis=None)
+        mean = self.strategy.reduce(
+            "MEAN", self.strategy.experimental_distribute_values_from_function(lambda _: tf.identity(flat)), axis=None
+        )
         sizes = [int(np.prod(v.shape)) for v in variables]
         for v, part in zip(variables, tf.split(mean, sizes)):
             v.assign(tf.cast(tf.reshape(part, v.shape), v.dtype))
@@ -390,8 +402,9 @@ def output_dir(cfg: TrainConfig, strategy: tf.distribute.Strategy) -> Path:
     shutil.rmtree(out / cfg.run_name, ignore_errors=True)
     if cfg.resume and (cfg.models_dir / cfg.run_name).is_dir():
         shutil.copytree(cfg.models_dir / cfg.run_name, out / cfg.run_name)
-    log.info("worker %s %d: writes to %s (the chief writes %s)", resolver.task_type, resolver.task_id, out,
-             cfg.models_dir)
+    log.info(
+        "worker %s %d: writes to %s (the chief writes %s)", resolver.task_type, resolver.task_id, out, cfg.models_dir
+    )
     return out
 
 
@@ -409,26 +422,42 @@ def with_augmentation(model: keras.Model, seed: int) -> keras.Model:
     The augmentation runs in the training graph (on the GPU when there is one) and is inactive at
     inference; only the bare `model` is ever saved, so exported models carry none of it.
     """
-    return keras.Sequential([keras.Input(model.input_shape[1:], name="image"), make_augmenter(seed), model],
-                            name="train_with_augmentation")
+    return keras.Sequential(
+        [keras.Input(model.input_shape[1:], name="image"), make_augmenter(seed), model], name="train_with_augmentation"
+    )
 
 
-def compile_for(model: keras.Model, phase: Phase, loss: keras.losses.Loss, steps: int,
-                trainer: keras.Model | None = None) -> None:
+def compile_for(
+    model: keras.Model, phase: Phase, loss: keras.losses.Loss, steps: int, trainer: keras.Model | None = None
+) -> None:
     """Set the phase's trainable layers on `model`, then compile `trainer` (the model, or its augmented wrapper)."""
     set_backbone_trainable(model, phase.backbone_trainable, phase.freeze_batchnorm)
     model = trainer or model
-    schedule = keras.optimizers.schedules.CosineDecay(phase.learning_rate, decay_steps=max(1, steps * phase.epochs),
-                                                      alpha=0.01)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        phase.learning_rate, decay_steps=max(1, steps * phase.epochs), alpha=0.01
+    )
     n = model.output_shape[-1]
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss,
-                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
-                           keras.metrics.AUC(multi_label=True, num_labels=n, name="auc")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=loss,
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(multi_label=True, num_labels=n, name="auc"),
+        ],
+    )
 
 
-def make_run_card(cfg: TrainConfig, model_path: Path, rows: dict[str, Any], y_train: np.ndarray,
-                  loss: keras.losses.Loss, metrics: Any, throughputs: dict[str, Throughput], train_seconds: float,
-                  policy: str) -> RunCard:
+def make_run_card(
+    cfg: TrainConfig,
+    model_path: Path,
+    rows: dict[str, Any],
+    y_train: np.ndarray,
+    loss: keras.losses.Loss,
+    metrics: Any,
+    throughputs: dict[str, Throughput],
+    train_seconds: float,
+    policy: str,
+) -> RunCard:
     """The one place a run card is built: config, data, class weights, validation metrics, speed, provenance."""
     labels = cfg.labels
     return RunCard(
@@ -436,17 +465,30 @@ def make_run_card(cfg: TrainConfig, model_path: Path, rows: dict[str, Any], y_tr
         config=cfg.to_json(),
         data={p: len(r) for p, r in rows.items()}
         | {"train_positive_rate": dict(zip(labels, y_train.mean(axis=0).round(4).tolist()))},
-        class_weights=({label: {"positive": p, "negative": n}
-                        for label, p, n in zip(labels, loss.pos_weights, loss.neg_weights)}
-                       if isinstance(loss, WeightedBinaryCrossentropy) else None),
+        class_weights=(
+            {label: {"positive": p, "negative": n} for label, p, n in zip(labels, loss.pos_weights, loss.neg_weights)}
+            if isinstance(loss, WeightedBinaryCrossentropy)
+            else None
+        ),
         validation_metrics=json.loads(metrics.to_json(orient="index")),
-        epochs_trained=history_epochs(Path(model_path).parent / cfg.run_name / "history.csv"),  # all runs of a resumed one
+        epochs_trained=history_epochs(
+            Path(model_path).parent / cfg.run_name / "history.csv"
+        ),  # all runs of a resumed one
         time_s=round(train_seconds, 1),
         train_images_per_s=images_per_s(len(rows["train"]), [s for t in throughputs.values() for s in t.epoch_seconds]),
-        train_images_per_s_by_phase={name: images_per_s(len(rows["train"]), t.epoch_seconds)
-                                     for name, t in throughputs.items() if t.epoch_seconds},
-        environment={"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
-                     "cpus": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")), "precision": policy},
+        train_images_per_s_by_phase={
+            name: images_per_s(len(rows["train"]), t.epoch_seconds)
+            for name, t in throughputs.items()
+            if t.epoch_seconds
+        },
+        environment={
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "gpus": len(tf.config.list_physical_devices("GPU")),
+            "precision": policy,
+        },
         provenance=provenance(cfg.data_dir),
     )
 
@@ -477,8 +519,10 @@ def run_lock(models_dir: Path, name: str) -> Iterator[Path]:
             except BlockingIOError:
                 handle.seek(0)
                 owner = handle.read().strip() or "?"
-                raise RunLockedError(f"{models_dir / name}: another training of --name {name} is running "
-                                     f"(process {owner}); wait for it to finish or pick another --name") from None
+                raise RunLockedError(
+                    f"{models_dir / name}: another training of --name {name} is running "
+                    f"(process {owner}); wait for it to finish or pick another --name"
+                ) from None
             handle.seek(0)
             handle.truncate()
             handle.write(str(os.getpid()))
@@ -502,8 +546,12 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
         return _train(cfg, extra_callbacks, strategy, models_dir)
 
 
-def _train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback], strategy: tf.distribute.Strategy,
-           models_dir: Path) -> RunCard:
+def _train(
+    cfg: TrainConfig,
+    extra_callbacks: Sequence[keras.callbacks.Callback],
+    strategy: tf.distribute.Strategy,
+    models_dir: Path,
+) -> RunCard:
     from celeba.evaluate import dataset_probabilities
     from celeba.metrics import label_metrics
 
@@ -542,8 +590,16 @@ def _train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback]
     run_dir.mkdir(parents=True, exist_ok=True)  # after the model: a failed weights download leaves no empty folder
 
     batch = cfg.batch_size * strategy.num_replicas_in_sync
-    train_ds = make_dataset(rows["train"], labels, cfg.image_size, batch, training=True, cache=cfg.cache,
-                            seed=cfg.seed, sampling=cfg.sampling)
+    train_ds = make_dataset(
+        rows["train"],
+        labels,
+        cfg.image_size,
+        batch,
+        training=True,
+        cache=cfg.cache,
+        seed=cfg.seed,
+        sampling=cfg.sampling,
+    )
     val_ds = make_dataset(rows["validation"], labels, cfg.image_size, batch, cache=cfg.cache)
     steps = int(np.ceil(len(rows["train"]) / batch))
 
@@ -561,8 +617,13 @@ def _train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback]
             with without_optimizer_warnings():
                 model.load_weights(done_path)
         else:
-            log.info("phase %r: %d epochs at lr %.2g, backbone %s", phase.name, phase.epochs, phase.learning_rate,
-                     "trainable" if phase.backbone_trainable else "frozen")
+            log.info(
+                "phase %r: %d epochs at lr %.2g, backbone %s",
+                phase.name,
+                phase.epochs,
+                phase.learning_rate,
+                "trainable" if phase.backbone_trainable else "frozen",
+            )
             backup = AtomicBackup(run_dir / "backup" / phase.name, history_path, start_epoch=offset)
             # Epoch-end order matters for a kill between two callbacks: the history row and the best model are
             # written before the backup that marks the epoch done (a repeated epoch's row is trimmed on resume).
@@ -577,8 +638,15 @@ def _train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback]
             ]
             if cfg.strategy == "multiworker":
                 callbacks.insert(0, AverageAcrossWorkers(model, strategy))
-            trainer.fit(train_ds, validation_data=val_ds, initial_epoch=offset, epochs=offset + phase.epochs,
-                      callbacks=callbacks, verbose=keras_verbose(), shuffle=False)  # tf.data shuffles
+            trainer.fit(
+                train_ds,
+                validation_data=val_ds,
+                initial_epoch=offset,
+                epochs=offset + phase.epochs,
+                callbacks=callbacks,
+                verbose=keras_verbose(),
+                shuffle=False,
+            )  # tf.data shuffles
             save_atomic(model, done_path)
             shutil.rmtree(backup.dir, ignore_errors=True)  # only once the phase's result is safely on disk
         offset += phase.epochs
@@ -595,6 +663,10 @@ def _train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback]
 
     card = make_run_card(cfg, model_path, rows, y_train, loss, metrics, throughputs, train_seconds, policy)
     card.save(card_path(model_path))
-    log.info("saved %s (%.0f s); validation accuracy: %s", model_path, train_seconds,
-             ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items()))
+    log.info(
+        "saved %s (%.0f s); validation accuracy: %s",
+        model_path,
+        train_seconds,
+        ", ".join(f"{k} {v:.3f}" for k, v in metrics["accuracy"].items()),
+    )
     return card

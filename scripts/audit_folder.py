@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ def paste(rgb: np.ndarray, scale: float = 1.5) -> np.ndarray:
     big = np.asarray(Image.fromarray(rgb).resize((int(w * scale), int(h * scale)), Image.BICUBIC))
     photo = np.full((int(h * scale * 1.8), int(w * scale * 2.2), 3), 110, np.uint8)
     top, left = int(h * scale * 0.4), int(w * scale * 0.6)
-    photo[top:top + big.shape[0], left:left + big.shape[1]] = big
+    photo[top : top + big.shape[0], left : left + big.shape[1]] = big
     return photo
 
 
@@ -46,8 +46,15 @@ def dim(rgb: np.ndarray, brightness: float = 0.3, blur: float = 3.0) -> np.ndarr
     return np.asarray(ImageEnhance.Brightness(image).enhance(brightness))
 
 
-def make_audit_folder(rows: pd.DataFrame, out: Path, attributes: Sequence[str] = ATTRIBUTES, seed: int = 0,
-                      extras: bool = False, brightness: float = 0.3, blur: float = 3.0) -> Path:
+def make_audit_folder(
+    rows: pd.DataFrame,
+    out: Path,
+    attributes: Sequence[str] = ATTRIBUTES,
+    seed: int = 0,
+    extras: bool = False,
+    brightness: float = 0.3,
+    blur: float = 3.0,
+) -> Path:
     """Photos and labels.csv under `out` from CelebA index rows; returns the CSV path."""
     from PIL import Image
 
@@ -61,8 +68,14 @@ def make_audit_folder(rows: pd.DataFrame, out: Path, attributes: Sequence[str] =
         photo = paste(dim(rgb, brightness, blur) if lighting == "dim" else rgb, scale)
         name = f"photo_{i:05d}.jpg"
         Image.fromarray(photo).save(out / name, quality=92)
-        records.append({"file": name, **{a: int(getattr(row, a)) for a in attributes}, "lighting": lighting,
-                        "face_px": round(rgb.shape[1] * scale)})
+        records.append(
+            {
+                "file": name,
+                **{a: int(getattr(row, a)) for a in attributes},
+                "lighting": lighting,
+                "face_px": round(rgb.shape[1] * scale),
+            }
+        )
     if extras:
         Image.new("RGB", (400, 300), (90, 120, 150)).save(out / "wall.jpg")  # no face
         first = np.asarray(Image.open(rows["path"].iloc[0]).convert("RGB"))
@@ -70,8 +83,9 @@ def make_audit_folder(rows: pd.DataFrame, out: Path, attributes: Sequence[str] =
         Image.fromarray(np.concatenate([paste(first), paste(second)], axis=1)).save(out / "two.jpg", quality=92)
         (out / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
         truth = {a: int(rows[a].iloc[0]) for a in attributes}
-        records += [{"file": f, **truth, "lighting": "normal", "face_px": 267} for f in ("wall.jpg", "two.jpg",
-                                                                                       "broken.jpg")]
+        records += [
+            {"file": f, **truth, "lighting": "normal", "face_px": 267} for f in ("wall.jpg", "two.jpg", "broken.jpg")
+        ]
     path = out / "labels.csv"
     pd.DataFrame(records).to_csv(path, index=False)
     return path

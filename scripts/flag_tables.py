@@ -1,7 +1,7 @@
 """Write the flag tables in the docs from the config dataclasses, so the docs cannot drift from `--help`.
 
-    python scripts/flag_tables.py           # rewrite every table between <!-- flags: CMD --> and <!-- /flags -->
-    python scripts/flag_tables.py --check   # exit 1 if a table is out of date (tests/test_docs.py runs this)
+python scripts/flag_tables.py           # rewrite every table between <!-- flags: CMD --> and <!-- /flags -->
+python scripts/flag_tables.py --check   # exit 1 if a table is out of date (tests/test_docs.py runs this)
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ def flag_table(command: str) -> str:
     hints = typing.get_type_hints(cls)
     rows = ["| flag | default | what |", "| --- | --- | --- |"]
     if COMMANDS[command].replay is not None:
-        rows.append("| `--config RUN_CARD.json` | | replay a run: its run card's config is the default of every other "
-                    "flag |")
+        rows.append(
+            "| `--config RUN_CARD.json` | | replay a run: its run card's config is the default of every other flag |"
+        )
     for f in flag_fields(cls):
         kind, many = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")

@@ -31,14 +31,35 @@ TRAIN = [sys.executable, "-c", "from celeba.cli import train_main; train_main()"
 
 
 def train_args(args: argparse.Namespace, name: str, seed: int) -> list[str]:
-    return ["--weights", "none", "--image-size", str(args.image_size), "--limit", str(args.limit),
-            "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--no-check-images",
-            "--seed", str(seed), "--models-dir", str(args.workdir), "--name", name]
+    return [
+        "--weights",
+        "none",
+        "--image-size",
+        str(args.image_size),
+        "--limit",
+        str(args.limit),
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--no-check-images",
+        "--seed",
+        str(seed),
+        "--models-dir",
+        str(args.workdir),
+        "--name",
+        name,
+    ]
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "TL_DISABLE_ANALYTICS": "true",
-            "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TL_DISABLE_ANALYTICS": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def outcome(models: Path, name: str) -> dict:
@@ -48,16 +69,25 @@ def outcome(models: Path, name: str) -> dict:
     header = lines[0].split(",")
     rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
     val = [float(r["val_loss"]) for r in rows]
-    return {"epochs_trained": card["epochs_trained"], "history_epochs": [int(r["epoch"]) for r in rows],
-            "final_val_loss": round(val[-1], 4), "best_val_loss": round(min(val), 4),
-            "val_accuracy": {k: round(v["accuracy"], 4) for k, v in card["validation_metrics"].items()}}
+    return {
+        "epochs_trained": card["epochs_trained"],
+        "history_epochs": [int(r["epoch"]) for r in rows],
+        "final_val_loss": round(val[-1], 4),
+        "best_val_loss": round(min(val), 4),
+        "val_accuracy": {k: round(v["accuracy"], 4) for k, v in card["validation_metrics"].items()},
+    }
 
 
 def run_to_end(args: argparse.Namespace, name: str, seed: int, resume: bool = False) -> float:
     started = time.monotonic()
     log = open(args.workdir / f"{name}.log", "a")
-    done = subprocess.run(TRAIN + train_args(args, name, seed) + (["--resume"] if resume else []), env=env(),
-                          stdout=log, stderr=log, cwd=REPO)
+    done = subprocess.run(
+        TRAIN + train_args(args, name, seed) + (["--resume"] if resume else []),
+        env=env(),
+        stdout=log,
+        stderr=log,
+        cwd=REPO,
+    )
     if done.returncode != 0:
         sys.exit(f"{name}: training failed with exit code {done.returncode}; see {args.workdir / name}.log")
     return time.monotonic() - started
@@ -97,12 +127,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kill-resume"))
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--max-minutes", type=float, default=float("inf"),
-                        help="stop killing after this long (the run then finishes with --resume)")
-    parser.add_argument("--reference-seeds", type=int, default=5,
-                        help="uninterrupted runs (seeds 42, 43, ...) whose spread is the noise")
-    parser.add_argument("--resume-kills", action="store_true",
-                        help="continue an earlier invocation: its kills are in WORKDIR/kills.jsonl")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=float("inf"),
+        help="stop killing after this long (the run then finishes with --resume)",
+    )
+    parser.add_argument(
+        "--reference-seeds",
+        type=int,
+        default=5,
+        help="uninterrupted runs (seeds 42, 43, ...) whose spread is the noise",
+    )
+    parser.add_argument(
+        "--resume-kills",
+        action="store_true",
+        help="continue an earlier invocation: its kills are in WORKDIR/kills.jsonl",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
@@ -111,8 +152,9 @@ def main() -> None:
     print(f"reference runs (no kills): seed 42, then {len(others)} more seeds beside the kills ...", flush=True)
     reference_s = 0.0 if (args.workdir / "reference.json").is_file() else run_to_end(args, "reference", 42)
     pending = [n for n in others if not (args.workdir / f"{n}.log").exists()]  # not started by an earlier invocation
-    noise = threading.Thread(target=lambda: [run_to_end(args, n, int(n.removeprefix("reference-seed")))
-                                             for n in pending])
+    noise = threading.Thread(
+        target=lambda: [run_to_end(args, n, int(n.removeprefix("reference-seed"))) for n in pending]
+    )
     noise.start()
     # Seconds per epoch once the training step is traced: the kills are spread over about one and a half of them.
     epoch_s = float(np.median(np.diff(epoch_seconds(args.workdir / "reference"))))
@@ -124,8 +166,13 @@ def main() -> None:
     stop_at = time.time() + args.max_minutes * 60
     while len(kills) < args.kills and time.time() < stop_at:
         with open(log_path, "a") as log:
-            proc = subprocess.Popen(TRAIN + train_args(args, name, 42) + (["--resume"] if kills else []), env=env(),
-                                    stdout=log, stderr=log, cwd=REPO)
+            proc = subprocess.Popen(
+                TRAIN + train_args(args, name, 42) + (["--resume"] if kills else []),
+                env=env(),
+                stdout=log,
+                stderr=log,
+                cwd=REPO,
+            )
         draw = rng.random()
         if draw < 0.2:  # during start-up: imports, data, model, restoring the backup
             point, delay = "start-up", rng.uniform(0, 30)
@@ -147,8 +194,15 @@ def main() -> None:
         files = sorted(p.name for p in backup.rglob("*") if p.is_file()) if backup.exists() else []
         history = args.workdir / name / "history.csv"
         rows = max(0, len(history.read_text().splitlines()) - 1) if history.exists() else 0
-        kills.append({"point": point, "delay_s": round(delay, 1), "backup_files": files, "history_rows": rows,
-                      "during_backup_write": any(".tmp." in f for f in files)})
+        kills.append(
+            {
+                "point": point,
+                "delay_s": round(delay, 1),
+                "backup_files": files,
+                "history_rows": rows,
+                "during_backup_write": any(".tmp." in f for f in files),
+            }
+        )
         with open(record, "a") as f:
             f.write(json.dumps(kills[-1]) + "\n")
         print(f"  kill {len(kills):2d} ({point}, {delay:5.1f} s): backups {files}, history rows {rows}", flush=True)
@@ -164,23 +218,32 @@ def main() -> None:
         recovered = [line.strip() for line in f if "resume:" in line]
     result = {
         "config": {k: str(v) for k, v in vars(args).items()},
-        "kills_done": len(kills), "kills": kills, "kills_during_backup_write": sum(k.get("during_backup_write", False) for k in kills),
+        "kills_done": len(kills),
+        "kills": kills,
+        "kills_during_backup_write": sum(k.get("during_backup_write", False) for k in kills),
         "resume_messages": recovered,
         "reference": outcome(args.workdir, "reference"),
         "reference_other_seeds": {n: outcome(args.workdir, n) for n in others},
         "killed_and_resumed": outcome(args.workdir, name),
-        "reference_s": round(reference_s, 1), "final_resume_s": round(final_s, 1),
+        "reference_s": round(reference_s, 1),
+        "final_resume_s": round(final_s, 1),
         "load_average": os.getloadavg(),
     }
     ref, killed = result["reference"], result["killed_and_resumed"]
     best = [ref["best_val_loss"], *(o["best_val_loss"] for o in result["reference_other_seeds"].values())]
     mean, sd = float(np.mean(best)), float(np.std(best, ddof=1)) if len(best) > 1 else 0.0
-    result["reference_best_val_loss"] = {"min": min(best), "max": max(best), "mean": round(mean, 4),
-                                         "sd": round(sd, 4), "runs": len(best)}
+    result["reference_best_val_loss"] = {
+        "min": min(best),
+        "max": max(best),
+        "mean": round(mean, 4),
+        "sd": round(sd, 4),
+        "runs": len(best),
+    }
     result["killed_minus_reference_best_val_loss"] = round(killed["best_val_loss"] - ref["best_val_loss"], 4)
     result["killed_within_2sd_of_references"] = abs(killed["best_val_loss"] - mean) <= 2 * sd
-    result["same_epochs"] = killed["epochs_trained"] == ref["epochs_trained"] == args.epochs and \
-        killed["history_epochs"] == list(range(args.epochs))
+    result["same_epochs"] = killed["epochs_trained"] == ref["epochs_trained"] == args.epochs and killed[
+        "history_epochs"
+    ] == list(range(args.epochs))
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

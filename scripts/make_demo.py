@@ -3,8 +3,9 @@
     python scripts/make_demo.py            # writes data/demo/portrait.jpg, data/demo/pair.jpg and data/demo/README.md
 
 Each photo is one or two aligned CelebA test images, enlarged 1.5x and pasted on a plain background, so `predict`
-has to find the faces and re-crop them as it does for any photo. The images are the first of their cohort in the sample's test
-partition (never trained on) whose face the detector finds; which ones, and their CelebA labels, are written to data/demo/README.md.
+has to find the faces and re-crop them as it does for any photo. The images are the first of their cohort in the
+sample's test partition (never trained on) whose face the detector finds; which ones, and their CelebA labels, are
+written to data/demo/README.md.
 CelebA's images are for non-commercial research only (see the CelebA agreement); so are these derived photos.
 """
 
@@ -56,17 +57,23 @@ def main() -> None:
     rows = split(load_index(SAMPLE_DIR), "test")
     demos = {"portrait.jpg": [first(rows, 1, 1)], "pair.jpg": [first(rows, 0, 1), first(rows, 1, 0)]}
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = ["# Demo photos", "",
-             "Made by `python scripts/make_demo.py` from test-partition images of the embedded CelebA sample",
-             "(`data/celeba-sample/`), each enlarged 1.5x and pasted on a plain background, so that `predict` has to",
-             "find and re-crop the faces. **Licence: CelebA's images are available for non-commercial research",
-             "purposes only** (the CelebA dataset agreement); these derived photos carry the same terms.", "",
-             "| photo | faces, left to right: CelebA image (Male, Young) |", "| --- | --- |"]
+    lines = [
+        "# Demo photos",
+        "",
+        "Made by `python scripts/make_demo.py` from test-partition images of the embedded CelebA sample",
+        "(`data/celeba-sample/`), each enlarged 1.5x and pasted on a plain background, so that `predict` has to",
+        "find and re-crop the faces. **Licence: CelebA's images are available for non-commercial research",
+        "purposes only** (the CelebA dataset agreement); these derived photos carry the same terms.",
+        "",
+        "| photo | faces, left to right: CelebA image (Male, Young) |",
+        "| --- | --- |",
+    ]
     by_path = rows.set_index("path")
     for name, paths in demos.items():
         compose(paths).save(args.out / name, quality=92)
-        faces = ", ".join(f"{Path(p).name} (Male {int(by_path.at[p, 'Male'])}, Young {int(by_path.at[p, 'Young'])})"
-                          for p in paths)
+        faces = ", ".join(
+            f"{Path(p).name} (Male {int(by_path.at[p, 'Male'])}, Young {int(by_path.at[p, 'Young'])})" for p in paths
+        )
         lines.append(f"| `{name}` | {faces} |")
     (args.out / "README.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {', '.join(demos)} and README.md in {args.out}")

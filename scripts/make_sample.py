@@ -52,8 +52,7 @@ def main() -> None:
         (args.dest / name).write_text("\n".join([str(len(rows)), lines[1], *rows]) + "\n")
     for name in ("list_eval_partition.txt", "identity_CelebA.txt"):
         if (args.source / name).exists():
-            rows = [line for line in (args.source / name).read_text().splitlines()
-                    if line.split(maxsplit=1)[0] in keep]
+            rows = [line for line in (args.source / name).read_text().splitlines() if line.split(maxsplit=1)[0] in keep]
             (args.dest / name).write_text("\n".join(rows) + "\n")
     print(f"wrote {len(ids)} images to {args.dest} ({PARTITIONS})")
 

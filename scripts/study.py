@@ -63,8 +63,9 @@ def probabilities(model_path: Path, rows: pd.DataFrame, labels: tuple[str, ...],
     return probs
 
 
-def row_for(name: str, rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...],
-            threshold: np.ndarray) -> dict[str, Any]:
+def row_for(
+    name: str, rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], threshold: np.ndarray
+) -> dict[str, Any]:
     """Overall accuracy, ROC-AUC, ECE, every cohort's accuracy, the worst cohort and the gap, per label."""
     from celeba.analysis.compute import calibration_curve
     from celeba.metrics import cohort_accuracy, label_metrics
@@ -74,10 +75,16 @@ def row_for(name: str, rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, lab
     out: dict[str, Any] = {"model": name, "threshold": dict(zip(labels, np.round(threshold, 2).tolist()))}
     for j, label in enumerate(labels):
         column = cohorts[f"{label}_accuracy"]
-        out[label] = {"accuracy": metrics.at[label, "accuracy"], "roc_auc": metrics.at[label, "roc_auc"],
-                      "ece": calibration_curve(y[:, j], probs[:, j])[1],
-                      "cohorts": column.to_dict(), "cohort_n": cohorts["n"].to_dict(),
-                      "worst_cohort": column.idxmin(), "worst": column.min(), "gap": column.max() - column.min()}
+        out[label] = {
+            "accuracy": metrics.at[label, "accuracy"],
+            "roc_auc": metrics.at[label, "roc_auc"],
+            "ece": calibration_curve(y[:, j], probs[:, j])[1],
+            "cohorts": column.to_dict(),
+            "cohort_n": cohorts["n"].to_dict(),
+            "worst_cohort": column.idxmin(),
+            "worst": column.min(),
+            "gap": column.max() - column.min(),
+        }
     return out
 
 
@@ -98,27 +105,51 @@ def run(cfg: StudyConfig) -> dict[str, Any]:
     default = np.full(len(cfg.labels), 0.5)
 
     def probs(name: str, partition: str) -> np.ndarray:
-        return probabilities(cfg.models_dir / f"{name}.keras", parts[partition], cfg.labels,
-                             cfg.cache / f"{name}-{partition}.csv")
+        return probabilities(
+            cfg.models_dir / f"{name}.keras", parts[partition], cfg.labels, cfg.cache / f"{name}-{partition}.csv"
+        )
 
     present = [n for n in MITIGATIONS if (cfg.models_dir / f"{n}.keras").is_file()]
-    table = [row_for(n, parts["test"], y["test"], probs(n, "test"), cfg.labels, default) | {"method": MITIGATIONS[n]}
-             for n in present]
+    table = [
+        row_for(n, parts["test"], y["test"], probs(n, "test"), cfg.labels, default) | {"method": MITIGATIONS[n]}
+        for n in present
+    ]
     if "celeba16k-bce" in present:
-        t = balancing_threshold(parts["validation"], y["validation"], probs("celeba16k-bce", "validation"),
-                                cfg.labels)
-        table.append(row_for("celeba16k-bce", parts["test"], y["test"], probs("celeba16k-bce", "test"), cfg.labels, t)
-                     | {"method": "plain BCE + cohort-balancing threshold (chosen on validation)"})
-    curve = [{"train_images": n, "model": name,
-              **{label: row_for(name, parts["test"], y["test"], probs(name, "test"), cfg.labels, default)[label]
-                 ["accuracy"] for label in cfg.labels}}
-             for n, name in CURVE.items() if (cfg.models_dir / f"{name}.keras").is_file()]
+        t = balancing_threshold(parts["validation"], y["validation"], probs("celeba16k-bce", "validation"), cfg.labels)
+        table.append(
+            row_for("celeba16k-bce", parts["test"], y["test"], probs("celeba16k-bce", "test"), cfg.labels, t)
+            | {"method": "plain BCE + cohort-balancing threshold (chosen on validation)"}
+        )
+    curve = [
+        {
+            "train_images": n,
+            "model": name,
+            **{
+                label: row_for(name, parts["test"], y["test"], probs(name, "test"), cfg.labels, default)[label][
+                    "accuracy"
+                ]
+                for label in cfg.labels
+            },
+        }
+        for n, name in CURVE.items()
+        if (cfg.models_dir / f"{name}.keras").is_file()
+    ]
     cards = {n: RunCard.load(cfg.models_dir / f"{n}.json").to_dict() for n in {*present, *(c["model"] for c in curve)}}
-    result = {"data_dir": str(cfg.data_dir), "test_images": len(parts["test"]),
-              "validation_images": len(parts["validation"]), "mitigations": table, "learning_curve": curve,
-              "training": {n: {k: card.get(k) for k in ("epochs_trained", "time_s", "train_images_per_s",
-                                                        "train_images_per_s_by_phase")}
-                           | {"train_images": card["data"]["train"]} for n, card in cards.items()}}
+    result = {
+        "data_dir": str(cfg.data_dir),
+        "test_images": len(parts["test"]),
+        "validation_images": len(parts["validation"]),
+        "mitigations": table,
+        "learning_curve": curve,
+        "training": {
+            n: {
+                k: card.get(k)
+                for k in ("epochs_trained", "time_s", "train_images_per_s", "train_images_per_s_by_phase")
+            }
+            | {"train_images": card["data"]["train"]}
+            for n, card in cards.items()
+        },
+    }
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "study.json").write_text(json.dumps(result, indent=2, default=float))
     (cfg.out / "study.md").write_text(markdown(result, cfg.labels))
@@ -135,22 +166,33 @@ def markdown(result: dict[str, Any], labels: tuple[str, ...]) -> str:
     lines = []
     for label in labels:
         cohorts = list(result["mitigations"][0][label]["cohorts"])
-        lines += [f"### {label} on the {result['test_images']} test images", "",
-                  "| method | threshold | accuracy | ROC-AUC | ECE | " + " | ".join(cohorts) + " | worst | gap (pts) |",
-                  "|---" * (7 + len(cohorts)) + "|"]
+        lines += [
+            f"### {label} on the {result['test_images']} test images",
+            "",
+            "| method | threshold | accuracy | ROC-AUC | ECE | " + " | ".join(cohorts) + " | worst | gap (pts) |",
+            "|---" * (7 + len(cohorts)) + "|",
+        ]
         for row in result["mitigations"]:
             r = row[label]
-            lines.append(f"| {row['method']} | {row['threshold'][label]:.2f} | {pct(r['accuracy'])} | "
-                         f"{r['roc_auc']:.3f} | {r['ece']:.3f} | "
-                         + " | ".join(pct(r["cohorts"][c]) for c in cohorts)
-                         + f" | {pct(r['worst'])} | {pct(r['gap'])} |")
+            lines.append(
+                f"| {row['method']} | {row['threshold'][label]:.2f} | {pct(r['accuracy'])} | "
+                f"{r['roc_auc']:.3f} | {r['ece']:.3f} | "
+                + " | ".join(pct(r["cohorts"][c]) for c in cohorts)
+                + f" | {pct(r['worst'])} | {pct(r['gap'])} |"
+            )
         n = result["mitigations"][0][label]["cohort_n"]
         lines += ["", "Cohort sizes: " + ", ".join(f"{c} {n[c]}" for c in cohorts) + ".", ""]
     if result["learning_curve"]:
-        lines += ["### Learning curve (plain BCE, same schedule)", "",
-                  "| train images | " + " | ".join(labels) + " |", "|---" * (1 + len(labels)) + "|"]
-        lines += [f"| {c['train_images']:,} | " + " | ".join(pct(c[label]) for label in labels) + " |"
-                  for c in result["learning_curve"]]
+        lines += [
+            "### Learning curve (plain BCE, same schedule)",
+            "",
+            "| train images | " + " | ".join(labels) + " |",
+            "|---" * (1 + len(labels)) + "|",
+        ]
+        lines += [
+            f"| {c['train_images']:,} | " + " | ".join(pct(c[label]) for label in labels) + " |"
+            for c in result["learning_curve"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -172,14 +214,18 @@ def plot_curve(curve: list[dict[str, Any]], labels: tuple[str, ...], path: Path)
 def plot_mitigations(table: list[dict[str, Any]], labels: tuple[str, ...], path: Path) -> None:
     from celeba.plots import plt, save
 
-    fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels), 4.6), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels), 4.6), squeeze=False, layout="constrained")
     for ax, label in zip(axes[0], labels):
         for row in table:
             r = row[label]
             ax.scatter(100 * r["worst"], 100 * r["accuracy"], s=60)
-            ax.annotate(row["method"], (100 * r["worst"], 100 * r["accuracy"]), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
+            ax.annotate(
+                row["method"],
+                (100 * r["worst"], 100 * r["accuracy"]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
         ax.set_xlabel(f"worst-cohort accuracy (%)  [{table[0][label]['worst_cohort'] if table else ''} ...]")
         ax.set_ylabel("overall accuracy (%)")
         ax.set_title(f"{label}: overall vs worst cohort (test)")
@@ -194,8 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(StudyConfig, argv, StudyConfig.__doc__)
     result = run(cfg)
     print((cfg.out / "study.md").read_text())
-    print(f"wrote {cfg.out / 'study.json'}, {cfg.out / 'study.md'} and figures in {cfg.images}/"
-          f" ({len(result['mitigations'])} rows, {len(result['learning_curve'])} curve points)")
+    print(
+        f"wrote {cfg.out / 'study.json'}, {cfg.out / 'study.md'} and figures in {cfg.images}/"
+        f" ({len(result['mitigations'])} rows, {len(result['learning_curve'])} curve points)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,15 @@ def tiny_model(tmp_path_factory) -> Path:
     from celeba.train import train
 
     models = tmp_path_factory.mktemp("models")
-    cfg = TrainConfig(weights="none", image_size=64, epochs=1, limit=32, batch_size=16, models_dir=models,
-                      name="tiny", check_images=False)
+    cfg = TrainConfig(
+        weights="none",
+        image_size=64,
+        epochs=1,
+        limit=32,
+        batch_size=16,
+        models_dir=models,
+        name="tiny",
+        check_images=False,
+    )
     train(cfg)
     return models / "tiny.keras"

@@ -10,8 +10,14 @@ import pandas as pd
 import pytest
 
 from celeba.analysis import parse_pairs
-from celeba.analysis.compute import (balancing_thresholds, calibration_curve, celeba_balancing_groups, findings,
-                                     saliency_picks, wilson_interval)
+from celeba.analysis.compute import (
+    balancing_thresholds,
+    calibration_curve,
+    celeba_balancing_groups,
+    findings,
+    saliency_picks,
+    wilson_interval,
+)
 from celeba.analysis.population import quantile_bins
 from celeba.analyze import AnalyzeConfig
 from celeba.cli import analyze_main
@@ -28,9 +34,32 @@ def report(tiny_model, sample_dir, tmp_path_factory) -> Path:
     """The same tiny model passed twice (repeated --model flags), through the real command line."""
     out = tmp_path_factory.mktemp("analysis")
     with pytest.raises(SystemExit) as exit_info:
-        analyze_main(["--model", str(tiny_model), "--model", str(tiny_model), "--data-dir", str(sample_dir),
-          "--partition", "test", "--limit", str(LIMIT), "--out", str(out), "--faces", "2", "--bins", "3",
-          "--min-slice", "3", "--projections", "pca", "--pairs", *(",".join(p) for p in PAIRS)])
+        analyze_main(
+            [
+                "--model",
+                str(tiny_model),
+                "--model",
+                str(tiny_model),
+                "--data-dir",
+                str(sample_dir),
+                "--partition",
+                "test",
+                "--limit",
+                str(LIMIT),
+                "--out",
+                str(out),
+                "--faces",
+                "2",
+                "--bins",
+                "3",
+                "--min-slice",
+                "3",
+                "--projections",
+                "pca",
+                "--pairs",
+                *(",".join(p) for p in PAIRS),
+            ]
+        )
     assert exit_info.value.code == 0
     return out
 
@@ -40,11 +69,25 @@ def test_every_figure_exists_is_linked_and_is_a_valid_png(report):
     from matplotlib.image import imread
     from PIL import Image
 
-    expected = {"cohorts_Male_Young.png", "cohorts_Male_Eyeglasses.png", "train_distribution.png", "confusion.png",
-                "latent_pca_tiny.png", "latent_pca_tiny-2.png", "slices.png", "reliability.png", "thresholds.png",
-                "groups.png", "latent_groups_pca_tiny.png",
-                *(f"gradcam{kind}_{label}_{name}.png" for kind in ("", "_errors") for label in ("Male", "Young")
-                  for name in ("tiny", "tiny-2"))}
+    expected = {
+        "cohorts_Male_Young.png",
+        "cohorts_Male_Eyeglasses.png",
+        "train_distribution.png",
+        "confusion.png",
+        "latent_pca_tiny.png",
+        "latent_pca_tiny-2.png",
+        "slices.png",
+        "reliability.png",
+        "thresholds.png",
+        "groups.png",
+        "latent_groups_pca_tiny.png",
+        *(
+            f"gradcam{kind}_{label}_{name}.png"
+            for kind in ("", "_errors")
+            for label in ("Male", "Young")
+            for name in ("tiny", "tiny-2")
+        ),
+    }
     found = {p.name for p in report.glob("*.png")}
     assert expected <= found
     text = (report / "report.md").read_text()
@@ -193,13 +236,16 @@ def test_missing_model_is_one_clear_error(tmp_path, capsys):
 
 def test_findings_name_the_worst_cohort_and_whether_the_gap_closed():
     def cohorts(young_women: float) -> pd.DataFrame:
-        return pd.DataFrame({"n": [40, 20], "Young_accuracy": [0.9, young_women]},
-                            index=["Male & Young", "Not Male & Young"])
+        return pd.DataFrame(
+            {"n": [40, 20], "Young_accuracy": [0.9, young_women]}, index=["Male & Young", "Not Male & Young"]
+        )
 
-    confusion = pd.DataFrame({"fpr": [0.2, 0.5]},
-                             index=pd.MultiIndex.from_tuples([("Young", "Male"), ("Young", "Not Male")]))
-    lines = findings({"bce": cohorts(0.6), "weighted": cohorts(0.8)}, {"bce": confusion, "weighted": confusion},
-                     ["Young"])
+    confusion = pd.DataFrame(
+        {"fpr": [0.2, 0.5]}, index=pd.MultiIndex.from_tuples([("Young", "Male"), ("Young", "Not Male")])
+    )
+    lines = findings(
+        {"bce": cohorts(0.6), "weighted": cohorts(0.8)}, {"bce": confusion, "weighted": confusion}, ["Young"]
+    )
     assert "bce: Young accuracy ranges from 60.0% (Not Male & Young, n=20) to 90.0% (Male & Young, n=40)" in lines[0]
     assert "a gap of 30.0 pts" in lines[0]  # percentage points, not a relative change
     assert "false-positive rate 50.0% (Not Male) vs 20.0% (Male)" in lines[1]
@@ -207,8 +253,10 @@ def test_findings_name_the_worst_cohort_and_whether_the_gap_closed():
 
 
 def test_findings_leave_cohorts_under_30_images_out_of_the_headline_gap():
-    table = pd.DataFrame({"n": [200, 150, 12], "Young_accuracy": [0.9, 0.8, 0.1]},
-                         index=["Male & Young", "Not Male & Young", "Not Male & Not Young"])
+    table = pd.DataFrame(
+        {"n": [200, 150, 12], "Young_accuracy": [0.9, 0.8, 0.1]},
+        index=["Male & Young", "Not Male & Young", "Not Male & Not Young"],
+    )
     line = findings({"m": table}, {"m": pd.DataFrame({"fpr": []})}, ["Young"])[0]
     assert "from 80.0% (Not Male & Young, n=150) to 90.0% (Male & Young, n=200), a gap of 10.0 pts" in line
     assert "left out, under 30 images: Not Male & Not Young (n=12)" in line

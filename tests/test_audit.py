@@ -34,9 +34,14 @@ def _folder(tmp_path: Path, names: list[str]) -> Path:
 def test_labels_csv_gives_truth_groups_and_skipped_files(tmp_path):
     folder = _folder(tmp_path, [f"{i}.jpg" for i in range(12)] + ["not_listed.jpg"])
     csv = tmp_path / "labels.csv"
-    pd.DataFrame({"file": [f"{i}.jpg" for i in range(12)] + ["missing.jpg"],
-                  "Male": ["1", "0", ""] * 4 + ["1"], "skin_tone": ["I", "II", "III", ""] * 3 + ["I"],
-                  "age": [str(20 + 5 * i) for i in range(12)] + ["30"]}).to_csv(csv, index=False)
+    pd.DataFrame(
+        {
+            "file": [f"{i}.jpg" for i in range(12)] + ["missing.jpg"],
+            "Male": ["1", "0", ""] * 4 + ["1"],
+            "skin_tone": ["I", "II", "III", ""] * 3 + ["I"],
+            "age": [str(20 + 5 * i) for i in range(12)] + ["30"],
+        }
+    ).to_csv(csv, index=False)
     pop = folder_population(folder, labels_csv=csv, bins=3)
     rows = pop.rows
     assert len(rows) == 12 and list(pop.skipped["file"]) == ["missing.jpg"]
@@ -52,12 +57,19 @@ def test_labels_csv_gives_truth_groups_and_skipped_files(tmp_path):
 
 def test_utkface_style_file_names_with_derived_labels_and_names(tmp_path):
     """UTKFace names its files [age]_[gender]_[race]_[date&time].jpg, gender 0 = male, 1 = female."""
-    names = ["25_0_2_20170116174525125.jpg", "71_1_0_20170109150557335.jpg", "8_1_4_20170103200814791.jpg",
-             "39_1_20170116174525125.jpg"]  # the last has no race: listed as skipped, not guessed
+    names = [
+        "25_0_2_20170116174525125.jpg",
+        "71_1_0_20170109150557335.jpg",
+        "8_1_4_20170103200814791.jpg",
+        "39_1_20170116174525125.jpg",
+    ]  # the last has no race: listed as skipped, not guessed
     folder = _folder(tmp_path, names)
-    pop = folder_population(folder, filename_pattern="{age}_{gender}_{race}_*.jpg",
-                            derive=["Male=gender==0", "Young=age<30"],
-                            mapping=["race:0=White,1=Black,2=Asian,3=Indian,4=Others"])
+    pop = folder_population(
+        folder,
+        filename_pattern="{age}_{gender}_{race}_*.jpg",
+        derive=["Male=gender==0", "Young=age<30"],
+        mapping=["race:0=White,1=Black,2=Asian,3=Indian,4=Others"],
+    )
     rows = pop.rows.set_index("image_id")
     assert rows.loc[names[0], "Male"] == 1 and rows.loc[names[1], "Male"] == 0
     assert rows["Young"].tolist() == [1.0, 0.0, 1.0]
@@ -66,12 +78,15 @@ def test_utkface_style_file_names_with_derived_labels_and_names(tmp_path):
     assert pop.derivations["Young"] == "derived: Young := age<30"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"derive": ["Young=height<30"]}, "names no column"),
-    ({"derive": ["Young=age+1"]}, "true/false condition"),
-    ({"derive": ["Elderly=age>70"]}, "not a CelebA attribute"),
-    ({"mapping": ["gender=0:male"]}, "--map"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"derive": ["Young=height<30"]}, "names no column"),
+        ({"derive": ["Young=age+1"]}, "true/false condition"),
+        ({"derive": ["Elderly=age>70"]}, "not a CelebA attribute"),
+        ({"mapping": ["gender=0:male"]}, "--map"),
+    ],
+)
 def test_bad_derivations_and_mappings_are_one_clear_error(tmp_path, kwargs, message):
     folder = _folder(tmp_path, ["25_0_2_x.jpg"])
     with pytest.raises(CelebADataError, match=message):
@@ -118,8 +133,9 @@ def test_report_ranks_the_group_with_known_errors_worst_and_counts_every_photo(t
     folder = _folder(tmp_path, [f"{i}.jpg" for i in range(len(sites))])
     truth = np.tile([1, 0], 12)
     csv = tmp_path / "labels.csv"
-    pd.DataFrame({"file": [f"{i}.jpg" for i in range(len(sites))], "Male": truth, "site": sites}).to_csv(csv,
-                                                                                                       index=False)
+    pd.DataFrame({"file": [f"{i}.jpg" for i in range(len(sites))], "Male": truth, "site": sites}).to_csv(
+        csv, index=False
+    )
     pop = folder_population(folder, labels_csv=csv)
     p = np.where(truth == 1, 0.9, 0.1).astype(float)
     wrong_b, wrong_c = [10, 11, 12, 13], [20, 21]
@@ -172,10 +188,35 @@ def test_analyze_images_on_a_generated_folder_ranks_the_dim_photos_worst(audit_f
     folder, csv = audit_folder
     out = tmp_path / "report"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_DISABLE_ANALYTICS": "true"}
-    done = subprocess.run([sys.executable, "-m", "celeba", "analyze", "--model", str(MODEL),
-                           "--images", str(folder), "--labels-csv", str(csv), "--out", str(out),
-                           "--projections", "pca", "--faces", "1", "--min-slice", "5", "--bins", "2"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celeba",
+            "analyze",
+            "--model",
+            str(MODEL),
+            "--images",
+            str(folder),
+            "--labels-csv",
+            str(csv),
+            "--out",
+            str(out),
+            "--projections",
+            "pca",
+            "--faces",
+            "1",
+            "--min-slice",
+            "5",
+            "--bins",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"wrote {out / 'report.md'}" in done.stdout
 
@@ -197,7 +238,8 @@ def test_analyze_images_on_a_generated_folder_ranks_the_dim_photos_worst(audit_f
     report = (out / "report.md").read_text()
     assert "lighting" in report and "![groups](groups.png)" in report and "unreadable" in report
     assert {"gradcam_errors_Male_celeba8k-bce.png", "latent_groups_pca_celeba8k-bce.png"} <= {
-        p.name for p in out.glob("*.png")}
+        p.name for p in out.glob("*.png")
+    }
 
 
 @pytest.mark.slow
@@ -206,8 +248,22 @@ def test_evaluate_images_counts_faces_and_reports_groups(audit_folder, tmp_path,
 
     folder, csv = audit_folder
     with pytest.raises(SystemExit) as exit_info:
-        evaluate_main(["--model", str(MODEL), "--images", str(folder), "--labels-csv", str(csv), "--out",
-                       str(tmp_path), "--min-slice", "5", "--derive", "Young=face_px<300"])
+        evaluate_main(
+            [
+                "--model",
+                str(MODEL),
+                "--images",
+                str(folder),
+                "--labels-csv",
+                str(csv),
+                "--out",
+                str(tmp_path),
+                "--min-slice",
+                "5",
+                "--derive",
+                "Young=face_px<300",
+            ]
+        )
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "Young: derived: Young := face_px<300" in printed and "accuracy per group, worst first" in printed

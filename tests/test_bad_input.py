@@ -20,23 +20,26 @@ def _refused(capsys, parse, message: str) -> None:
     assert err == [f"error: {message}"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
-    (["--epochs", "-3"], "--epochs: must be at least 1, got -3"),
-    (["--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
-    (["--limit", "-5"], "--limit: must be at least 1, got -5"),
-    (["--train-limit", "0"], "--train-limit: must be at least 1, got 0"),
-    (["--val-limit", "-1"], "--val-limit: must be at least 1, got -1"),
-    (["--freeze-epochs", "-1"], "--freeze-epochs: must be at least 0, got -1"),
-    (["--image-size", "8"], "--image-size: must be at least 32, got 8"),
-    (["--dense-units", "0"], "--dense-units: must be at least 1, got 0"),
-    (["--seed", "-1"], "--seed: must be at least 0, got -1"),
-    (["--learning-rate", "nan"], "--learning-rate: must be a finite number > 0, got nan"),
-    (["--learning-rate", "inf"], "--learning-rate: must be a finite number > 0, got inf"),
-    (["--learning-rate", "0"], "--learning-rate: must be a finite number > 0, got 0.0"),
-    (["--dropout", "2"], "--dropout: must be in [0, 1), got 2.0"),
-    (["--dropout", "1"], "--dropout: must be in [0, 1), got 1.0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
+        (["--epochs", "-3"], "--epochs: must be at least 1, got -3"),
+        (["--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+        (["--limit", "-5"], "--limit: must be at least 1, got -5"),
+        (["--train-limit", "0"], "--train-limit: must be at least 1, got 0"),
+        (["--val-limit", "-1"], "--val-limit: must be at least 1, got -1"),
+        (["--freeze-epochs", "-1"], "--freeze-epochs: must be at least 0, got -1"),
+        (["--image-size", "8"], "--image-size: must be at least 32, got 8"),
+        (["--dense-units", "0"], "--dense-units: must be at least 1, got 0"),
+        (["--seed", "-1"], "--seed: must be at least 0, got -1"),
+        (["--learning-rate", "nan"], "--learning-rate: must be a finite number > 0, got nan"),
+        (["--learning-rate", "inf"], "--learning-rate: must be a finite number > 0, got inf"),
+        (["--learning-rate", "0"], "--learning-rate: must be a finite number > 0, got 0.0"),
+        (["--dropout", "2"], "--dropout: must be in [0, 1), got 2.0"),
+        (["--dropout", "1"], "--dropout: must be in [0, 1), got 1.0"),
+    ],
+)
 def test_train_numbers_are_checked_at_parse_time(capsys, argv, message):
     _refused(capsys, lambda: train_main(argv), message)
 
@@ -45,16 +48,16 @@ def test_evaluate_predict_serve_export_numbers_are_checked(capsys):
     _refused(capsys, lambda: evaluate_main(["--threshold", "1.5"]), "--threshold: must be in [0, 1], got 1.5")
     _refused(capsys, lambda: evaluate_main(["--limit", "0"]), "--limit: must be at least 1, got 0")
     _refused(capsys, lambda: predict_main(["--batch-size", "0"]), "--batch-size: must be at least 1, got 0")
-    _refused(capsys, lambda: predict_main(["--batch-size", "-1"]),
-             "--batch-size: must be at least 1, got -1")
-    _refused(capsys, lambda: predict_main(["--max-megapixels", "nan"]),
-             "--max-megapixels: must be a finite number > 0, got nan")
+    _refused(capsys, lambda: predict_main(["--batch-size", "-1"]), "--batch-size: must be at least 1, got -1")
+    _refused(
+        capsys,
+        lambda: predict_main(["--max-megapixels", "nan"]),
+        "--max-megapixels: must be a finite number > 0, got nan",
+    )
     _refused(capsys, lambda: serve_main(["--port", "70000"]), "--port: must be in 0..65535, got 70000")
     _refused(capsys, lambda: serve_main(["--max-bytes", "0"]), "--max-bytes: must be at least 1, got 0")
-    _refused(capsys, lambda: export_main(["--min-agreement", "-0.1"]),
-             "--min-agreement: must be in [0, 1], got -0.1")
-    _refused(capsys, lambda: export_main(["--tolerance", "nan"]),
-             "--tolerance: must be a finite number >= 0, got nan")
+    _refused(capsys, lambda: export_main(["--min-agreement", "-0.1"]), "--min-agreement: must be in [0, 1], got -0.1")
+    _refused(capsys, lambda: export_main(["--tolerance", "nan"]), "--tolerance: must be a finite number >= 0, got nan")
 
 
 def test_good_numbers_still_parse():
@@ -79,8 +82,11 @@ def saved_model(tmp_path) -> Path:
     from celeba.train import save_atomic
 
     path = tmp_path / "models" / "a.keras"
-    save_atomic(keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]), path,
-                labels=["Male", "Young"])
+    save_atomic(
+        keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]),
+        path,
+        labels=["Male", "Young"],
+    )
     path.with_suffix(".json").write_text(json.dumps({"config": {"labels": ["Male", "Young"]}}))
     return path
 
@@ -100,15 +106,22 @@ def test_export_never_replaces_another_model_or_its_run_card(saved_model, capsys
     other_card.write_text('{"config": {"labels": ["Smiling"]}}')
     before = other.read_bytes()
     for force in ([], ["--force"]):
-        _export_refused(capsys, ["--model", str(saved_model), "--out", str(other), *force],
-                        "a tflite export must be named *.tflite")
+        _export_refused(
+            capsys, ["--model", str(saved_model), "--out", str(other), *force], "a tflite export must be named *.tflite"
+        )
         renamed = other.with_suffix(".tflite")
         renamed.write_bytes(before)  # a Keras file with a .tflite name
-        _export_refused(capsys, ["--model", str(saved_model), "--out", str(renamed), *force],
-                        "exists and is a keras file, not a tflite model")
+        _export_refused(
+            capsys,
+            ["--model", str(saved_model), "--out", str(renamed), *force],
+            "exists and is a keras file, not a tflite model",
+        )
         renamed.unlink()
-        _export_refused(capsys, ["--model", str(saved_model), "--out", str(renamed), *force],
-                        "b.json is the run card of a trained model")
+        _export_refused(
+            capsys,
+            ["--model", str(saved_model), "--out", str(renamed), *force],
+            "b.json is the run card of a trained model",
+        )
     assert other.read_bytes() == before and other_card.read_text() == '{"config": {"labels": ["Smiling"]}}'
 
 
@@ -127,8 +140,9 @@ def test_an_exported_model_needs_its_own_card(saved_model, tmp_path):
     out.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
     with pytest.raises(ModelFileError, match=r"x.json: card of the exported model not found"):
         exported_labels(out)
-    out.with_suffix(".json").write_text(json.dumps({"source_model": "m.keras", "size_bytes": 999,
-                                                    "config": {"labels": ["Male"]}}))
+    out.with_suffix(".json").write_text(
+        json.dumps({"source_model": "m.keras", "size_bytes": 999, "config": {"labels": ["Male"]}})
+    )
     with pytest.raises(ModelFileError, match="the card belongs to another export"):
         exported_labels(out)
 
@@ -146,8 +160,7 @@ def _png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def test_predict_skips_bad_files_and_still_scores_the_good_ones(saved_model, sample_dir, tmp_path, capsys,
-                                                                monkeypatch):
+def test_predict_skips_bad_files_and_still_scores_the_good_ones(saved_model, sample_dir, tmp_path, capsys, monkeypatch):
     import cv2
 
     import celeba.predict as predict
@@ -176,8 +189,9 @@ def test_predict_skips_bad_files_and_still_scores_the_good_ones(saved_model, sam
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     monkeypatch.setattr(predict, "find_faces", find_faces)
     with pytest.raises(SystemExit) as caught:
-        predict_main([str(good), str(thin), str(locked), str(odd), "--model", str(saved_model), "--json",
-                      "--batch-size", "4"])
+        predict_main(
+            [str(good), str(thin), str(locked), str(odd), "--model", str(saved_model), "--json", "--batch-size", "4"]
+        )
     assert caught.value.code == 2
     out, err = capsys.readouterr()
     results = {Path(r["file"]).name: r for r in json.loads(out)}
@@ -212,8 +226,11 @@ def test_an_image_in_two_partitions_is_refused(small_celeba):
     parts = small_celeba / "list_eval_partition.txt"
     first = parts.read_text().splitlines()[0].split()[0]
     parts.write_text(parts.read_text() + f"{first} 2\n")  # also in test
-    with pytest.raises(CelebADataError, match=rf"list_eval_partition.txt: 1 image\(s\) have conflicting partition "
-                                              rf"rows, e.g. '{first}': \['train', 'test'\]"):
+    with pytest.raises(
+        CelebADataError,
+        match=rf"list_eval_partition.txt: 1 image\(s\) have conflicting partition "
+        rf"rows, e.g. '{first}': \['train', 'test'\]",
+    ):
         load_index(small_celeba)
 
 

@@ -30,12 +30,15 @@ def celeba(*args: str, cwd: Path = REPO_ROOT, timeout: int = 300) -> subprocess.
     """`python -m celeba ...` in its own process, TF_CPP_MIN_LOG_LEVEL unset as in a user's shell."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "celeba", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "celeba", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_missing_data_dir(tmp_path, capsys):
-    assert f"{tmp_path / 'celeba'}: data folder not found" in run(train_main, ["--data-dir", str(tmp_path / "celeba")], capsys)
+    assert f"{tmp_path / 'celeba'}: data folder not found" in run(
+        train_main, ["--data-dir", str(tmp_path / "celeba")], capsys
+    )
 
 
 def test_unknown_label(capsys):
@@ -43,8 +46,11 @@ def test_unknown_label(capsys):
 
 
 def test_missing_weights_file_leaves_no_run_folder(tmp_path, capsys):
-    err = run(train_main, ["--weights", str(tmp_path / "w.h5"), "--limit", "4", "--models-dir", str(tmp_path / "m"),
-                           "--no-check-images"], capsys)
+    err = run(
+        train_main,
+        ["--weights", str(tmp_path / "w.h5"), "--limit", "4", "--models-dir", str(tmp_path / "m"), "--no-check-images"],
+        capsys,
+    )
     assert "w.h5: weights file not found" in err
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
 
@@ -69,7 +75,8 @@ def test_config_error_is_one_line_and_exit_2(capsys):
                 raise ConfigError(f"--epochs: must be at least 1, got {self.epochs}")
 
     assert run(lambda argv: run_script(Checked, print, argv), ["--epochs", "0"], capsys) == (
-        "error: --epochs: must be at least 1, got 0\n")
+        "error: --epochs: must be at least 1, got 0\n"
+    )
 
 
 def test_replay_needs_an_existing_run_card(tmp_path, capsys):

@@ -20,8 +20,25 @@ def test_defaults_run_on_the_embedded_sample_and_say_so():
 
 
 def test_flags_override_with_types():
-    cfg = parse_config(TrainConfig, ["--epochs", "7", "--labels", "Male", "Smiling", "--no-augment",
-                                     "--loss", "weighted-bce", "--limit", "50", "--data-dir", "/x", "--learning-rate", "3e-4"])
+    cfg = parse_config(
+        TrainConfig,
+        [
+            "--epochs",
+            "7",
+            "--labels",
+            "Male",
+            "Smiling",
+            "--no-augment",
+            "--loss",
+            "weighted-bce",
+            "--limit",
+            "50",
+            "--data-dir",
+            "/x",
+            "--learning-rate",
+            "3e-4",
+        ],
+    )
     assert cfg.epochs == 7 and cfg.labels == ("Male", "Smiling") and cfg.augment is False
     assert cfg.loss == "weighted-bce" and cfg.run_name == "mobilenetv2-weighted-bce"
     assert cfg.limit == 50 and cfg.data_dir == Path("/x") and cfg.learning_rate == 3e-4
@@ -32,7 +49,10 @@ def test_flags_override_with_types():
 def test_repeated_list_flags_extend_and_replace_the_default():
     """argparse's own action="extend": `--labels A --labels B C` is all three, and none of the defaults."""
     assert parse_config(TrainConfig, ["--labels", "Smiling", "--labels", "Bald", "Male"]).labels == (
-        "Smiling", "Bald", "Male")
+        "Smiling",
+        "Bald",
+        "Male",
+    )
     assert parse_config(TrainConfig, ["--labels=Smiling"]).labels == ("Smiling",)
 
 

@@ -42,8 +42,9 @@ def test_kaggle_csv_layout_gives_the_same_index(sample_copy):
     txt_index = data.load_index(sample_copy)
     attrs = pd.read_csv(sample_copy / "list_attr_celeba.txt", sep=r"\s+", skiprows=1)
     attrs.rename_axis("image_id").to_csv(sample_copy / "list_attr_celeba.csv")
-    parts = pd.read_csv(sample_copy / "list_eval_partition.txt", sep=r"\s+", header=None,
-                        names=["image_id", "partition"])
+    parts = pd.read_csv(
+        sample_copy / "list_eval_partition.txt", sep=r"\s+", header=None, names=["image_id", "partition"]
+    )
     parts.to_csv(sample_copy / "list_eval_partition.csv", index=False)
     for name in ("list_attr_celeba.txt", "list_eval_partition.txt"):
         (sample_copy / name).unlink()

@@ -14,8 +14,13 @@ DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 
 
 def test_flag_tables_are_generated_from_the_code():
-    result = subprocess.run([sys.executable, "scripts/flag_tables.py", "--check"], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "scripts/flag_tables.py", "--check"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     text = (REPO_ROOT / "docs" / "training.md").read_text()
     assert "<!-- flags: train -->\n| flag | default | what |" in text  # the tables are there, not just the markers
@@ -31,8 +36,11 @@ def test_readme_commands_name_files_that_exist():
     text = (REPO_ROOT / "README.md").read_text()
     named = set(re.findall(r"(?:data|models|images|scripts)/[\w./-]+\.(?:jpg|png|keras|json|py|sh)", text))
     assert "data/demo/portrait.jpg" in named
-    missing = [name for name in named if not (REPO_ROOT / name).is_file() and "my-model" not in name
-               and "smoke-sample" not in name]
+    missing = [
+        name
+        for name in named
+        if not (REPO_ROOT / name).is_file() and "my-model" not in name and "smoke-sample" not in name
+    ]
     assert not missing, missing
 
 

@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
-
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from celeba.cli import evaluate_main
 from celeba.config import EvalConfig

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from celeba.data import SAMPLE_DIR
 from celeba.cli import export_main
+from celeba.data import SAMPLE_DIR
 from celeba.export import TOLERANCE, ExportConfig, ParityError, TFLiteModel, export, parity, parity_line, verify
 
 

@@ -182,8 +182,10 @@ def test_find_faces_finds_nothing_in_blank_or_noise():
     assert find_faces(noise) == []
 
 
-@pytest.mark.parametrize("orientation, stored_as", [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270),
-                                                    (3, Image.Transpose.ROTATE_180)])
+@pytest.mark.parametrize(
+    "orientation, stored_as",
+    [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270), (3, Image.Transpose.ROTATE_180)],
+)
 def test_exif_orientation_turns_the_photo_upright_in_the_right_direction(few, orientation, stored_as):
     """A phone stores the sensor image and an EXIF tag saying how to turn it. Orientation 6 means: turn 90 degrees
     clockwise to view, so the stored pixels are the upright photo turned 90 degrees counter-clockwise (PIL's
@@ -203,7 +205,9 @@ def test_exif_orientation_turns_the_photo_upright_in_the_right_direction(few, or
     rgb = decode_photo(buf.getvalue(), "phone.jpg")
     assert rgb.shape == upright.shape
     right = np.abs(rgb.astype(float) - upright).mean()
-    wrong = min(np.abs(rgb.astype(float) - np.rot90(upright, 2)).mean(), np.abs(rgb.astype(float) - upright[::-1]).mean())
+    wrong = min(
+        np.abs(rgb.astype(float) - np.rot90(upright, 2)).mean(), np.abs(rgb.astype(float) - upright[::-1]).mean()
+    )
     assert right < 5 < wrong
     face = find_faces(rgb)[0]
     assert abs(face.roll) < 10 and face.landmarks[3, 1] > face.landmarks[0, 1]  # mouth below the eyes

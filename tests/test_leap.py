@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from celeba import data, image_stats, losses, metrics
+from celeba import data, image_stats, metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # leap_binder.py sits at the repository root, outside the package
@@ -34,14 +33,18 @@ LEAP_YAML = yaml.safe_load((ROOT / "leap.yaml").read_text())
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without any CELEBA_* or platform variable (a Tensorleap job has none of ours)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("CELEBA_") and k not in ("IS_CLOUD", "GENERIC_HOST_PATH", "PYTHONPATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CELEBA_") and k not in ("IS_CLOUD", "GENERIC_HOST_PATH", "PYTHONPATH")
+    }
     return {**env, "TL_DISABLE_ANALYTICS": "true", "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
 def status_table(stdout: str) -> dict[str, str]:
-    return {line.split("|")[0].strip(): line.split("|")[1].strip()
-            for line in stdout.splitlines() if line.count("|") == 1}
+    return {
+        line.split("|")[0].strip(): line.split("|")[1].strip() for line in stdout.splitlines() if line.count("|") == 1
+    }
 
 
 # --------------------------------------------------------------------------- the bundle, as the platform runs it
@@ -79,9 +82,23 @@ def bundle_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Pat
     shutil.copytree(data.SAMPLE_DIR, tmp / "volume" / CONFIG["data_root"])
     (tmp / "driver.py").write_text(DRIVER)
     env = clean_env(GENERIC_HOST_PATH=f"{tmp / 'no-volume-here'}:{tmp / 'volume'}")
-    result = subprocess.run([sys.executable, "-I", str(tmp / "driver.py"), str(tmp / "report.json"),
-                             "--samples", "1", "--model", str(ONNX_MODEL)],
-                            cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            str(tmp / "driver.py"),
+            str(tmp / "report.json"),
+            "--samples",
+            "1",
+            "--model",
+            str(ONNX_MODEL),
+        ],
+        cwd=bundle,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     report = json.loads((tmp / "report.json").read_text()) if (tmp / "report.json").is_file() else {}
     return result, report, tmp
 
@@ -97,14 +114,24 @@ def test_pushed_bundle_passes_every_check_on_a_mounted_volume(bundle_run):
     table = status_table(result.stdout)
     failed = [name for name, status in table.items() if status != "pass" and name != "check"]
     assert not failed, result.stdout
-    for check in ("integration_test", "preprocess", "image", "labels", "attribute_Male", "sample_cohort",
-                  "sample_identity", "image_mean_luminance", "image_file_kb"):
+    for check in (
+        "integration_test",
+        "preprocess",
+        "image",
+        "labels",
+        "attribute_Male",
+        "sample_cohort",
+        "sample_identity",
+        "image_mean_luminance",
+        "image_file_kb",
+    ):
         assert table.get(check) == "pass", check
     ran = [name for name in table if name.startswith("integration_test[")]
     assert {name.split("[")[1].split(":")[0] for name in ran} == {"training", "validation", "test"}
     # every registered loss, metric and visualizer ran on a sample through the ONNX model
-    assert report["handlers"] == sorted(["loss bce", "loss weighted_bce", "metric label", "visualizer image",
-                                         "visualizer labels_bar"])
+    assert report["handlers"] == sorted(
+        ["loss bce", "loss weighted_bce", "metric label", "visualizer image", "visualizer labels_bar"]
+    )
     assert all(table.get(handler) == "pass" for handler in report["handlers"])
     assert "Successful!" not in result.stdout
 
@@ -123,9 +150,12 @@ def test_data_root_resolution_follows_the_platform_rules(tmp_path):
     binder = importlib.import_module("leap_binder")
     assert binder.data_dir_candidates("/data/celeba", {"IS_CLOUD": "true"}) == [Path("/data/celeba")]
     assert binder.data_dir_candidates("celeba", {"IS_CLOUD": "true", "GENERIC_HOST_PATH": "/x"}) == [
-        Path("/nfs/celeba")]
+        Path("/nfs/celeba")
+    ]
     assert binder.data_dir_candidates("celeba", {"IS_CLOUD": "false", "GENERIC_HOST_PATH": "/x::/y"}) == [
-        Path("/x/celeba"), Path("/y/celeba")]
+        Path("/x/celeba"),
+        Path("/y/celeba"),
+    ]
     assert binder.data_dir_candidates("celeba", {}) == [Path.home() / "tensorleap" / "data" / "celeba"]
     (tmp_path / "y" / "celeba").mkdir(parents=True)
     env = {"GENERIC_HOST_PATH": f"{tmp_path / 'x'}:{tmp_path / 'y'}"}
@@ -138,12 +168,16 @@ def test_requirements_txt_lists_only_what_the_bundle_imports(bundle_run):
     """requirements.txt (what the platform installs) names exactly the declared dependencies the pushed code
     imports: every one it imports directly (static), and none that the bundle run did not import (dynamic)."""
     _, report, _ = bundle_run
-    declared = {canonicalize_name(r.name): r for r in map(Requirement, tomllib.loads(
-        (ROOT / "pyproject.toml").read_text())["project"]["dependencies"])}
+    declared = {
+        canonicalize_name(r.name): r
+        for r in map(Requirement, tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    }
     lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
     listed = {canonicalize_name(r.name): r for r in map(Requirement, filter(None, lines))}
-    distributions = {module: {canonicalize_name(d) for d in dists}
-                     for module, dists in importlib.metadata.packages_distributions().items()}
+    distributions = {
+        module: {canonicalize_name(d) for d in dists}
+        for module, dists in importlib.metadata.packages_distributions().items()
+    }
     imported = set().union(*(distributions.get(module, set()) for module in report["modules"]))
     assert not set(listed) - imported, f"requirements.txt lists {sorted(set(listed) - imported)}, never imported"
     direct = set().union(*(distributions.get(module, set()) for module in third_party_imports()))
@@ -159,8 +193,14 @@ def test_requirements_txt_lists_only_what_the_bundle_imports(bundle_run):
 
 @pytest.mark.slow
 def test_leap_test_passes_out_of_the_box_with_the_committed_model():
-    result = subprocess.run([sys.executable, "leap_test.py", "--samples", "1"], cwd=ROOT, env=clean_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "leap_test.py", "--samples", "1"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"model:    {ONNX_MODEL}" in result.stdout and "(the embedded sample;" in result.stdout
     assert "OK: " in result.stdout and "FAIL" not in result.stdout
@@ -168,15 +208,16 @@ def test_leap_test_passes_out_of_the_box_with_the_committed_model():
     assert result.stdout.count("Successful!") == 0
 
 
-
 @pytest.mark.slow
 def test_leap_test_exits_1_and_names_every_place_tried_without_a_volume(tmp_path):
     env = clean_env(GENERIC_HOST_PATH=f"{tmp_path / 'a'}:{tmp_path / 'b'}")
-    result = subprocess.run([sys.executable, "leap_test.py", "--volume"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "leap_test.py", "--volume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"tried {tmp_path / 'a' / 'celeba'}, {tmp_path / 'b' / 'celeba'}" in result.stdout
     assert "FAILED: 0/" in result.stdout
+
 
 # --------------------------------------------------------------------------- the binder, in-process
 
@@ -198,8 +239,14 @@ def responses(binder):
 
 def test_importing_the_binder_does_not_import_tensorflow():
     code = "import sys, leap_binder; print(sorted({'tensorflow', 'keras', 'onnxruntime'} & set(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean_env(PYTHONPATH=str(ROOT)),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=clean_env(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
@@ -270,8 +317,7 @@ def landmarked_dir(tmp_path, sample_dir):
     return folder, ids
 
 
-def test_pose_proxies_and_raw_landmarks_appear_where_the_landmarks_file_exists(binder, landmarked_dir,
-                                                                               monkeypatch):
+def test_pose_proxies_and_raw_landmarks_appear_where_the_landmarks_file_exists(binder, landmarked_dir, monkeypatch):
     folder, ids = landmarked_dir
     monkeypatch.setenv("CELEBA_DATA_DIR", str(folder))
     by_id = {sid: r for r in binder.preprocess() for sid in r.sample_ids}
@@ -307,8 +353,9 @@ def test_losses_are_the_training_losses_with_the_configured_class_weights(binder
     weights = CONFIG["class_weights"]  # not recomputed from the mounted data
     pos = np.array([weights[label]["positive"] for label in CONFIG["labels"]])
     neg = np.array([weights[label]["negative"] for label in CONFIG["labels"]])
-    np.testing.assert_allclose(binder.weighted_bce_loss(gt, prediction),
-                               np.mean(per_label * (gt * pos + (1 - gt) * neg), axis=1), rtol=2e-3)
+    np.testing.assert_allclose(
+        binder.weighted_bce_loss(gt, prediction), np.mean(per_label * (gt * pos + (1 - gt) * neg), axis=1), rtol=2e-3
+    )
 
 
 def test_metric_gives_confusion_conditional_rates_and_margins_per_sample(binder):
@@ -354,8 +401,9 @@ def test_committed_onnx_model_matches_the_config():
     source = json.loads((ROOT / card["source_model"]).with_suffix(".json").read_text())
     assert source["config"]["labels"] == CONFIG["labels"] and source["config"]["image_size"] == CONFIG["image_size"]
     for label, rate in source["data"]["train_positive_rate"].items():
-        assert CONFIG["class_weights"][label] == pytest.approx({"positive": 1 / (2 * rate),
-                                                                "negative": 1 / (2 * (1 - rate))}, rel=1e-3)
+        assert CONFIG["class_weights"][label] == pytest.approx(
+            {"positive": 1 / (2 * rate), "negative": 1 / (2 * (1 - rate))}, rel=1e-3
+        )
 
 
 def test_check_model_names_every_mismatch(tmp_path):
@@ -363,8 +411,7 @@ def test_check_model_names_every_mismatch(tmp_path):
 
     binder = importlib.import_module("leap_binder")
     session = ort.InferenceSession(str(ONNX_MODEL), providers=["CPUExecutionProvider"])
-    wrong = dataclasses.replace(binder.CONFIG, image_size=128, labels=("Male", "Young", "Smiling"),
-                                class_weights=None)
+    wrong = dataclasses.replace(binder.CONFIG, image_size=128, labels=("Male", "Young", "Smiling"), class_weights=None)
     with pytest.raises(ValueError) as error:
         binder.check_model(session, wrong, ONNX_MODEL)
     assert "image_size 128" in str(error.value) and "has 2 outputs, the config names 3 labels" in str(error.value)
@@ -374,9 +421,13 @@ def test_check_model_names_every_mismatch(tmp_path):
 def test_project_config_rejects_bad_settings(tmp_path):
     binder = importlib.import_module("leap_binder")
     path = tmp_path / "project_config.yaml"
-    for text, message in (("labels: [Male, Smiles]", "unknown attribute"), ("image_size: big", "image_size"),
-                          ("sample_limit_per_split: 0", "sample_limit_per_split"), ("colour: red", "unknown setting"),
-                          ("class_weights: {Male: {positive: 1, negative: 1}}", "class_weights")):
+    for text, message in (
+        ("labels: [Male, Smiles]", "unknown attribute"),
+        ("image_size: big", "image_size"),
+        ("sample_limit_per_split: 0", "sample_limit_per_split"),
+        ("colour: red", "unknown setting"),
+        ("class_weights: {Male: {positive: 1, negative: 1}}", "class_weights"),
+    ):
         path.write_text(text)
         with pytest.raises(data.CelebADataError, match=message):
             binder.ProjectConfig.read(path)

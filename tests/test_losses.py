@@ -50,8 +50,10 @@ def test_weighted_model_loads_without_custom_objects(tmp_path):
     path = tmp_path / "weighted.keras"
     model.save(path)
     # A fresh interpreter: only importing the package registers the loss.
-    code = ("import keras, celeba.losses; m = keras.models.load_model(%r); "
-            "print(type(m.loss).__name__, m.loss.pos_weights, m.loss.neg_weights)" % str(path))
+    code = (
+        f"import keras, celeba.losses; m = keras.models.load_model({str(path)!r}); "
+        "print(type(m.loss).__name__, m.loss.pos_weights, m.loss.neg_weights)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("WeightedBinaryCrossentropy [1.5, 0.25] [0.75, 4.0]")
 

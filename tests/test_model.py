@@ -55,7 +55,9 @@ def test_imagenet_download_failure_fails_fast_with_advice(monkeypatch):
         raise Exception("URL fetch failure: Name or service not known")
 
     monkeypatch.setattr("keras.src.applications.mobilenet_v2.file_utils.get_file", offline)
-    with pytest.raises(WeightsError, match=r"could not download.*--weights PATH/TO/.*_1.0_96_no_top.h5.*--weights none"):
+    with pytest.raises(
+        WeightsError, match=r"could not download.*--weights PATH/TO/.*_1.0_96_no_top.h5.*--weights none"
+    ):
         build_model(2, 96, "imagenet")
 
 

@@ -27,13 +27,16 @@ def test_jpeg_crop_decode_matches_full_decode_on_the_sample(sample_dir):
     assert worst <= 1, f"crop-decode differs from decode+crop by {worst} grey levels"
 
 
-@pytest.mark.parametrize("size,mode,options", [
-    ((301, 217), "RGB", {"subsampling": 2}),  # landscape, 4:2:0, crop window not on an MCU boundary
-    ((217, 301), "RGB", {"progressive": True}),
-    ((150, 190), "L", {}),  # grayscale becomes RGB like decode_image does
-    ((640, 480), "RGB", {"subsampling": 1, "quality": 70}),  # 4:2:2: chroma edges need the 16 px margin
-    ((480, 640), "RGB", {"subsampling": 2, "progressive": True}),
-])
+@pytest.mark.parametrize(
+    "size,mode,options",
+    [
+        ((301, 217), "RGB", {"subsampling": 2}),  # landscape, 4:2:0, crop window not on an MCU boundary
+        ((217, 301), "RGB", {"progressive": True}),
+        ((150, 190), "L", {}),  # grayscale becomes RGB like decode_image does
+        ((640, 480), "RGB", {"subsampling": 1, "quality": 70}),  # 4:2:2: chroma edges need the 16 px margin
+        ((480, 640), "RGB", {"subsampling": 2, "progressive": True}),
+    ],
+)
 def test_jpeg_crop_decode_on_other_shapes(tmp_path, size, mode, options):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
@@ -105,8 +108,23 @@ def prepared(tmp_path_factory, sample_dir):
     import sys
 
     out = tmp_path_factory.mktemp("records") / "celeba48"
-    done = subprocess.run([sys.executable, "-m", "celeba.prepare", "--data-dir", str(sample_dir), "--out", str(out),
-                           "--image-size", "48", "--shard-images", "40"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celeba.prepare",
+            "--data-dir",
+            str(sample_dir),
+            "--out",
+            str(out),
+            "--image-size",
+            "48",
+            "--shard-images",
+            "40",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "wrote 299 images at 48 px" in done.stdout
     return out
@@ -157,11 +175,16 @@ def test_prepare_bad_input_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "celeba.prepare", "--data-dir", str(tmp_path / "nope"),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "celeba.prepare", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope'}: data folder not found " \
-                                                   "(download CelebA and pass --data-dir)"
+    assert (
+        done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope'}: data folder not found "
+        "(download CelebA and pass --data-dir)"
+    )
 
 
 def test_train_and_evaluate_read_a_prepared_folder(prepared, tmp_path):
@@ -171,8 +194,18 @@ def test_train_and_evaluate_read_a_prepared_folder(prepared, tmp_path):
     from celeba.evaluate import evaluate
     from celeba.train import train
 
-    card = train(TrainConfig(data_dir=prepared, weights="none", image_size=48, epochs=1, limit=16, batch_size=8,
-                             models_dir=tmp_path, name="records"))
+    card = train(
+        TrainConfig(
+            data_dir=prepared,
+            weights="none",
+            image_size=48,
+            epochs=1,
+            limit=16,
+            batch_size=8,
+            models_dir=tmp_path,
+            name="records",
+        )
+    )
     card = json.loads((tmp_path / "records.json").read_text())
     assert card["data"]["train"] == card["data"]["validation"] == 16
     result = evaluate(EvalConfig(model=tmp_path / "records.keras", data_dir=prepared, limit=10, out=tmp_path / "e"))

@@ -30,8 +30,10 @@ def _texts(ax) -> list[str]:
 
 
 def test_cohort_heatmap_cells_are_the_accuracies_and_counts(drawn, tmp_path):
-    table = pd.DataFrame({"n": [10, 20, 30], "Young_accuracy": [0.9, 0.25, 0.6]},
-                         index=["Male & Young", "Male & Not Young", "Not Male & Young"])
+    table = pd.DataFrame(
+        {"n": [10, 20, 30], "Young_accuracy": [0.9, 0.25, 0.6]},
+        index=["Male & Young", "Male & Not Young", "Not Male & Young"],
+    )
     path = plots.cohort_heatmaps({"m": table}, ("Male", "Young"), ["Young"], tmp_path / "h.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     ax = drawn[0].axes[0]
@@ -44,8 +46,10 @@ def test_cohort_heatmap_cells_are_the_accuracies_and_counts(drawn, tmp_path):
 
 
 def test_confusion_grid_counts_and_rates(drawn, tmp_path):
-    table = pd.DataFrame({"tn": [8], "fp": [2], "fn": [1], "tp": [9]},
-                         index=pd.MultiIndex.from_tuples([("Young", "all")], names=["label", "group"]))
+    table = pd.DataFrame(
+        {"tn": [8], "fp": [2], "fn": [1], "tp": [9]},
+        index=pd.MultiIndex.from_tuples([("Young", "all")], names=["label", "group"]),
+    )
     plots.confusion_grid({"m": table}, tmp_path / "c.png")
     ax = drawn[0].axes[0]
     np.testing.assert_allclose(ax.images[0].get_array(), [[0.8, 0.2], [0.1, 0.9]])
@@ -53,14 +57,27 @@ def test_confusion_grid_counts_and_rates(drawn, tmp_path):
 
 
 def test_group_accuracy_draws_each_group_at_its_accuracy(drawn, tmp_path):
-    groups = pd.DataFrame({"model": "m", "label": "Male", "grouping": ["age", "camera", "camera"],
-                           "group": ["20-30", "night", "studio"], "order": [0, 1, 0], "n": [25, 20, 5],
-                           "accuracy": [0.7, 0.4, 0.8], "ci_low": [0.5, 0.2, 0.4], "ci_high": [0.85, 0.6, 0.95],
-                           "small": [False, False, True]})  # worst first, as in the report: not the column order
+    groups = pd.DataFrame(
+        {
+            "model": "m",
+            "label": "Male",
+            "grouping": ["age", "camera", "camera"],
+            "group": ["20-30", "night", "studio"],
+            "order": [0, 1, 0],
+            "n": [25, 20, 5],
+            "accuracy": [0.7, 0.4, 0.8],
+            "ci_low": [0.5, 0.2, 0.4],
+            "ci_high": [0.85, 0.6, 0.95],
+            "small": [False, False, True],
+        }
+    )  # worst first, as in the report: not the column order
     plots.group_accuracy(groups, ["Male"], tmp_path / "g.png", groupings=["camera", "age"])
     ax = drawn[0].axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["camera: studio (n=5)", "camera: night (n=20)",
-                                                            "age: 20-30 (n=25)"]  # column order as given
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        "camera: studio (n=5)",
+        "camera: night (n=20)",
+        "age: 20-30 (n=25)",
+    ]  # column order as given
     filled, hollow = ax.collections[-2:]  # errorbar lines first, then the big and the small groups
     np.testing.assert_allclose(filled.get_offsets(), [[0.7, 2.0], [0.4, 1.0]])
     np.testing.assert_allclose(hollow.get_offsets(), [[0.8, 0.0]])

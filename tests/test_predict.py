@@ -6,11 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from celeba.data import image_dir, load_index, split
 from celeba.cli import predict_main
 from celeba.config import parse_config
-from celeba.predict import (ImageError, ImageTooLarge, PredictConfig, Predictor, decode_photo, image_files,
-                            read_photo, results_table)
+from celeba.data import image_dir, load_index, split
+from celeba.predict import (
+    ImageError,
+    ImageTooLarge,
+    PredictConfig,
+    Predictor,
+    decode_photo,
+    image_files,
+    read_photo,
+    results_table,
+)
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -39,8 +47,9 @@ def test_jpeg_decodes_exactly_like_the_training_pipeline(sample_paths):
     assert np.array_equal(decode_photo(data, "x.jpg"), decode_image(data).numpy())
 
 
-@pytest.mark.parametrize("mode, fmt", [("L", "PNG"), ("RGBA", "PNG"), ("P", "GIF"), ("RGB", "WEBP"),
-                                       ("I;16", "PNG"), ("CMYK", "TIFF")])
+@pytest.mark.parametrize(
+    "mode, fmt", [("L", "PNG"), ("RGBA", "PNG"), ("P", "GIF"), ("RGB", "WEBP"), ("I;16", "PNG"), ("CMYK", "TIFF")]
+)
 def test_grayscale_rgba_palette_and_other_formats_become_rgb(mode, fmt):
     image = Image.new(mode, (40, 30))
     rgb = decode_photo(_encode(image, fmt), f"x.{fmt.lower()}")
@@ -55,11 +64,14 @@ def test_exif_orientation_makes_phone_photos_upright():
     assert rgb.shape == (40, 30, 3)
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty file"),
-    (b"hello, I am a text file", "not an image"),
-    (b"\xff\xd8\xff\xe0 truncated jpeg", "image"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty file"),
+        (b"hello, I am a text file", "not an image"),
+        (b"\xff\xd8\xff\xe0 truncated jpeg", "image"),
+    ],
+)
 def test_bad_bytes_give_clear_errors_naming_the_file(data, message):
     with pytest.raises(ImageError, match=f"bad.jpg: .*{message}"):
         decode_photo(data, "bad.jpg")

@@ -57,7 +57,9 @@ def test_backup_keeps_the_previous_state_and_resumes_from_a_broken_newest(tmp_pa
     resumed.fit(X, Y, epochs=4, verbose=0, callbacks=[backup, seen])
     assert seen.epochs == [2, 3]  # epochs 0 and 1 are not repeated; epoch 2 (lost) is
     assert all(np.array_equal(a, b) for a, b in zip(seen.start, reference.get_weights()))
-    assert backup.recovered["epochs_completed"] == 2 and backup.recovered["skipped"][0].endswith("epoch-0003.weights.h5")
+    assert backup.recovered["epochs_completed"] == 2 and backup.recovered["skipped"][0].endswith(
+        "epoch-0003.weights.h5"
+    )
     assert not (backup_dir / ".epoch-0004.tmp.weights.h5").exists()
 
 
@@ -140,8 +142,17 @@ def test_a_corrupt_model_file_is_not_reported_as_missing(tmp_path):
 
 
 def _train_cmd(models: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-c", "from celeba.cli import train_main; train_main()", *TINY_TRAIN,
-            "--models-dir", str(models), "--name", "k", *extra]
+    return [
+        sys.executable,
+        "-c",
+        "from celeba.cli import train_main; train_main()",
+        *TINY_TRAIN,
+        "--models-dir",
+        str(models),
+        "--name",
+        "k",
+        *extra,
+    ]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -152,8 +163,13 @@ def _env(**extra: str) -> dict[str, str]:
 def test_sigkill_during_the_backup_write_then_resume_finishes(tmp_path):
     models, marker = tmp_path / "models", tmp_path / "paused"
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(_train_cmd(models, "--epochs", "3"), cwd=tmp_path, stdout=log, stderr=log,
-                                env=_env(CELEBA_TEST_PAUSE_IN_BACKUP=f"2:{marker}"))
+        proc = subprocess.Popen(
+            _train_cmd(models, "--epochs", "3"),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=log,
+            env=_env(CELEBA_TEST_PAUSE_IN_BACKUP=f"2:{marker}"),
+        )
         deadline = time.monotonic() + 900
         while not marker.exists():
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
@@ -165,8 +181,14 @@ def test_sigkill_during_the_backup_write_then_resume_finishes(tmp_path):
     assert (backup / ".epoch-0002.tmp.weights.h5").is_file()  # the half-written file the kill left
     assert (backup / "epoch-0001.weights.h5").is_file() and not (models / "k.keras").exists()
 
-    done = subprocess.run(_train_cmd(models, "--epochs", "3", "--resume"), cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        _train_cmd(models, "--epochs", "3", "--resume"),
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resume: recovered the state after 1 completed epoch(s)" in done.stderr
     assert not backup.exists()  # the phase is saved; its backup is gone
@@ -188,11 +210,20 @@ def test_a_second_training_of_the_same_name_is_refused_and_the_first_keeps_its_f
     (models / "same").mkdir(parents=True)
     (models / "same" / "history.csv").write_text("epoch,loss\n0,1.0\n")  # the first run's files
     # The first training holds the lock in another process, as it would.
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                               "from celeba.train import run_lock\n"
-                               "with run_lock(Path(sys.argv[1]), 'same'):\n    print('locked', flush=True)\n"
-                               "    time.sleep(600)\n", str(models)],
-                              env=_env(), stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\n"
+            "from celeba.train import run_lock\n"
+            "with run_lock(Path(sys.argv[1]), 'same'):\n    print('locked', flush=True)\n"
+            "    time.sleep(600)\n",
+            str(models),
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunLockedError, match=r"another training of --name same is running \(process \d+\)"):
@@ -231,8 +262,14 @@ train_main(sys.argv[1:])
 def test_a_full_disk_ends_training_with_one_error_line_and_keeps_the_last_backup(tmp_path):
     models = tmp_path / "models"
     args = [*TINY_TRAIN, "--epochs", "2", "--models-dir", str(models), "--name", "k"]
-    run = subprocess.run([sys.executable, "-c", FULL_DISK_AT_EPOCH_2, *args], cwd=tmp_path, env=_env(),
-                         capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_AT_EPOCH_2, *args],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 2, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]

@@ -9,7 +9,7 @@ from benchmarks.robustness import conditions, largest_drops, reframe
 
 def _marked(h: int = 218, w: int = 178) -> np.ndarray:
     image = np.zeros((h, w, 3), np.uint8)
-    image[h // 2 - 2: h // 2 + 2, w // 2 - 2: w // 2 + 2] = 255  # a white dot where the face centre is
+    image[h // 2 - 2 : h // 2 + 2, w // 2 - 2 : w // 2 + 2] = 255  # a white dot where the face centre is
     return image
 
 
@@ -37,7 +37,9 @@ def test_shift_down_puts_the_face_higher_and_scale_enlarges_it():
 def test_sweep_covers_the_issue_range_and_drops_are_measured_from_aligned():
     kinds = {(k, dx, dy, s) for k, dx, dy, s in conditions()}
     assert max(abs(dy) for _, _, dy, _ in kinds) == 0.12 and {0.8, 1.2} <= {s for *_, s in kinds}
-    table = [{"model": "m", "kind": "vertical", "dx": 0.0, "dy": 0.0, "scale": 1.0, "Male": 0.9},
-             {"model": "m", "kind": "vertical", "dx": 0.0, "dy": 0.1, "scale": 1.0, "Male": 0.85},
-             {"model": "m", "kind": "scale", "dx": 0.0, "dy": 0.0, "scale": 0.8, "Male": 0.7}]
+    table = [
+        {"model": "m", "kind": "vertical", "dx": 0.0, "dy": 0.0, "scale": 1.0, "Male": 0.9},
+        {"model": "m", "kind": "vertical", "dx": 0.0, "dy": 0.1, "scale": 1.0, "Male": 0.85},
+        {"model": "m", "kind": "scale", "dx": 0.0, "dy": 0.0, "scale": 0.8, "Male": 0.7},
+    ]
     assert largest_drops(table) == {"m": {"Male": 20.0}}

@@ -47,8 +47,9 @@ def test_replay_takes_every_value_from_the_card_and_flags_still_override(tiny_mo
     card = RunCard.load(tiny_model)
     replayed = parse_config(TrainConfig, ["--config", str(card_path(tiny_model))], load_base=_replay)
     assert replayed.to_json() == {**card.config, "resume": False}
-    changed = parse_config(TrainConfig, ["--config", str(card_path(tiny_model)), "--epochs", "5", "--labels", "Bald"],
-                           load_base=_replay)
+    changed = parse_config(
+        TrainConfig, ["--config", str(card_path(tiny_model)), "--epochs", "5", "--labels", "Bald"], load_base=_replay
+    )
     assert changed == dataclasses.replace(replayed, epochs=5, labels=("Bald",))
 
 

@@ -17,8 +17,14 @@ from celeba.metrics import label_metrics
 from celeba.model import load_model
 from celeba.train import with_augmentation
 
-RANDOM_LAYERS = (keras.layers.RandomFlip, keras.layers.RandomRotation, keras.layers.RandomTranslation,
-                 keras.layers.RandomZoom, keras.layers.RandomBrightness, keras.layers.RandomContrast)
+RANDOM_LAYERS = (
+    keras.layers.RandomFlip,
+    keras.layers.RandomRotation,
+    keras.layers.RandomTranslation,
+    keras.layers.RandomZoom,
+    keras.layers.RandomBrightness,
+    keras.layers.RandomContrast,
+)
 
 
 def test_saved_model_has_no_augmentation_and_predict_is_a_plain_model_call(tiny_model, sample_dir):
@@ -36,8 +42,9 @@ def test_training_wrapper_is_the_model_at_inference_and_augments_in_training(tin
     trainer = with_augmentation(model, seed=0)
     rows = split(load_index(sample_dir), "test", 4)
     x = np.stack([load_image(path, 64).numpy() for path in rows["path"]])
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(trainer(x, training=False)),
-                                  keras.ops.convert_to_numpy(model(x, training=False)))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(trainer(x, training=False)), keras.ops.convert_to_numpy(model(x, training=False))
+    )
     augment = trainer.layers[0]
     assert augment.name == "augment"
     assert not np.allclose(keras.ops.convert_to_numpy(augment(x, training=True)), x)
@@ -64,11 +71,34 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
     workers = []
     for index in range(2):
         (tmp_path / f"tmp{index}").mkdir()
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp_path / f"tmp{index}"),
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        command = [sys.executable, "-c", "from celeba.cli import train_main; train_main()", "--strategy", "multiworker",
-                   "--weights", "none", "--image-size", "32", "--limit", "16", "--batch-size", "4", "--epochs", "1",
-                   "--no-check-images", "--models-dir", str(models), "--name", "mw"]
+        env = {
+            **os.environ,
+            "CUDA_VISIBLE_DEVICES": "",
+            "TMPDIR": str(tmp_path / f"tmp{index}"),
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
+        command = [
+            sys.executable,
+            "-c",
+            "from celeba.cli import train_main; train_main()",
+            "--strategy",
+            "multiworker",
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--limit",
+            "16",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--no-check-images",
+            "--models-dir",
+            str(models),
+            "--name",
+            "mw",
+        ]
         workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         logs = [worker.communicate(timeout=1500)[0] for worker in workers]
@@ -105,12 +135,15 @@ def test_strategies_on_one_machine():
         make_strategy("ring")
 
 
-@pytest.mark.parametrize("cluster,task,chief", [
-    ({"worker": ["a:1", "b:1"]}, ("worker", 0), True),
-    ({"worker": ["a:1", "b:1"]}, ("worker", 1), False),
-    ({"chief": ["c:1"], "worker": ["a:1"]}, ("worker", 0), False),
-    ({"chief": ["c:1"], "worker": ["a:1"]}, ("chief", 0), True),
-])
+@pytest.mark.parametrize(
+    "cluster,task,chief",
+    [
+        ({"worker": ["a:1", "b:1"]}, ("worker", 0), True),
+        ({"worker": ["a:1", "b:1"]}, ("worker", 1), False),
+        ({"chief": ["c:1"], "worker": ["a:1"]}, ("worker", 0), False),
+        ({"chief": ["c:1"], "worker": ["a:1"]}, ("chief", 0), True),
+    ],
+)
 def test_only_one_task_is_the_chief(cluster, task, chief):
     from types import SimpleNamespace
 
@@ -118,6 +151,7 @@ def test_only_one_task_is_the_chief(cluster, task, chief):
 
     from celeba.train import is_chief
 
-    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(tf.train.ClusterSpec(cluster), task_type=task[0],
-                                                                    task_id=task[1])
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type=task[0], task_id=task[1]
+    )
     assert is_chief(SimpleNamespace(cluster_resolver=resolver)) is chief

@@ -53,8 +53,12 @@ def test_health_and_openapi_schema(server):
     spec = requests.get(f"{server}/openapi.json", timeout=TIMEOUT).json()
     post = spec["paths"]["/predict"]["post"]
     assert {"200", "400", "413", "415", "422"} <= set(post["responses"])  # every answer a client must handle
-    assert post["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Prediction"}
-    assert post["responses"]["415"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert post["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Prediction"
+    }
+    assert post["responses"]["415"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
     assert {"Prediction", "FaceResult", "FaceBox", "Health", "ErrorBody"} <= set(spec["components"]["schemas"])
 
 
@@ -70,13 +74,16 @@ def test_docs_page_works_offline(server):
     for url in assets:
         asset = requests.get(f"{server}{url}", timeout=TIMEOUT)
         assert asset.status_code == 200 and len(asset.content) > 100_000, url  # the real bundle, not a stub
-    assert b"SwaggerUIBundle" in requests.get(f"{server}{assets[0] if assets[0].endswith('.js') else assets[1]}",
-                                              timeout=TIMEOUT).content
+    assert (
+        b"SwaggerUIBundle"
+        in requests.get(f"{server}{assets[0] if assets[0].endswith('.js') else assets[1]}", timeout=TIMEOUT).content
+    )
 
 
 def test_corrupt_jpeg_upload_says_so_in_plain_words(server, face_jpeg):
-    r = requests.post(f"{server}/predict", files={"file": ("cut.jpg", face_jpeg[: len(face_jpeg) // 3])},
-                      timeout=TIMEOUT)
+    r = requests.post(
+        f"{server}/predict", files={"file": ("cut.jpg", face_jpeg[: len(face_jpeg) // 3])}, timeout=TIMEOUT
+    )
     assert r.status_code == 415 and r.json()["detail"] == "cut.jpg: not a decodable image (corrupt JPEG data)"
 
 
@@ -93,8 +100,12 @@ def test_predict_finds_the_face_in_a_celeba_photo(server, face_jpeg):
 
 
 def test_no_detect_scores_the_whole_image_like_the_cli(server, face_jpeg, tiny_model):
-    r = requests.post(f"{server}/predict", params={"detect": "false"},
-                      files={"file": ("me.jpg", face_jpeg, "image/jpeg")}, timeout=TIMEOUT)
+    r = requests.post(
+        f"{server}/predict",
+        params={"detect": "false"},
+        files={"file": ("me.jpg", face_jpeg, "image/jpeg")},
+        timeout=TIMEOUT,
+    )
     faces = r.json()["faces"]
     assert faces[0]["box"] == {"x": 0, "y": 0, "w": 178, "h": 218}
     from celeba.predict import decode_photo
@@ -109,13 +120,16 @@ def test_photo_without_a_face_is_200_with_an_empty_list(server):
     assert r.status_code == 200 and r.json()["faces"] == []
 
 
-@pytest.mark.parametrize("name, data, status, message", [
-    ("empty.jpg", b"", 400, "empty.jpg: empty file"),
-    ("notes.jpg", b"just some text, not a picture", 415, "notes.jpg: not an image"),
-    ("big.jpg", b"\xff\xd8" + bytes(400_000), 413, "upload of 0.4 MB is over the 0.3 MB limit"),  # header
-    ("bigger.jpg", b"\xff\xd8" + bytes(310_000), 413, "bigger.jpg: 0.3 MB is over the 0.3 MB limit"),  # by size
-    ("wide.png", _png(Image.new("L", (1600, 1000))), 413, "1.6 megapixels is over the 1 megapixel limit"),
-])
+@pytest.mark.parametrize(
+    "name, data, status, message",
+    [
+        ("empty.jpg", b"", 400, "empty.jpg: empty file"),
+        ("notes.jpg", b"just some text, not a picture", 415, "notes.jpg: not an image"),
+        ("big.jpg", b"\xff\xd8" + bytes(400_000), 413, "upload of 0.4 MB is over the 0.3 MB limit"),  # header
+        ("bigger.jpg", b"\xff\xd8" + bytes(310_000), 413, "bigger.jpg: 0.3 MB is over the 0.3 MB limit"),  # by size
+        ("wide.png", _png(Image.new("L", (1600, 1000))), 413, "1.6 megapixels is over the 1 megapixel limit"),
+    ],
+)
 def test_bad_uploads_get_4xx_with_a_clear_message(server, name, data, status, message):
     r = requests.post(f"{server}/predict", files={"file": (name, data)}, timeout=TIMEOUT)
     assert r.status_code == status
@@ -157,8 +171,11 @@ def test_service_returns_alignment_fields_and_flags_a_tight_crop(server, sample_
     from celeba.framings import tight
 
     upright = np.asarray(Image.open(sorted(image_dir(sample_dir).glob("*.jpg"))[1]).convert("RGB"))
-    r = requests.post(f"{server}/predict", files={"file": ("id.png", _png(Image.fromarray(tight(upright, 0.9))),
-                                                           "image/png")}, timeout=TIMEOUT)
+    r = requests.post(
+        f"{server}/predict",
+        files={"file": ("id.png", _png(Image.fromarray(tight(upright, 0.9))), "image/png")},
+        timeout=TIMEOUT,
+    )
     assert r.status_code == 200, r.text
     face = r.json()["faces"][0]
     assert face["method"] == "blazeface+align" and face["partial_face"] is True

@@ -31,8 +31,9 @@ def model_path(tmp_path_factory) -> Path:
     from celeba.train import save_atomic
 
     path = tmp_path_factory.mktemp("serve") / "small.keras"
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(2, activation="sigmoid")])
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="sigmoid")]
+    )
     save_atomic(model, path, labels=["Male", "Young"])
     return path
 
@@ -55,8 +56,14 @@ def _start(app) -> tuple[str, object, threading.Thread]:
 
 @pytest.fixture(scope="module")
 def server(model_path):
-    app = create_app(Predictor(model_path), max_bytes=LIMIT, max_megapixels=1.0, max_concurrent=1,
-                     allow_origins=("https://ok.example",), allowed_hosts=LOOPBACK_HOSTS)
+    app = create_app(
+        Predictor(model_path),
+        max_bytes=LIMIT,
+        max_megapixels=1.0,
+        max_concurrent=1,
+        allow_origins=("https://ok.example",),
+        allowed_hosts=LOOPBACK_HOSTS,
+    )
     url, srv, thread = _start(app)
     yield url
     srv.should_exit = True
@@ -74,8 +81,10 @@ def test_a_chunked_upload_is_cut_off_at_the_limit(server):
     total, chunk = 30_000_000, b"\0" * 65536
     sent, response = 0, b""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
-                     b"Content-Type: multipart/form-data; boundary=XX\r\n\r\n")
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=XX\r\n\r\n"
+        )
         head = b'--XX\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
         sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
         try:
@@ -152,8 +161,7 @@ def test_large_jpegs_are_downscaled_while_decoding_and_boxes_map_back(face_jpeg)
 
 def test_cross_origin_browser_posts_are_refused_unless_allowed(server, face_jpeg):
     files = {"file": ("me.jpg", face_jpeg)}
-    evil = requests.post(f"{server}/predict", files=files, headers={"Origin": "https://evil.example"},
-                         timeout=TIMEOUT)
+    evil = requests.post(f"{server}/predict", files=files, headers={"Origin": "https://evil.example"}, timeout=TIMEOUT)
     assert evil.status_code == 403
     assert "cross-origin request from https://evil.example refused" in evil.json()["detail"]
     ok = requests.post(f"{server}/predict", files=files, headers={"Origin": "https://ok.example"}, timeout=TIMEOUT)

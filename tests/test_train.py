@@ -13,8 +13,16 @@ from celeba.config import TrainConfig
 from celeba.data import SAMPLE_DIR, labels_array, load_index, split
 from celeba.losses import class_balanced_weights
 from celeba.model import build_model, load_model
-from celeba.train import (Phase, compile_for, distribution_strategy, plan_phases, save_atomic, set_precision, train,
-                          with_augmentation)
+from celeba.train import (
+    Phase,
+    compile_for,
+    distribution_strategy,
+    plan_phases,
+    save_atomic,
+    set_precision,
+    train,
+    with_augmentation,
+)
 
 
 def test_tiny_model_run_card(tiny_model):
@@ -57,8 +65,18 @@ def test_weighted_run_resumes_after_interruption(tmp_path):
     source = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None)
     weights = tmp_path / "backbone.weights.h5"
     source.save_weights(weights)  # a local pretrained file gives the two-phase schedule, offline
-    cfg = TrainConfig(weights=str(weights), loss="weighted-bce", image_size=64, epochs=3, freeze_epochs=1,
-                      limit=16, batch_size=8, models_dir=tmp_path / "models", name="run", check_images=False)
+    cfg = TrainConfig(
+        weights=str(weights),
+        loss="weighted-bce",
+        image_size=64,
+        epochs=3,
+        freeze_epochs=1,
+        limit=16,
+        batch_size=8,
+        models_dir=tmp_path / "models",
+        name="run",
+        check_images=False,
+    )
     with pytest.raises(KeyboardInterrupt):
         train(cfg, extra_callbacks=[Interrupt()])
     model_path = cfg.models_dir / "run.keras"
@@ -91,8 +109,10 @@ def test_save_atomic_keeps_the_old_file_when_saving_fails(tmp_path, monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         save_atomic(model, path)
     assert path.read_bytes() == before
-    assert np.allclose(keras.models.load_model(path).predict(np.zeros((1, 32, 32, 3)), verbose=0),
-                       model.predict(np.zeros((1, 32, 32, 3)), verbose=0))
+    assert np.allclose(
+        keras.models.load_model(path).predict(np.zeros((1, 32, 32, 3)), verbose=0),
+        model.predict(np.zeros((1, 32, 32, 3)), verbose=0),
+    )
 
 
 def test_weights_file_loads_and_head_phase_leaves_the_backbone_unchanged(tmp_path):
@@ -105,16 +125,24 @@ def test_weights_file_loads_and_head_phase_leaves_the_backbone_unchanged(tmp_pat
     conv = model.get_layer("Conv1").get_weights()[0]
     np.testing.assert_allclose(conv, source.get_layer("Conv1").get_weights()[0])  # --weights PATH was loaded
 
-    backbone_before = [w.copy() for layer in model.layers if layer.name not in ("head_dense", "head_bn",
-                       "predictions") for w in layer.get_weights()]
+    backbone_before = [
+        w.copy()
+        for layer in model.layers
+        if layer.name not in ("head_dense", "head_bn", "predictions")
+        for w in layer.get_weights()
+    ]
     head_before = [w.copy() for w in model.get_layer("predictions").get_weights()]
     trainer = with_augmentation(model, seed=0)
     compile_for(model, Phase("head", 1, 1e-2, False, True), keras.losses.BinaryCrossentropy(), 4, trainer)
     x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)
     y = (np.random.default_rng(1).uniform(size=(16, 2)) > 0.5).astype(np.float32)
     trainer.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    backbone_after = [w for layer in model.layers if layer.name not in ("head_dense", "head_bn", "predictions")
-                      for w in layer.get_weights()]
+    backbone_after = [
+        w
+        for layer in model.layers
+        if layer.name not in ("head_dense", "head_bn", "predictions")
+        for w in layer.get_weights()
+    ]
     assert all(np.array_equal(a, b) for a, b in zip(backbone_before, backbone_after))  # BatchNorm stats too
     head_after = model.get_layer("predictions").get_weights()
     assert not all(np.allclose(a, b) for a, b in zip(head_before, head_after))  # the head did learn

@@ -11,10 +11,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -64,8 +65,9 @@ def image_statistics(paths: Sequence[str]) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(4) as pool:
-        stats = list(tqdm(pool.map(_file_statistics, paths), total=len(paths), desc="image statistics",
-                          unit="img", leave=False))
+        stats = list(
+            tqdm(pool.map(_file_statistics, paths), total=len(paths), desc="image statistics", unit="img", leave=False)
+        )
     return pd.DataFrame(stats, columns=[*STATS, "contrast", "file_kb"])
 
 
@@ -75,8 +77,7 @@ def population_for(cfg: AnalyzeConfig) -> Population:
         if cfg.labels_csv or cfg.filename_pattern or cfg.derive or cfg.map:
             raise CelebADataError("--labels-csv, --filename-pattern, --derive and --map need --images DIR")
         return celeba_population(cfg.data_dir, cfg.partition, cfg.limit, parse_pairs(cfg.pairs), cfg.check_images)
-    return folder_population(cfg.images, cfg.labels_csv, cfg.filename_pattern, cfg.derive, cfg.map, cfg.bins,
-                             cfg.limit)
+    return folder_population(cfg.images, cfg.labels_csv, cfg.filename_pattern, cfg.derive, cfg.map, cfg.bins, cfg.limit)
 
 
 def run(cfg: AnalyzeConfig) -> Result:
@@ -95,8 +96,16 @@ def run(cfg: AnalyzeConfig) -> Result:
     runs, labels, status = run_models(cfg.model, population.rows, population.detect, cfg.batch_size)
     stats = image_statistics(list(population.rows["path"]))
     population = add_groups(population, {s: quantile_bins(stats[s].astype(float), cfg.bins) for s in STATS})
-    analysis = compute(population, labels, {r.name: r.probs for r in runs}, status, [r.note for r in runs],
-                       cfg.threshold, cfg.min_slice, cfg.balance_tolerance)
+    analysis = compute(
+        population,
+        labels,
+        {r.name: r.probs for r in runs},
+        status,
+        [r.note for r in runs],
+        cfg.threshold,
+        cfg.min_slice,
+        cfg.balance_tolerance,
+    )
     analysis.predictions = pd.concat([analysis.predictions, stats.set_axis(population.rows.index)], axis=1)
     write_tables(analysis, out)
     figures = draw_figures(analysis, population, runs, out, projections, cfg.faces, cfg.seed)

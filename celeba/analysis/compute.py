@@ -7,9 +7,9 @@ could not be scored stays in its group's n and counts as an error of the system 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -81,8 +81,11 @@ def calibration_curve(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) 
     (the bins' |confidence - observed| weighted by their share of the samples)."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.digitize(y_prob, edges[1:-1]), 0, n_bins - 1)
-    curve = (pd.DataFrame({"bin": bins, "p": y_prob, "y": y_true})
-             .groupby("bin").agg(confidence=("p", "mean"), observed=("y", "mean"), n=("y", "size")))
+    curve = (
+        pd.DataFrame({"bin": bins, "p": y_prob, "y": y_true})
+        .groupby("bin")
+        .agg(confidence=("p", "mean"), observed=("y", "mean"), n=("y", "size"))
+    )
     ece = float((curve["n"] * (curve["confidence"] - curve["observed"]).abs()).sum() / max(len(y_prob), 1))
     return curve, ece
 
@@ -102,11 +105,18 @@ def rate_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5)
     fp, tn = int((~ys & cs).sum()), int((~ys & ~cs).sum())
     fn, tp = int((ys & ~cs).sum()), int((ys & cs).sum())
     both = 0 < ys.sum() < len(ys)
-    return {"n": n, "scored": int(scored.sum()), "errors": n - correct,
-            "accuracy": correct / n if n else np.nan, "ci_low": float(low), "ci_high": float(high),
-            "roc_auc": float(roc_auc_score(ys, y_prob[scored])) if both else np.nan,
-            "fpr": fp / (fp + tn) if fp + tn else np.nan, "fnr": fn / (fn + tp) if fn + tp else np.nan,
-            "ece": calibration_curve(ys.astype(float), y_prob[scored])[1] if scored.any() else np.nan}
+    return {
+        "n": n,
+        "scored": int(scored.sum()),
+        "errors": n - correct,
+        "accuracy": correct / n if n else np.nan,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "roc_auc": float(roc_auc_score(ys, y_prob[scored])) if both else np.nan,
+        "fpr": fp / (fp + tn) if fp + tn else np.nan,
+        "fnr": fn / (fn + tp) if fn + tp else np.nan,
+        "ece": calibration_curve(ys.astype(float), y_prob[scored])[1] if scored.any() else np.nan,
+    }
 
 
 def groupings(population: Population) -> list[str]:
@@ -136,8 +146,14 @@ def grouping_values(population: Population, grouping: str) -> pd.Series:
     return pair_values(population, grouping) if " x " in grouping else group_values(population, grouping)
 
 
-def group_metrics(population: Population, labels: Sequence[str], probs: Mapping[str, np.ndarray],
-                  face_status: pd.Series, threshold: float = 0.5, min_slice: int = 20) -> pd.DataFrame:
+def group_metrics(
+    population: Population,
+    labels: Sequence[str],
+    probs: Mapping[str, np.ndarray],
+    face_status: pd.Series,
+    threshold: float = 0.5,
+    min_slice: int = 20,
+) -> pd.DataFrame:
     """Every model x label x group (each group column, each pair of them, and 'all'): `rate_metrics`, the face
     counts, and `small` (n < min_slice); worst first (lowest accuracy) within each model and label."""
     status = face_status.to_numpy()
@@ -153,15 +169,27 @@ def group_metrics(population: Population, labels: Sequence[str], probs: Mapping[
                     y = population.rows[label].to_numpy(float)
                     mask = in_group & ~np.isnan(y)
                     if mask.any():
-                        records.append({"model": model, "label": label, "grouping": grouping, "group": group,
-                                        "order": order, **rate_metrics(y[mask], p[mask, j], threshold),
-                                        "no_face": int(unscored[mask].sum()),
-                                        "several_faces": int(several[mask].sum())})
+                        records.append(
+                            {
+                                "model": model,
+                                "label": label,
+                                "grouping": grouping,
+                                "group": group,
+                                "order": order,
+                                **rate_metrics(y[mask], p[mask, j], threshold),
+                                "no_face": int(unscored[mask].sum()),
+                                "several_faces": int(several[mask].sum()),
+                            }
+                        )
     table = pd.DataFrame(records)
     table["small"] = table["n"] < min_slice
     rank = {"model": {m: i for i, m in enumerate(probs)}, "label": {lab: i for i, lab in enumerate(labels)}}
-    table = table.sort_values(["model", "label", "small", "accuracy", "n"], ascending=[True, True, True, True, False],
-                              key=lambda s: s.map(rank[s.name]) if s.name in rank else s, kind="stable")
+    table = table.sort_values(
+        ["model", "label", "small", "accuracy", "n"],
+        ascending=[True, True, True, True, False],
+        key=lambda s: s.map(rank[s.name]) if s.name in rank else s,
+        kind="stable",
+    )
     return table.reset_index(drop=True)
 
 
@@ -176,8 +204,10 @@ def face_counts(population: Population, face_status: pd.Series) -> pd.DataFrame:
     parts = []
     for grouping in [ALL, *population.groups]:
         values = grouping_values(population, grouping).astype(str)
-        counts = pd.crosstab([pd.Series(grouping, index=values.index, name="grouping"), values.rename("group")],
-                             face_status.rename("face").set_axis(values.index))
+        counts = pd.crosstab(
+            [pd.Series(grouping, index=values.index, name="grouping"), values.rename("group")],
+            face_status.rename("face").set_axis(values.index),
+        )
         counts.insert(0, "photos", counts.sum(axis=1))
         parts.append(counts.reindex(_ordered_groups(grouping_values(population, grouping)), level="group"))
     return pd.concat(parts).fillna(0).astype(int)
@@ -199,19 +229,26 @@ def _known(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return ~np.isnan(y) & ~np.isnan(p)
 
 
-def per_label_metrics(y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str],
-                      threshold: float = 0.5) -> pd.DataFrame:
+def per_label_metrics(
+    y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str], threshold: float = 0.5
+) -> pd.DataFrame:
     """`celeba.metrics.label_metrics` per label over the rows whose truth is known and whose face was scored."""
     parts = []
     for j, label in enumerate(labels):
         mask = _known(y_true[:, j], y_prob[:, j])
         if mask.any():
-            parts.append(label_metrics(y_true[mask, j:j + 1], y_prob[mask, j:j + 1], [label], threshold))
+            parts.append(label_metrics(y_true[mask, j : j + 1], y_prob[mask, j : j + 1], [label], threshold))
     return pd.concat(parts)
 
 
-def confusion_table(frame: pd.DataFrame, y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str],
-                    split_by: str = SPLIT_BY, threshold: float = 0.5) -> pd.DataFrame:
+def confusion_table(
+    frame: pd.DataFrame,
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    labels: Sequence[str],
+    split_by: str = SPLIT_BY,
+    threshold: float = 0.5,
+) -> pd.DataFrame:
     """Counts and error rates per label, overall and inside each `split_by` group (the other labels only)."""
     by = frame[split_by].to_numpy(float) if split_by in frame.columns else np.full(len(frame), np.nan)
     masks = {ALL: np.ones(len(frame), bool), split_by: by == 1, f"Not {split_by}": by == 0}
@@ -219,8 +256,7 @@ def confusion_table(frame: pd.DataFrame, y_true: np.ndarray, y_prob: np.ndarray,
     for group, mask in masks.items():
         if not mask.any():
             continue
-        m = per_label_metrics(y_true[mask], y_prob[mask], labels, threshold)[["n", "accuracy", "tn", "fp", "fn",
-                                                                              "tp"]]
+        m = per_label_metrics(y_true[mask], y_prob[mask], labels, threshold)[["n", "accuracy", "tn", "fp", "fn", "tp"]]
         m["fpr"] = m["fp"] / (m["fp"] + m["tn"]).clip(lower=1)
         m["fnr"] = m["fn"] / (m["fn"] + m["tp"]).clip(lower=1)
         parts.append(m.assign(group=group).reset_index())
@@ -234,8 +270,9 @@ def confusion_table(frame: pd.DataFrame, y_true: np.ndarray, y_prob: np.ndarray,
 # --------------------------------------------------------------------------- thresholds
 
 
-def threshold_curves(y_true: np.ndarray, y_prob: np.ndarray, groups: np.ndarray,
-                     grid: np.ndarray = THRESHOLD_GRID) -> pd.DataFrame:
+def threshold_curves(
+    y_true: np.ndarray, y_prob: np.ndarray, groups: np.ndarray, grid: np.ndarray = THRESHOLD_GRID
+) -> pd.DataFrame:
     """One label's accuracy inside every group (columns, plus 'all') at every threshold (rows); rows with unknown
     truth or no scored face are left out."""
     mask = _known(y_true, y_prob)
@@ -251,8 +288,9 @@ def balancing_grouping(label: str, groups: Sequence[str]) -> str:
     return next((g for g in groups if g != label), groups[0])
 
 
-def celeba_balancing_groups(frame: pd.DataFrame, labels: Sequence[str],
-                            by: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+def celeba_balancing_groups(
+    frame: pd.DataFrame, labels: Sequence[str], by: Sequence[str]
+) -> dict[str, tuple[str, np.ndarray]]:
     """For `balancing_thresholds` on 0/1 attribute columns: each label across the cohorts of the other attributes
     of `by` (Young across Male / Not Male)."""
     groups = {}
@@ -262,9 +300,14 @@ def celeba_balancing_groups(frame: pd.DataFrame, labels: Sequence[str],
     return groups
 
 
-def balancing_thresholds(y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str],
-                         groups: Mapping[str, tuple[str, np.ndarray]], threshold: float = 0.5,
-                         tolerance: float = 0.02) -> pd.DataFrame:
+def balancing_thresholds(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    labels: Sequence[str],
+    groups: Mapping[str, tuple[str, np.ndarray]],
+    threshold: float = 0.5,
+    tolerance: float = 0.02,
+) -> pd.DataFrame:
     """Per label, the threshold that minimises the accuracy gap (max - min) between its groups (`groups[label]`:
     grouping name, group of every row), among the thresholds whose overall accuracy is within `tolerance` of the
     best (else "everything negative" often wins). Reported, never applied to the other results."""
@@ -279,18 +322,28 @@ def balancing_thresholds(y_true: np.ndarray, y_prob: np.ndarray, labels: Sequenc
         best = np.lexsort((-overall, gaps))[0]  # smallest allowed gap, then highest accuracy
         default = threshold_curves(y_true[:, j], y_prob[:, j], values, np.array([threshold])).iloc[0]
         at_default = default.drop(ALL)
-        records.append({"label": label, "cohorts": name, "threshold": threshold,
-                        "gap": at_default.max() - at_default.min(), "worst_cohort": at_default.idxmin(),
-                        "accuracy": default[ALL], "balancing_threshold": float(curves.index[best]),
-                        "gap_balanced": float(gaps[best]), "accuracy_balanced": float(curves[ALL].iloc[best])})
+        records.append(
+            {
+                "label": label,
+                "cohorts": name,
+                "threshold": threshold,
+                "gap": at_default.max() - at_default.min(),
+                "worst_cohort": at_default.idxmin(),
+                "accuracy": default[ALL],
+                "balancing_threshold": float(curves.index[best]),
+                "gap_balanced": float(gaps[best]),
+                "accuracy_balanced": float(curves[ALL].iloc[best]),
+            }
+        )
     return pd.DataFrame(records).set_index("label")
 
 
 # --------------------------------------------------------------------------- summary and findings
 
 
-def summary(groups: pd.DataFrame, metrics: pd.DataFrame, calibration: pd.DataFrame, labels: Sequence[str],
-            grouping: str) -> pd.Series:
+def summary(
+    groups: pd.DataFrame, metrics: pd.DataFrame, calibration: pd.DataFrame, labels: Sequence[str], grouping: str
+) -> pd.Series:
     """The headline numbers of one model (its rows of `groups`), as one comparable column."""
     values: dict[str, float] = {}
     for label in labels:
@@ -321,8 +374,12 @@ def pts(difference: float) -> str:
     return f"{difference * 100:.1f} pts"
 
 
-def findings(cohorts: dict[str, pd.DataFrame], confusion: dict[str, pd.DataFrame], labels: Sequence[str],
-             split_by: str = SPLIT_BY) -> list[str]:
+def findings(
+    cohorts: dict[str, pd.DataFrame],
+    confusion: dict[str, pd.DataFrame],
+    labels: Sequence[str],
+    split_by: str = SPLIT_BY,
+) -> list[str]:
     """Plain sentences for the top of the report: each label's cohort gap, error rates by gender, and deltas."""
     lines, gaps = [], {}
     for model, table in cohorts.items():
@@ -332,27 +389,40 @@ def findings(cohorts: dict[str, pd.DataFrame], confusion: dict[str, pd.DataFrame
             small = ", ".join(f"{c} (n={table.at[c, 'n']})" for c in acc.index[~big_enough])
             if big_enough.sum() >= 2:  # cells of a handful of images would make the headline gap noise
                 acc = acc[big_enough]
-            caveat = (f"; left out, under {MIN_CELL} images: {small}" if big_enough.sum() >= 2 else
-                      f"; caution, under {MIN_CELL} images: {small}") if small else ""
+            caveat = (
+                (
+                    f"; left out, under {MIN_CELL} images: {small}"
+                    if big_enough.sum() >= 2
+                    else f"; caution, under {MIN_CELL} images: {small}"
+                )
+                if small
+                else ""
+            )
             gaps[model, label] = acc.max() - acc.min()
-            lines.append(f"{model}: {label} accuracy ranges from {acc.min():.1%} ({acc.idxmin()}, "
-                         f"n={table.at[acc.idxmin(), 'n']}) to {acc.max():.1%} ({acc.idxmax()}, "
-                         f"n={table.at[acc.idxmax(), 'n']}), a gap of {pts(gaps[model, label])}{caveat}.")
+            lines.append(
+                f"{model}: {label} accuracy ranges from {acc.min():.1%} ({acc.idxmin()}, "
+                f"n={table.at[acc.idxmin(), 'n']}) to {acc.max():.1%} ({acc.idxmax()}, "
+                f"n={table.at[acc.idxmax(), 'n']}), a gap of {pts(gaps[model, label])}{caveat}."
+            )
         for label in labels:
             if label == split_by:
                 continue
             rate = confusion[model]["fpr"]
             groups = [g for g in (f"Not {split_by}", split_by) if (label, g) in rate.index]
             if len(groups) == 2:
-                lines.append(f"{model}: {label} false-positive rate {rate[label, groups[0]]:.1%} ({groups[0]}) vs "
-                             f"{rate[label, groups[1]]:.1%} ({groups[1]}).")
+                lines.append(
+                    f"{model}: {label} false-positive rate {rate[label, groups[0]]:.1%} ({groups[0]}) vs "
+                    f"{rate[label, groups[1]]:.1%} ({groups[1]})."
+                )
     models = list(cohorts)
     for model in models[1:]:
         for label in labels:
             before, after = gaps[models[0], label], gaps[model, label]
             verdict = "narrower" if after < before else "wider" if after > before else "unchanged"
-            lines.append(f"{label} cohort gap {pts(before)} ({models[0]}) -> {pts(after)} ({model}): {verdict} "
-                         f"by {pts(abs(after - before))}.")
+            lines.append(
+                f"{label} cohort gap {pts(before)} ({models[0]}) -> {pts(after)} ({model}): {verdict} "
+                f"by {pts(abs(after - before))}."
+            )
     return lines
 
 
@@ -369,9 +439,11 @@ def group_findings(groups: pd.DataFrame, min_slice: int) -> list[str]:
         for kind, part in (("group", big[~is_pair]), ("pair of groups", big[is_pair])):
             if len(part):
                 w = part.iloc[0]
-                lines.append(f"{model}: {label}: least accurate {kind} {w['grouping']} = {w['group']}: "
-                             f"{w['accuracy']:.1%} (95% CI {w['ci_low']:.1%}-{w['ci_high']:.1%}, n={w['n']}) vs "
-                             f"{overall['accuracy']:.1%} overall (n={overall['n']}).")
+                lines.append(
+                    f"{model}: {label}: least accurate {kind} {w['grouping']} = {w['group']}: "
+                    f"{w['accuracy']:.1%} (95% CI {w['ci_low']:.1%}-{w['ci_high']:.1%}, n={w['n']}) vs "
+                    f"{overall['accuracy']:.1%} overall (n={overall['n']})."
+                )
     return lines
 
 
@@ -382,32 +454,43 @@ def saliency_picks(y_true: np.ndarray, y_prob: np.ndarray, k: int, threshold: fl
     """Row indices: the highest scores, the lowest scores, and the most confident errors (scored, known rows)."""
     rows = np.flatnonzero(_known(y_true, y_prob))
     order = rows[np.argsort(y_prob[rows], kind="stable")]
-    return {"highest": order[::-1][:k], "lowest": order[:k], "errors": confident_errors(y_true, y_prob, rows, k,
-                                                                                        threshold)}
+    return {
+        "highest": order[::-1][:k],
+        "lowest": order[:k],
+        "errors": confident_errors(y_true, y_prob, rows, k, threshold),
+    }
 
 
-def confident_errors(y_true: np.ndarray, y_prob: np.ndarray, rows: np.ndarray, k: int,
-                     threshold: float) -> np.ndarray:
+def confident_errors(y_true: np.ndarray, y_prob: np.ndarray, rows: np.ndarray, k: int, threshold: float) -> np.ndarray:
     """Among `rows`, the k errors whose probability is farthest from the truth."""
     rows = rows[_known(y_true[rows], y_prob[rows])]
     errors = rows[(y_prob[rows] >= threshold) != (y_true[rows] >= 0.5)]
     return errors[np.argsort(-np.abs(y_prob[errors] - y_true[errors]), kind="stable")][:k]
 
 
-def errors_per_group(y_true: np.ndarray, y_prob: np.ndarray, groups: pd.Series, k: int,
-                     threshold: float) -> dict[str, np.ndarray]:
+def errors_per_group(
+    y_true: np.ndarray, y_prob: np.ndarray, groups: pd.Series, k: int, threshold: float
+) -> dict[str, np.ndarray]:
     """Per group (in order): the row indices of its k most confident errors."""
     values = groups.astype(str).to_numpy()
-    return {g: confident_errors(y_true, y_prob, np.flatnonzero(values == g), k, threshold)
-            for g in _ordered_groups(groups)}
+    return {
+        g: confident_errors(y_true, y_prob, np.flatnonzero(values == g), k, threshold) for g in _ordered_groups(groups)
+    }
 
 
 # --------------------------------------------------------------------------- everything
 
 
-def compute(population: Population, labels: Sequence[str], probs: Mapping[str, np.ndarray], face_status: pd.Series,
-            notes: Sequence[str] = (), threshold: float = 0.5, min_slice: int = 20,
-            balance_tolerance: float = 0.02) -> Analysis:
+def compute(
+    population: Population,
+    labels: Sequence[str],
+    probs: Mapping[str, np.ndarray],
+    face_status: pd.Series,
+    notes: Sequence[str] = (),
+    threshold: float = 0.5,
+    min_slice: int = 20,
+    balance_tolerance: float = 0.02,
+) -> Analysis:
     """Every table of the report from the truths, groups and each model's probabilities (NaN: no face scored)."""
     rows, labels = population.rows, tuple(labels)
     y_true = rows[list(labels)].to_numpy(float)
@@ -421,36 +504,73 @@ def compute(population: Population, labels: Sequence[str], probs: Mapping[str, n
         for j, label in enumerate(labels):
             mask = _known(y_true[:, j], p[:, j])
             curves[m][label], ece = calibration_curve(y_true[mask, j], p[mask, j])
-            records.append({"model": m, "label": label, "ece": ece,
-                            "brier": float(np.mean((p[mask, j] - y_true[mask, j]) ** 2))})
+            records.append(
+                {"model": m, "label": label, "ece": ece, "brier": float(np.mean((p[mask, j] - y_true[mask, j]) ** 2))}
+            )
     calibration = pd.DataFrame(records).set_index(["model", "label"])
-    balance = {label: (g, group_values(population, g).astype(str).to_numpy())
-               for label in labels for g in [balancing_grouping(label, population.groups)]}
-    thresholds = pd.concat({m: balancing_thresholds(y_true, p, labels, balance, threshold, balance_tolerance)
-                            for m, p in probs.items()}, names=["model"])
-    curves_by_threshold = {m: {label: threshold_curves(y_true[:, j], p[:, j], balance[label][1])
-                               for j, label in enumerate(labels)} for m, p in probs.items()}
+    balance = {
+        label: (g, group_values(population, g).astype(str).to_numpy())
+        for label in labels
+        for g in [balancing_grouping(label, population.groups)]
+    }
+    thresholds = pd.concat(
+        {m: balancing_thresholds(y_true, p, labels, balance, threshold, balance_tolerance) for m, p in probs.items()},
+        names=["model"],
+    )
+    curves_by_threshold = {
+        m: {label: threshold_curves(y_true[:, j], p[:, j], balance[label][1]) for j, label in enumerate(labels)}
+        for m, p in probs.items()
+    }
     pairs = population.celeba_pairs
     summary_grouping = f"{pairs[0][0]} x {pairs[0][1]}" if pairs else population.groups[0]
-    deltas = delta_table({m: summary(groups[groups["model"] == m], metrics[m], calibration.loc[m], labels,
-                                     summary_grouping) for m in probs})
-    cohorts = {pair: {m: cohort_accuracy(rows, y_true, p, labels, pair, threshold) for m, p in probs.items()}
-               for pair in pairs}
+    deltas = delta_table(
+        {
+            m: summary(groups[groups["model"] == m], metrics[m], calibration.loc[m], labels, summary_grouping)
+            for m in probs
+        }
+    )
+    cohorts = {
+        pair: {m: cohort_accuracy(rows, y_true, p, labels, pair, threshold) for m, p in probs.items()} for pair in pairs
+    }
     train = population.train
-    distribution = ({pair: train_distribution(train, pair, labels) for pair in pairs}
-                    if train is not None and len(train) else {})
+    distribution = (
+        {pair: train_distribution(train, pair, labels) for pair in pairs} if train is not None and len(train) else {}
+    )
     facts = (findings(cohorts[pairs[0]], confusion, labels) if pairs else []) + group_findings(groups, min_slice)
 
-    predictions = pd.concat([rows[["image_id"]], face_status.rename("face").set_axis(rows.index),
-                             rows[list(labels)],
-                             rows[[f"group:{g}" for g in population.groups]]], axis=1)
+    predictions = pd.concat(
+        [
+            rows[["image_id"]],
+            face_status.rename("face").set_axis(rows.index),
+            rows[list(labels)],
+            rows[[f"group:{g}" for g in population.groups]],
+        ],
+        axis=1,
+    )
     for m, p in probs.items():
         for j, label in enumerate(labels):
             predictions[f"{m}:{label}_prob"] = p[:, j]
-    return Analysis(labels=labels, models=list(probs), notes=list(notes), source=population.source,
-                    derivations={label: population.derivations.get(label, "?") for label in labels},
-                    threshold=threshold, min_slice=min_slice, summary_grouping=summary_grouping,
-                    faces=face_counts(population, face_status), skipped=population.skipped, groups=groups,
-                    metrics=metrics, confusion=confusion, calibration=calibration, curves=curves,
-                    thresholds=thresholds, threshold_curves=curves_by_threshold, summary=deltas, findings=facts,
-                    predictions=predictions, cohorts=cohorts, train_distribution=distribution)
+    return Analysis(
+        labels=labels,
+        models=list(probs),
+        notes=list(notes),
+        source=population.source,
+        derivations={label: population.derivations.get(label, "?") for label in labels},
+        threshold=threshold,
+        min_slice=min_slice,
+        summary_grouping=summary_grouping,
+        faces=face_counts(population, face_status),
+        skipped=population.skipped,
+        groups=groups,
+        metrics=metrics,
+        confusion=confusion,
+        calibration=calibration,
+        curves=curves,
+        thresholds=thresholds,
+        threshold_curves=curves_by_threshold,
+        summary=deltas,
+        findings=facts,
+        predictions=predictions,
+        cohorts=cohorts,
+        train_distribution=distribution,
+    )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,8 +56,9 @@ def _cams(run: ModelRun, images: np.ndarray, output: int, towards: np.ndarray, g
     return np.where(np.asarray(towards)[:, None, None], up, down)
 
 
-def _overlays(run: ModelRun, population: Population, idx: np.ndarray, j: int, towards: np.ndarray,
-              grad_model) -> np.ndarray:
+def _overlays(
+    run: ModelRun, population: Population, idx: np.ndarray, j: int, towards: np.ndarray, grad_model
+) -> np.ndarray:
     from celeba.saliency import overlay
 
     paths = population.rows["path"].to_numpy()
@@ -66,8 +67,9 @@ def _overlays(run: ModelRun, population: Population, idx: np.ndarray, j: int, to
     return np.stack([overlay(im, cam) for im, cam in zip(images, cams)])
 
 
-def saliency_rows(run: ModelRun, population: Population, y_true: np.ndarray, label: str, j: int, k: int,
-                  threshold: float) -> list[tuple[str, np.ndarray, list[str]]]:
+def saliency_rows(
+    run: ModelRun, population: Population, y_true: np.ndarray, label: str, j: int, k: int, threshold: float
+) -> list[tuple[str, np.ndarray, list[str]]]:
     """Grad-CAM overlays: what pushes towards the label (top scores), away from it (bottom), and on errors
     (towards the label for false positives, away from it for misses: what drove the wrong answer)."""
     from celeba.saliency import gradcam_model
@@ -75,9 +77,11 @@ def saliency_rows(run: ModelRun, population: Population, y_true: np.ndarray, lab
     grad_model = gradcam_model(run.model)
     picks = saliency_picks(y_true[:, j], run.probs[:, j], k, threshold)
     result: list[tuple[str, np.ndarray, list[str]]] = []
-    for kind, title in (("highest", f"towards {label}\n(highest scores)"),
-                        ("lowest", f"away from {label}\n(lowest scores)"),
-                        ("errors", "worst errors\n(towards the\nwrong answer)")):
+    for kind, title in (
+        ("highest", f"towards {label}\n(highest scores)"),
+        ("lowest", f"away from {label}\n(lowest scores)"),
+        ("errors", "worst errors\n(towards the\nwrong answer)"),
+    ):
         idx = picks[kind]
         if len(idx) == 0:
             result.append((title, np.zeros((0, 1, 1, 3), np.uint8), []))
@@ -88,8 +92,9 @@ def saliency_rows(run: ModelRun, population: Population, y_true: np.ndarray, lab
     return result
 
 
-def group_error_rows(run: ModelRun, population: Population, y_true: np.ndarray, j: int, grouping: str, k: int,
-                     threshold: float) -> list[tuple[str, np.ndarray, list[str]]]:
+def group_error_rows(
+    run: ModelRun, population: Population, y_true: np.ndarray, j: int, grouping: str, k: int, threshold: float
+) -> list[tuple[str, np.ndarray, list[str]]]:
     """Grad-CAM of the k most confident errors in every group of `grouping` (one row per group)."""
     from celeba.saliency import gradcam_model
 
@@ -102,8 +107,7 @@ def group_error_rows(run: ModelRun, population: Population, y_true: np.ndarray, 
             result.append((f"{title}\n(no error)", np.zeros((0, 1, 1, 3), np.uint8), []))
             continue
         captions = [f"p={run.probs[i, j]:.2f} y={int(y_true[i, j])}" for i in idx]
-        result.append((title, _overlays(run, population, idx, j, run.probs[idx, j] >= threshold, grad_model),
-                       captions))
+        result.append((title, _overlays(run, population, idx, j, run.probs[idx, j] >= threshold, grad_model), captions))
     return result
 
 
@@ -118,25 +122,44 @@ def slice_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
         wide = wide.reset_index()
         wide.index = wide["grouping"] + " " + wide["group"]
         tables[model] = wide.rename(columns={"grouping": "kind"}).rename(
-            columns={label: f"{label}_accuracy" for label in analysis.labels})
+            columns={label: f"{label}_accuracy" for label in analysis.labels}
+        )
     return tables
 
 
-def draw_figures(analysis: Analysis, population: Population, runs: Sequence[ModelRun], out: Path,
-                 projections: Sequence[str] = ("pca",), faces: int = 6, seed: int = 0) -> dict[str, list[Path]]:
+def draw_figures(
+    analysis: Analysis,
+    population: Population,
+    runs: Sequence[ModelRun],
+    out: Path,
+    projections: Sequence[str] = ("pca",),
+    faces: int = 6,
+    seed: int = 0,
+) -> dict[str, list[Path]]:
     """Every figure of the report, by section."""
     from celeba import plots
 
     a, note = analysis, "\n".join(analysis.notes)
     y_true = population.rows[list(a.labels)].to_numpy(float)
-    figures: dict[str, list[Path]] = {"groups": [plots.group_accuracy(
-        a.groups[~a.groups["grouping"].str.contains(" x ") & (a.groups["grouping"] != ALL)], a.labels,
-        out / "groups.png", note, population.groups)]}
-    figures["cohorts"] = [plots.cohort_heatmaps(a.cohorts[pair], pair, a.labels,
-                                                out / f"cohorts_{pair[0]}_{pair[1]}.png", note) for pair in a.cohorts]
+    figures: dict[str, list[Path]] = {
+        "groups": [
+            plots.group_accuracy(
+                a.groups[~a.groups["grouping"].str.contains(" x ") & (a.groups["grouping"] != ALL)],
+                a.labels,
+                out / "groups.png",
+                note,
+                population.groups,
+            )
+        ]
+    }
+    figures["cohorts"] = [
+        plots.cohort_heatmaps(a.cohorts[pair], pair, a.labels, out / f"cohorts_{pair[0]}_{pair[1]}.png", note)
+        for pair in a.cohorts
+    ]
     if a.train_distribution:
-        figures["cohorts"].append(plots.train_distribution(a.train_distribution, a.labels,
-                                                           out / "train_distribution.png"))
+        figures["cohorts"].append(
+            plots.train_distribution(a.train_distribution, a.labels, out / "train_distribution.png")
+        )
     figures["confusion"] = [plots.confusion_grid(a.confusion, out / "confusion.png", note)]
     latent_groups = list(population.groups[:LATENT_GROUPINGS])
     figures["latent"] = []
@@ -147,26 +170,49 @@ def draw_figures(analysis: Analysis, population: Population, runs: Sequence[Mode
         for method in projections:
             log.info("%s: %s projection of %d embeddings", r.name, method, scored.sum())
             points = project(r.embeddings[scored], method, seed)
-            figures["latent"].append(plots.latent_space(
-                points, np.nan_to_num(y_true[scored]), r.probs[scored] >= a.threshold, a.labels,
-                f"{r.name}: embeddings, {method.upper()}", out / f"latent_{method}_{r.name}.png", r.note))
-            figures["latent"].append(plots.latent_by_group(
-                points, {g: population.rows[f"group:{g}"].astype(str).to_numpy()[scored] for g in latent_groups},
-                f"{r.name}: embeddings by group, {method.upper()}", out / f"latent_groups_{method}_{r.name}.png",
-                r.note))
+            figures["latent"].append(
+                plots.latent_space(
+                    points,
+                    np.nan_to_num(y_true[scored]),
+                    r.probs[scored] >= a.threshold,
+                    a.labels,
+                    f"{r.name}: embeddings, {method.upper()}",
+                    out / f"latent_{method}_{r.name}.png",
+                    r.note,
+                )
+            )
+            figures["latent"].append(
+                plots.latent_by_group(
+                    points,
+                    {g: population.rows[f"group:{g}"].astype(str).to_numpy()[scored] for g in latent_groups},
+                    f"{r.name}: embeddings by group, {method.upper()}",
+                    out / f"latent_groups_{method}_{r.name}.png",
+                    r.note,
+                )
+            )
     figures["saliency"] = []
     for r in runs:
         for j, label in enumerate(a.labels):
             log.info("%s: Grad-CAM for %s", r.name, label)
             grid = saliency_rows(r, population, y_true, label, j, faces, a.threshold)
-            figures["saliency"].append(plots.gradcam_grid(grid, f"{r.name}: Grad-CAM for {label}",
-                                                          out / f"gradcam_{label}_{r.name}.png", r.note))
+            figures["saliency"].append(
+                plots.gradcam_grid(
+                    grid, f"{r.name}: Grad-CAM for {label}", out / f"gradcam_{label}_{r.name}.png", r.note
+                )
+            )
             grid = group_error_rows(r, population, y_true, j, a.summary_grouping, faces, a.threshold)
-            figures["saliency"].append(plots.gradcam_grid(
-                grid, f"{r.name}: most confident {label} errors per {a.summary_grouping} group",
-                out / f"gradcam_errors_{label}_{r.name}.png", r.note))
+            figures["saliency"].append(
+                plots.gradcam_grid(
+                    grid,
+                    f"{r.name}: most confident {label} errors per {a.summary_grouping} group",
+                    out / f"gradcam_errors_{label}_{r.name}.png",
+                    r.note,
+                )
+            )
     slices = slice_tables(a)
     figures["slices"] = [plots.slice_curves(slices, a.labels, STATS, out / "slices.png", note)] if slices else []
-    figures["calibration"] = [plots.reliability(a.curves, a.calibration, a.labels, out / "reliability.png", note),
-                              plots.threshold_curves(a.threshold_curves, a.thresholds, out / "thresholds.png", note)]
+    figures["calibration"] = [
+        plots.reliability(a.curves, a.calibration, a.labels, out / "reliability.png", note),
+        plots.threshold_curves(a.threshold_curves, a.thresholds, out / "thresholds.png", note),
+    ]
     return figures

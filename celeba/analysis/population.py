@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,22 +43,32 @@ class Population:
 # --------------------------------------------------------------------------- CelebA
 
 
-def celeba_population(data_dir: Path, partition: str, limit: int | None, pairs: Sequence[tuple[str, str]],
-                      check_images: bool = False) -> Population:
+def celeba_population(
+    data_dir: Path, partition: str, limit: int | None, pairs: Sequence[tuple[str, str]], check_images: bool = False
+) -> Population:
     """A CelebA partition; groups are the attributes of `pairs` ('Male' / 'Not Male') and their 2x2 cohorts."""
     index = load_index(data_dir, check_images=check_images)
     rows = split(index, partition, limit)
     if rows.empty:
         raise CelebADataError(f"{data_dir}: no {partition} images")
     attributes = list(dict.fromkeys(a for pair in pairs for a in pair))
-    groups = pd.DataFrame({a: pd.Categorical(cohort_names(rows, [a]), [a, f"Not {a}"], ordered=True)
-                           for a in attributes})
-    frame = pd.concat([rows[["image_id", "path", *ATTRIBUTES]].astype({a: float for a in ATTRIBUTES}),
-                       groups.add_prefix("group:")], axis=1)
-    return Population(rows=frame, groups=tuple(attributes), pairs=tuple(pairs),
-                      derivations={a: "CelebA annotation (a human judgement)" for a in ATTRIBUTES},
-                      source=f"{data_dir} ({partition}, {len(rows)} images)", detect=False,
-                      train=split(index, "train"), celeba_pairs=tuple(pairs))
+    groups = pd.DataFrame(
+        {a: pd.Categorical(cohort_names(rows, [a]), [a, f"Not {a}"], ordered=True) for a in attributes}
+    )
+    frame = pd.concat(
+        [rows[["image_id", "path", *ATTRIBUTES]].astype({a: float for a in ATTRIBUTES}), groups.add_prefix("group:")],
+        axis=1,
+    )
+    return Population(
+        rows=frame,
+        groups=tuple(attributes),
+        pairs=tuple(pairs),
+        derivations={a: "CelebA annotation (a human judgement)" for a in ATTRIBUTES},
+        source=f"{data_dir} ({partition}, {len(rows)} images)",
+        detect=False,
+        train=split(index, "train"),
+        celeba_pairs=tuple(pairs),
+    )
 
 
 # --------------------------------------------------------------------------- any labelled folder
@@ -93,16 +103,20 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
     if not fields or len(set(fields)) != len(fields):
         raise CelebADataError(f"--filename-pattern {pattern!r}: needs distinct fields like {{age}}_{{gender}}_*.jpg")
     parts = re.split(r"(\{\w+\}|\*)", pattern)
-    regex = "".join(f"(?P<{p[1:-1]}>[^/]+?)" if p.startswith("{") else ".*" if p == "*" else re.escape(p)
-                    for p in parts)
+    regex = "".join(
+        f"(?P<{p[1:-1]}>[^/]+?)" if p.startswith("{") else ".*" if p == "*" else re.escape(p) for p in parts
+    )
     return re.compile(regex + r"\Z", re.IGNORECASE)
 
 
 def _image_files(folder: Path) -> list[str]:
     if not folder.is_dir():
         raise CelebADataError(f"{folder}: image folder not found")
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
 
 
 def read_labels_csv(path: Path) -> pd.DataFrame:
@@ -149,8 +163,9 @@ def truth_column(column: pd.Series, name: str, source: str) -> pd.Series:
     values = column.str.strip().str.lower().map(words)
     bad = column[values.isna() & (column.str.strip() != "")]
     if len(bad):
-        raise CelebADataError(f"{source}: column {name!r} must be 0, 1 or empty; row {bad.index[0] + 2} is "
-                              f"{bad.iloc[0]!r}")
+        raise CelebADataError(
+            f"{source}: column {name!r} must be 0, 1 or empty; row {bad.index[0] + 2} is {bad.iloc[0]!r}"
+        )
     return values.astype(float)
 
 
@@ -176,14 +191,12 @@ def group_column(column: pd.Series, bins: int, mapping: dict[str, str] | None = 
     if mapping:
         names = column.map(lambda v: mapping.get(v, v) if v != "" else UNKNOWN)
         order = [*dict.fromkeys(mapping.values()), *sorted(set(names) - set(mapping.values()) - {UNKNOWN}), UNKNOWN]
-        return pd.Series(pd.Categorical(names, [o for o in order if o in set(names)], ordered=True),
-                         index=column.index)
+        return pd.Series(pd.Categorical(names, [o for o in order if o in set(names)], ordered=True), index=column.index)
     numeric = _numeric(column)
     if numeric is not None and numeric.nunique() > bins:
         return quantile_bins(numeric, bins)
     values = column.replace("", UNKNOWN).astype(str)
-    key = (lambda v: (v == UNKNOWN, float(v) if _is_number(v) else np.inf, v))
-    order = sorted(set(values), key=key)
+    order = sorted(set(values), key=lambda v: (v == UNKNOWN, float(v) if _is_number(v) else np.inf, v))
     return pd.Series(pd.Categorical(values, order, ordered=True), index=column.index)
 
 
@@ -212,9 +225,15 @@ def quantile_bins(values: pd.Series, bins: int) -> pd.Series:
     return pd.Series(pd.Categorical(text, order, ordered=True), index=values.index)
 
 
-def folder_population(images: Path, labels_csv: Path | None = None, filename_pattern: str | None = None,
-                      derive: Sequence[str] = (), mapping: Sequence[str] = (), bins: int = 5,
-                      limit: int | None = None) -> Population:
+def folder_population(
+    images: Path,
+    labels_csv: Path | None = None,
+    filename_pattern: str | None = None,
+    derive: Sequence[str] = (),
+    mapping: Sequence[str] = (),
+    bins: int = 5,
+    limit: int | None = None,
+) -> Population:
     """Any folder of photos with a truth table (CSV or file-name pattern): labels, derived labels and groups.
 
     Label columns are the columns named like a CelebA attribute (Male, Young, ...); every other column is a group
@@ -230,12 +249,12 @@ def folder_population(images: Path, labels_csv: Path | None = None, filename_pat
         table = read_labels_csv(labels_csv)
         on_disk = set(files)
         missing = ~table["file"].isin(on_disk)
-        skipped += [{"file": f, "reason": f"in {Path(labels_csv).name} but not in {images}"}
-                    for f in table.loc[missing, "file"]]
+        skipped += [
+            {"file": f, "reason": f"in {Path(labels_csv).name} but not in {images}"} for f in table.loc[missing, "file"]
+        ]
         unlisted = sorted(on_disk - set(table["file"]))
         if unlisted:
-            log.info("%d image files in %s have no row in %s and are not analysed", len(unlisted), images,
-                     labels_csv)
+            log.info("%d image files in %s have no row in %s and are not analysed", len(unlisted), images, labels_csv)
         table = table[~missing].reset_index(drop=True)
         source = f"{images} with {labels_csv}"
     else:
@@ -256,34 +275,52 @@ def folder_population(images: Path, labels_csv: Path | None = None, filename_pat
     given = [c for c in table.columns if c in ATTRIBUTES and c not in derived]
     truth = {c: truth_column(table[c], c, str(labels_csv or filename_pattern)) for c in given}
     truth |= {name: derive_label(table, expr, f"{name}={expr}") for name, expr in derived.items()}
-    derivations = {c: f"column {c} of {Path(labels_csv).name}" if labels_csv else f"file-name field {c}"
-                   for c in given}
+    derivations = {c: f"column {c} of {Path(labels_csv).name}" if labels_csv else f"file-name field {c}" for c in given}
     derivations |= {name: f"derived: {name} := {expr}" for name, expr in derived.items()}
 
     group_names = [c for c in table.columns if c != "file" and c not in ATTRIBUTES]
     groups = {c: group_column(table[c], bins, maps.get(c)) for c in group_names}
-    groups |= {c: pd.Series(pd.Categorical(np.select([truth[c] == 1, truth[c] == 0], [c, f"Not {c}"], UNKNOWN),
-                                           [c, f"Not {c}", UNKNOWN], ordered=True)).cat.remove_unused_categories()
-               for c in truth}
-    frame = pd.concat([pd.DataFrame({"image_id": table["file"], "path": [str(images / f) for f in table["file"]]}),
-                       pd.DataFrame(truth), pd.DataFrame(groups).add_prefix("group:")], axis=1)
+    groups |= {
+        c: pd.Series(
+            pd.Categorical(
+                np.select([truth[c] == 1, truth[c] == 0], [c, f"Not {c}"], UNKNOWN),
+                [c, f"Not {c}", UNKNOWN],
+                ordered=True,
+            )
+        ).cat.remove_unused_categories()
+        for c in truth
+    }
+    frame = pd.concat(
+        [
+            pd.DataFrame({"image_id": table["file"], "path": [str(images / f) for f in table["file"]]}),
+            pd.DataFrame(truth),
+            pd.DataFrame(groups).add_prefix("group:"),
+        ],
+        axis=1,
+    )
     names = tuple(groups)
-    return Population(rows=frame, groups=names, pairs=tuple((a, b) for i, a in enumerate(names)
-                                                            for b in names[i + 1:]),
-                      derivations=derivations, source=f"{source} ({len(frame)} photos)", detect=True,
-                      skipped=pd.DataFrame(skipped, columns=["file", "reason"]))
+    return Population(
+        rows=frame,
+        groups=names,
+        pairs=tuple((a, b) for i, a in enumerate(names) for b in names[i + 1 :]),
+        derivations=derivations,
+        source=f"{source} ({len(frame)} photos)",
+        detect=True,
+        skipped=pd.DataFrame(skipped, columns=["file", "reason"]),
+    )
 
 
 def group_values(population: Population, column: str) -> pd.Series:
     """The group of every row for one group column, or for a pair 'a x b' ('Male & Young')."""
     if " x " in column:
         a, b = column.split(" x ", 1)
-        return (group_values(population, a).astype(str) + " & " + group_values(population, b).astype(str))
+        return group_values(population, a).astype(str) + " & " + group_values(population, b).astype(str)
     return population.rows[f"group:{column}"]
 
 
 def add_groups(population: Population, columns: dict[str, pd.Series]) -> Population:
     """The population with more group columns (e.g. image-statistic bins) appended after the existing ones."""
-    rows = population.rows.assign(**{f"group:{name}": values.set_axis(population.rows.index)
-                                     for name, values in columns.items()})
+    rows = population.rows.assign(
+        **{f"group:{name}": values.set_axis(population.rows.index) for name, values in columns.items()}
+    )
     return Population(**{**population.__dict__, "rows": rows, "groups": population.groups + tuple(columns)})

@@ -8,9 +8,10 @@ probabilities and its status ('no face', 'unreadable'): the analysis counts it, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -44,8 +45,10 @@ def describe(card: RunCard | None) -> str:
     cfg = card.config if card else {}
     weights = str(cfg.get("weights", "?"))
     init = {"none": "from scratch", "imagenet": "ImageNet init"}.get(weights.lower(), f"init {Path(weights).name}")
-    return (f"{cfg.get('loss', '?')}, {init}, {cfg.get('image_size', '?')} px, {cfg.get('epochs', '?')} epochs, "
-            f"{card.data.get('train', '?') if card else '?'} train images")
+    return (
+        f"{cfg.get('loss', '?')}, {init}, {cfg.get('image_size', '?')} px, {cfg.get('epochs', '?')} epochs, "
+        f"{card.data.get('train', '?') if card else '?'} train images"
+    )
 
 
 def unique_names(paths: Sequence[Path]) -> list[str]:
@@ -80,8 +83,9 @@ def prepare_faces(paths: Sequence[str], detect: bool, max_faces: int = 10) -> tu
             status.append(UNREADABLE)
             crops.append(None)
             continue
-        status.append(ALIGNED if not detect else NO_FACE if not found else ONE_FACE if len(found) == 1
-                      else SEVERAL_FACES)
+        status.append(
+            ALIGNED if not detect else NO_FACE if not found else ONE_FACE if len(found) == 1 else SEVERAL_FACES
+        )
         crops.append(_crop(found[0]) if found else None)
     return pd.Series(status, name="face"), crops
 
@@ -102,8 +106,9 @@ def _two_outputs(model: Any) -> Any:
     return keras.Model(model.inputs, [model.get_layer("embedding").output, model.output])
 
 
-def _score_crops(both: Any, crops: list, image_size: int, batch_size: int, n_outputs: int) -> tuple[np.ndarray,
-                                                                                                      np.ndarray]:
+def _score_crops(
+    both: Any, crops: list, image_size: int, batch_size: int, n_outputs: int
+) -> tuple[np.ndarray, np.ndarray]:
     from celeba.data import preprocess_image
 
     width = both.outputs[0].shape[-1]
@@ -111,15 +116,16 @@ def _score_crops(both: Any, crops: list, image_size: int, batch_size: int, n_out
     probs = np.full((len(crops), n_outputs), np.nan, np.float32)
     todo = [i for i, crop in enumerate(crops) if crop is not None]
     for start in range(0, len(todo), batch_size):
-        idx = todo[start:start + batch_size]
+        idx = todo[start : start + batch_size]
         batch = np.stack([preprocess_image(crops[i], image_size).numpy() for i in idx])
         emb, p = both([batch], training=False)  # the model's inputs are a list of one
         embeddings[idx], probs[idx] = np.asarray(emb), np.asarray(p)
     return embeddings, probs
 
 
-def run_models(model_paths: Sequence[Path], rows: pd.DataFrame, detect: bool, batch_size: int = 64,
-               max_faces: int = 10) -> tuple[list[ModelRun], tuple[str, ...], pd.Series]:
+def run_models(
+    model_paths: Sequence[Path], rows: pd.DataFrame, detect: bool, batch_size: int = 64, max_faces: int = 10
+) -> tuple[list[ModelRun], tuple[str, ...], pd.Series]:
     """Load every model; embeddings and probabilities in one pass per model. Labels: those every model outputs and
     the rows know. Returns (runs, labels, face status of every row)."""
     from celeba.evaluate import dataset_probabilities
@@ -127,13 +133,21 @@ def run_models(model_paths: Sequence[Path], rows: pd.DataFrame, detect: bool, ba
     from celeba.runcard import RunCard, card_path
 
     loaded = [load_model(path) for path in model_paths]
-    labels = tuple(label for label in loaded[0][1] if all(label in lab for _, lab in loaded)
-                   and label in rows.columns and rows[label].notna().any())
+    labels = tuple(
+        label
+        for label in loaded[0][1]
+        if all(label in lab for _, lab in loaded) and label in rows.columns and rows[label].notna().any()
+    )
     if not labels:
-        raise CelebADataError(f"no label is both output by every model {[list(lab) for _, lab in loaded]} and "
-                              "known for the photos (a column or --derive)")
-    status, crops = (pd.Series([ALIGNED] * len(rows), name="face"), []) if not detect else \
-        prepare_faces(list(rows["path"]), detect, max_faces)
+        raise CelebADataError(
+            f"no label is both output by every model {[list(lab) for _, lab in loaded]} and "
+            "known for the photos (a column or --derive)"
+        )
+    status, crops = (
+        (pd.Series([ALIGNED] * len(rows), name="face"), [])
+        if not detect
+        else prepare_faces(list(rows["path"]), detect, max_faces)
+    )
     runs = []
     for path, name, (model, model_labels) in zip(model_paths, unique_names(model_paths), loaded):
         card = RunCard.load(path) if card_path(path).is_file() else None

@@ -10,8 +10,23 @@ import pandas as pd
 
 from celeba.analysis.compute import Analysis
 
-GROUP_COLUMNS = ["model", "label", "grouping", "group", "n", "accuracy", "ci_low", "ci_high", "errors", "no_face",
-                 "several_faces", "roc_auc", "fpr", "fnr", "ece"]
+GROUP_COLUMNS = [
+    "model",
+    "label",
+    "grouping",
+    "group",
+    "n",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "errors",
+    "no_face",
+    "several_faces",
+    "roc_auc",
+    "fpr",
+    "fnr",
+    "ece",
+]
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -49,11 +64,13 @@ def write_tables(analysis: Analysis, out: Path) -> list[Path]:
     if len(a.skipped):
         tables["skipped.csv"] = a.skipped
     if a.cohorts:
-        tables["cohorts.csv"] = pd.concat({pair_label(p): pd.concat(t, names=["model"]) for p, t in a.cohorts.items()},
-                                          names=["pair"])
+        tables["cohorts.csv"] = pd.concat(
+            {pair_label(p): pd.concat(t, names=["model"]) for p, t in a.cohorts.items()}, names=["pair"]
+        )
     if a.train_distribution:
-        tables["train_distribution.csv"] = pd.concat({pair_label(p): t for p, t in a.train_distribution.items()},
-                                                     names=["pair"])
+        tables["train_distribution.csv"] = pd.concat(
+            {pair_label(p): t for p, t in a.train_distribution.items()}, names=["pair"]
+        )
     paths = []
     for name, table in tables.items():
         keep_index = bool(table.index.name or any(table.index.names))
