@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")  # code-loader would otherwise try to phone home
@@ -18,22 +23,50 @@ def sample_dir() -> Path:
     return SAMPLE_DIR
 
 
+def tiny_config(models: Path, name: str, **overrides):
+    """A TrainConfig for a one-epoch smoke training from random weights on the embedded sample."""
+    from celeba.config import TrainConfig
+
+    return TrainConfig(
+        **{"weights": "none", "epochs": 1, "check_images": False, "models_dir": models, "name": name, **overrides}
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 64 px MobileNetV2 (random init) trained 1 epoch on 32 sample images; saved .keras with its run card."""
-    from celeba.config import TrainConfig
     from celeba.train import train
 
     models = tmp_path_factory.mktemp("models")
-    cfg = TrainConfig(
-        weights="none",
-        image_size=64,
-        epochs=1,
-        limit=32,
-        batch_size=16,
-        models_dir=models,
-        name="tiny",
-        check_images=False,
-    )
-    train(cfg)
+    train(tiny_config(models, "tiny", image_size=64, limit=32, batch_size=16))
     return models / "tiny.keras"
+
+
+@contextmanager
+def loopback_server(app) -> Iterator[str]:
+    """A real uvicorn server for `app` on a free 127.0.0.1 port, in a thread; yields its URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "server did not start in 30 s"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def face_jpeg(sample_dir) -> bytes:
+    """One real CelebA JPEG of the sample (a face the detector finds)."""
+    from celeba.data import image_dir
+
+    return sorted(image_dir(sample_dir).glob("*.jpg"))[1].read_bytes()

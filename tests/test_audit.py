@@ -183,6 +183,10 @@ def audit_folder(sample_dir, tmp_path_factory) -> tuple[Path, Path]:
     return folder, _audit_folder_module().make_audit_folder(rows, folder, extras=True, brightness=0.15, blur=6.0)
 
 
+def _folder_args(folder: Path, csv: Path) -> list[str]:
+    return ["--model", str(MODEL), "--images", str(folder), "--labels-csv", str(csv)]
+
+
 @pytest.mark.slow
 def test_analyze_images_on_a_generated_folder_ranks_the_dim_photos_worst(audit_folder, tmp_path):
     folder, csv = audit_folder
@@ -194,12 +198,7 @@ def test_analyze_images_on_a_generated_folder_ranks_the_dim_photos_worst(audit_f
             "-m",
             "celeba",
             "analyze",
-            "--model",
-            str(MODEL),
-            "--images",
-            str(folder),
-            "--labels-csv",
-            str(csv),
+            *_folder_args(folder, csv),
             "--out",
             str(out),
             "--projections",
@@ -250,12 +249,7 @@ def test_evaluate_images_counts_faces_and_reports_groups(audit_folder, tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         evaluate_main(
             [
-                "--model",
-                str(MODEL),
-                "--images",
-                str(folder),
-                "--labels-csv",
-                str(csv),
+                *_folder_args(folder, csv),
                 "--out",
                 str(tmp_path),
                 "--min-slice",

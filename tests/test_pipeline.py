@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 from PIL import Image
 
 from celeba import data
@@ -190,22 +191,11 @@ def test_prepare_bad_input_is_one_line(tmp_path):
 def test_train_and_evaluate_read_a_prepared_folder(prepared, tmp_path):
     import json
 
-    from celeba.config import EvalConfig, TrainConfig
+    from celeba.config import EvalConfig
     from celeba.evaluate import evaluate
     from celeba.train import train
 
-    card = train(
-        TrainConfig(
-            data_dir=prepared,
-            weights="none",
-            image_size=48,
-            epochs=1,
-            limit=16,
-            batch_size=8,
-            models_dir=tmp_path,
-            name="records",
-        )
-    )
+    train(tiny_config(tmp_path, "records", data_dir=prepared, image_size=48, limit=16, batch_size=8))
     card = json.loads((tmp_path / "records.json").read_text())
     assert card["data"]["train"] == card["data"]["validation"] == 16
     result = evaluate(EvalConfig(model=tmp_path / "records.keras", data_dir=prepared, limit=10, out=tmp_path / "e"))

@@ -159,6 +159,10 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+
+
 @pytest.mark.slow
 def test_sigkill_during_the_backup_write_then_resume_finishes(tmp_path):
     models, marker = tmp_path / "models", tmp_path / "paused"
@@ -181,14 +185,7 @@ def test_sigkill_during_the_backup_write_then_resume_finishes(tmp_path):
     assert (backup / ".epoch-0002.tmp.weights.h5").is_file()  # the half-written file the kill left
     assert (backup / "epoch-0001.weights.h5").is_file() and not (models / "k.keras").exists()
 
-    done = subprocess.run(
-        _train_cmd(models, "--epochs", "3", "--resume"),
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = _run(_train_cmd(models, "--epochs", "3", "--resume"), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resume: recovered the state after 1 completed epoch(s)" in done.stderr
     assert not backup.exists()  # the phase is saved; its backup is gone
@@ -262,14 +259,7 @@ train_main(sys.argv[1:])
 def test_a_full_disk_ends_training_with_one_error_line_and_keeps_the_last_backup(tmp_path):
     models = tmp_path / "models"
     args = [*TINY_TRAIN, "--epochs", "2", "--models-dir", str(models), "--name", "k"]
-    run = subprocess.run(
-        [sys.executable, "-c", FULL_DISK_AT_EPOCH_2, *args],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    run = _run([sys.executable, "-c", FULL_DISK_AT_EPOCH_2, *args], tmp_path)
     assert run.returncode == 2, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]

@@ -1,15 +1,12 @@
 """The service over a real socket on 127.0.0.1: uvicorn in a thread, requests as the client."""
 
 import io
-import socket
-import threading
-import time
 
 import pytest
 import requests
+from conftest import loopback_server
 from PIL import Image
 
-from celeba.data import image_dir
 from celeba.predict import Predictor
 from celeba.serve import create_app, is_loopback
 
@@ -24,27 +21,8 @@ def _png(image: Image.Image) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(Predictor(tiny_model), max_bytes=300_000, max_megapixels=1.0)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start in 30 s"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def face_jpeg(sample_dir) -> bytes:
-    return sorted(image_dir(sample_dir).glob("*.jpg"))[1].read_bytes()
+    with loopback_server(create_app(Predictor(tiny_model), max_bytes=300_000, max_megapixels=1.0)) as url:
+        yield url
 
 
 def test_health_and_openapi_schema(server):
@@ -165,12 +143,12 @@ def test_loopback_hosts_are_recognised():
     assert not any(is_loopback(host) for host in ("0.0.0.0", "192.168.1.10", "example.com", "::"))
 
 
-def test_service_returns_alignment_fields_and_flags_a_tight_crop(server, sample_dir):
+def test_service_returns_alignment_fields_and_flags_a_tight_crop(server, face_jpeg):
     import numpy as np
 
     from celeba.framings import tight
 
-    upright = np.asarray(Image.open(sorted(image_dir(sample_dir).glob("*.jpg"))[1]).convert("RGB"))
+    upright = np.asarray(Image.open(io.BytesIO(face_jpeg)).convert("RGB"))
     r = requests.post(
         f"{server}/predict",
         files={"file": ("id.png", _png(Image.fromarray(tight(upright, 0.9))), "image/png")},

@@ -14,10 +14,10 @@ import keras
 import numpy as np
 import pytest
 import requests
+from conftest import loopback_server
 from PIL import Image
 
 import celeba.serve as serve
-from celeba.data import image_dir
 from celeba.predict import Predictor, decode_photo_bounded
 from celeba.serve import LOOPBACK_HOSTS, create_app
 
@@ -38,22 +38,6 @@ def model_path(tmp_path_factory) -> Path:
     return path
 
 
-def _start(app) -> tuple[str, object, threading.Thread]:
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start in 30 s"
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", srv, thread
-
-
 @pytest.fixture(scope="module")
 def server(model_path):
     app = create_app(
@@ -64,15 +48,8 @@ def server(model_path):
         allow_origins=("https://ok.example",),
         allowed_hosts=LOOPBACK_HOSTS,
     )
-    url, srv, thread = _start(app)
-    yield url
-    srv.should_exit = True
-    thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def face_jpeg(sample_dir) -> bytes:
-    return sorted(image_dir(sample_dir).glob("*.jpg"))[1].read_bytes()
+    with loopback_server(app) as url:
+        yield url
 
 
 def test_a_chunked_upload_is_cut_off_at_the_limit(server):
