@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 log = logging.getLogger("celeba")
 
@@ -299,32 +299,29 @@ def run_script(cls: type, job: Callable[[Any], Any], argv: Sequence[str] | None 
     execute(call)
 
 
-def train_main(argv: Sequence[str] | None = None) -> NoReturn:
-    run("train", argv)
+class EntryPoint(Protocol):
+    def __call__(self, argv: Sequence[str] | None = None) -> NoReturn: ...
 
 
-def evaluate_main(argv: Sequence[str] | None = None) -> NoReturn:
-    run("evaluate", argv)
+def _entry_point(name: str) -> EntryPoint:
+    """The `poetry run <name>` script of a command: the same as `celeba <name>`."""
+
+    def entry_point(argv: Sequence[str] | None = None) -> NoReturn:
+        run(name, argv)
+
+    entry_point.__name__ = entry_point.__qualname__ = f"{name}_main"
+    entry_point.__doc__ = f"`poetry run {name}`: the same as `celeba {name}`."
+    return entry_point
 
 
-def analyze_main(argv: Sequence[str] | None = None) -> NoReturn:
-    run("analyze", argv)
-
-
-def predict_main(argv: Sequence[str] | None = None) -> NoReturn:
-    run("predict", argv)
-
-
-def serve_main(argv: Sequence[str] | None = None) -> NoReturn:
-    run("serve", argv)
-
-
-def export_main(argv: Sequence[str] | None = None) -> NoReturn:
-    run("export", argv)
-
-
-def prepare_main(argv: Sequence[str] | None = None) -> NoReturn:
-    run("prepare", argv)
+# [project.scripts] in pyproject.toml names these (and `test_main`, `main`).
+train_main = _entry_point("train")
+evaluate_main = _entry_point("evaluate")
+analyze_main = _entry_point("analyze")
+predict_main = _entry_point("predict")
+serve_main = _entry_point("serve")
+export_main = _entry_point("export")
+prepare_main = _entry_point("prepare")
 
 
 def test_main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -137,7 +137,7 @@ class TrainConfig:
         """A config from a run card's "config" (older cards lack newer fields); also the keys it did not know."""
         hints = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {}
+        kwargs: dict[str, Any] = {}  # JSON values, each converted to its field's type below
         for key, value in values.items():
             if key not in known:
                 continue

@@ -93,7 +93,7 @@ def read_text(path: Path | str) -> str:
 # --------------------------------------------------------------------------- annotation files
 
 
-def read_attributes(path: Path) -> pd.DataFrame:
+def read_attributes(path: Path | str) -> pd.DataFrame:
     """Read `list_attr_celeba.txt` (official) or `.csv` (Kaggle): image id -> 40 columns of 0/1."""
     path = fs_path(path)
     if not is_file(path):
@@ -140,7 +140,7 @@ def read_attributes(path: Path) -> pd.DataFrame:
     return (frame.astype(np.int8) == 1).astype(np.int8)
 
 
-def read_partitions(path: Path) -> pd.Series:
+def read_partitions(path: Path | str) -> pd.Series:
     """Read `list_eval_partition.txt`/`.csv`: image id -> 'train' | 'validation' | 'test'."""
     path = fs_path(path)
     if not is_file(path):
@@ -165,7 +165,7 @@ def read_partitions(path: Path) -> pd.Series:
     return _drop_duplicate_rows(parts, path, "partition rows")["partition"]
 
 
-def _drop_duplicate_rows(frame: pd.DataFrame, path: Path, what: str) -> pd.DataFrame:
+def _drop_duplicate_rows(frame: pd.DataFrame, path: Path | str, what: str) -> pd.DataFrame:
     """Exact repeats of an image's row are dropped with a warning; different rows for one image are an error
     (an image in both train and test would leak the test set into training)."""
     repeated = frame.index.duplicated(keep=False)
@@ -193,7 +193,7 @@ def _drop_duplicate_rows(frame: pd.DataFrame, path: Path, what: str) -> pd.DataF
     return frame[~frame.index.duplicated()]
 
 
-def read_identities(path: Path) -> pd.Series:
+def read_identities(path: Path | str) -> pd.Series:
     """Read `identity_CelebA.txt`: image id -> celebrity id (for identity-aware analysis)."""
     try:
         frame = pd.read_csv(
@@ -214,7 +214,7 @@ LANDMARKS = tuple(
 )
 
 
-def read_landmarks(path: Path) -> pd.DataFrame:
+def read_landmarks(path: Path | str) -> pd.DataFrame:
     """Read `list_landmarks_align_celeba.txt`: image id -> 10 pixel coordinates (eyes, nose, mouth corners)."""
     path = fs_path(path)
     if not is_file(path):
@@ -303,7 +303,7 @@ def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     return tuple(labels)
 
 
-def load_index(data_dir: Path, check_images: bool = False) -> pd.DataFrame:
+def load_index(data_dir: Path | str, check_images: bool = False) -> pd.DataFrame:
     """One row per usable image: image_id, path, partition, the 40 attributes, identity and pose proxies (if known).
 
     Rows whose image is missing (a partial download, or the shared subset) are skipped with a

@@ -33,7 +33,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Write metrics.json, metrics.csv, cohorts.csv and predictions.csv; return metrics.json's content plus the
     tables (`metrics_table`, `cohorts_table`) and the `out` folder, for the CLI to print."""
     if cfg.images is not None:
-        return evaluate_folder(cfg)
+        return evaluate_folder(cfg, cfg.images)
     model, labels = load_model(cfg.model)
     index = load_index(cfg.data_dir, check_images=cfg.check_images)
     rows = split(index, cfg.partition, cfg.limit)
@@ -65,7 +65,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return result | {"out": out, "metrics_table": metrics, "cohorts_table": cohorts}
 
 
-def evaluate_folder(cfg: EvalConfig) -> dict[str, Any]:
+def evaluate_folder(cfg: EvalConfig, images: Path) -> dict[str, Any]:
     """A labelled folder of photos (`--images`): per-label metrics and per-group accuracy with Wilson intervals;
     writes metrics.json, metrics.csv, groups.csv, faces.csv and predictions.csv."""
     from celeba.analysis.compute import compute
@@ -73,13 +73,13 @@ def evaluate_folder(cfg: EvalConfig) -> dict[str, Any]:
     from celeba.analysis.scoring import run_models
 
     population = folder_population(
-        cfg.images, cfg.labels_csv, cfg.filename_pattern, cfg.derive, cfg.map, cfg.bins, cfg.limit
+        images, cfg.labels_csv, cfg.filename_pattern, cfg.derive, cfg.map, cfg.bins, cfg.limit
     )
     runs, labels, status = run_models([cfg.model], population.rows, population.detect, cfg.batch_size)
     analysis = compute(
         population, labels, {runs[0].name: runs[0].probs}, status, [runs[0].note], cfg.threshold, cfg.min_slice
     )
-    out = cfg.out or Path("reports") / f"{Path(cfg.model).stem}-{Path(cfg.images).name}"
+    out = cfg.out or Path("reports") / f"{Path(cfg.model).stem}-{Path(images).name}"
     out.mkdir(parents=True, exist_ok=True)
     metrics = analysis.metrics[runs[0].name]
     groups = analysis.groups.drop(columns=["model", "order"])

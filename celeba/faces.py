@@ -425,8 +425,10 @@ def measure_landmarks(images: Iterable[np.ndarray]) -> tuple[np.ndarray, float, 
         seen += 1
         found = detect_landmarks(rgb)
         if found:
-            points.append(found[0].landmarks)
-            yaws.append(abs(roll_and_yaw(found[0].landmarks)[1]))
+            landmarks = found[0].landmarks
+            assert landmarks is not None  # BlazeFace detections always carry them
+            points.append(landmarks)
+            yaws.append(abs(roll_and_yaw(landmarks)[1]))
     if not points:
         raise ValueError("no face found in any image: cannot measure the landmarks")
     return np.mean(points, axis=0).round(1), round(float(np.percentile(yaws, 99)), 2), len(points), seen

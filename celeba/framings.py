@@ -80,7 +80,9 @@ def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
     import cv2
 
     ok, data = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    assert decoded is not None  # a JPEG OpenCV has just written decodes
+    return decoded[..., ::-1]
 
 
 def _wide(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -15,10 +15,12 @@ def class_balanced_weights(y: np.ndarray) -> tuple[list[float], list[float]]:
     pos, neg = [], []
     for column in np.asarray(y).T:
         if len(np.unique(column)) < 2:
-            pos.append(1.0), neg.append(1.0)  # one class only: nothing to balance
+            pos.append(1.0)  # one class only: nothing to balance
+            neg.append(1.0)
             continue
         w_neg, w_pos = compute_class_weight("balanced", classes=np.array([0, 1]), y=column.astype(int))
-        pos.append(float(w_pos)), neg.append(float(w_neg))
+        pos.append(float(w_pos))
+        neg.append(float(w_neg))
     return pos, neg
 
 

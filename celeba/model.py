@@ -159,12 +159,13 @@ def model_labels(model_path: Path, card: RunCard | None) -> tuple[str, ...]:
             f"{model_path}: the model's labels {list(inside)} disagree with its run card "
             f"{card_path(model_path)} ({list(beside)}): the card belongs to another model"
         )
-    if inside is None and beside is None:
+    labels = inside if inside is not None else beside
+    if labels is None:
         raise ModelFileError(
             f"{card_path(model_path)}: run card not found, and {model_path} holds no labels of "
             f"its own (put the run card saved with the model beside it)"
         )
-    return inside or beside
+    return labels
 
 
 def load_model(model_path: Path, labels: Sequence[str] | None = None) -> tuple[keras.Model, tuple[str, ...]]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -64,6 +65,33 @@ def _levels(attribute: str) -> list[str]:
     return [attribute, f"Not {attribute}"]
 
 
+def _cohort_cells(
+    table: pd.DataFrame, pair: tuple[str, str], cell: Callable[[pd.Series], tuple[float, str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The 2x2 cohorts of `pair` (rows: a, Not a; columns: b, Not b) as (values, texts); `cell(row)` gives both
+    from a cohort's row of `table`, and a cohort absent from it stays NaN with "n=0"."""
+    values = np.full((2, 2), np.nan)
+    text = np.full((2, 2), "n=0", dtype=object)
+    for i, first in enumerate(_levels(pair[0])):
+        for j, second in enumerate(_levels(pair[1])):
+            name = f"{first} & {second}"
+            if name in table.index:
+                values[i, j], text[i, j] = cell(table.loc[name])
+    return values, text
+
+
+def _accuracy_cell(row: pd.Series, label: str) -> tuple[float, str]:
+    acc = float(row[f"{label}_accuracy"])
+    return acc, f"{acc:.0%}\nn={int(row['n'])}"
+
+
+def _share_cell(row: pd.Series, others: Sequence[str]) -> tuple[float, str]:
+    """The cohort's share of the training images, its count and the positive rate of the other labels."""
+    share = float(row["share"])
+    rates = "\n".join(f"{label} {row[f'{label}_positive']:.0%}" for label in others)
+    return share, f"n={int(row['n'])} ({share:.0%})" + (f"\n{rates}" if rates else "")
+
+
 def cohort_heatmaps(
     tables: Mapping[str, pd.DataFrame], pair: tuple[str, str], labels: Sequence[str], path: Path, note: str = ""
 ) -> Path:
@@ -72,14 +100,7 @@ def cohort_heatmaps(
     fig, axes = _grid(len(tables), len(labels), (3.2, 2.6))
     for r, (model, table) in enumerate(tables.items()):
         for c, label in enumerate(labels):
-            acc = np.full((2, 2), np.nan)
-            text = np.full((2, 2), "n=0", dtype=object)
-            for i, row in enumerate(_levels(a)):
-                for j, col in enumerate(_levels(b)):
-                    name = f"{row} & {col}"
-                    if name in table.index:
-                        acc[i, j] = table.at[name, f"{label}_accuracy"]
-                        text[i, j] = f"{acc[i, j]:.0%}\nn={int(table.at[name, 'n'])}"
+            acc, text = _cohort_cells(table, pair, partial(_accuracy_cell, label=label))
             _matrix(axes[r, c], acc, text, _levels(a), _levels(b))
             axes[r, c].set_title(f"{model}\n{label} accuracy")
     fig.suptitle(f"Accuracy per cohort: {a} x {b}")
@@ -95,17 +116,8 @@ def train_distribution(
     for ax in axes.flat[len(tables) :]:
         ax.axis("off")
     for ax, ((a, b), table) in zip(axes.flat, tables.items()):
-        share = np.full((2, 2), np.nan)
-        text = np.full((2, 2), "n=0", dtype=object)
-        for i, row in enumerate(_levels(a)):
-            for j, col in enumerate(_levels(b)):
-                name = f"{row} & {col}"
-                if name in table.index:
-                    share[i, j] = table.at[name, "share"]
-                    rates = "\n".join(
-                        f"{label} {table.at[name, f'{label}_positive']:.0%}" for label in labels if label not in (a, b)
-                    )
-                    text[i, j] = f"n={int(table.at[name, 'n'])} ({share[i, j]:.0%})" + (f"\n{rates}" if rates else "")
+        others = [label for label in labels if label not in (a, b)]
+        share, text = _cohort_cells(table, (a, b), partial(_share_cell, others=others))
         _matrix(ax, share, text, _levels(a), _levels(b), vmin=0.0, vmax=max(0.5, np.nanmax(share)), cmap="Blues")
         ax.set_title(f"{a} x {b}")
     fig.suptitle("Training partition: images per cohort (share) and label positive rate")

@@ -105,7 +105,7 @@ def decode_photo_bounded(
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt files
         raise ImageError(f"{name}: not a decodable image ({exc})") from None
     if rgb is None:
-        rgb = _tf_decode(data, name, image_format)
+        rgb = _tf_decode(data, name, image_format or "image")  # a TF format here, never None
     if orientation in _EXIF_TRANSPOSE:
         rgb = np.asarray(Image.fromarray(rgb).transpose(getattr(Image.Transpose, _EXIF_TRANSPOSE[orientation])))
     return rgb, scale

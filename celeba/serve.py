@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request, UploadFile  # module level: FastAPI resolves annotations
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -26,7 +27,7 @@ from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from celeba.config import DEFAULT_MODEL, opt
-from celeba.faces import Detector
+from celeba.faces import Detector, FaceCrop
 from celeba.predict import MAX_BYTES, MAX_MEGAPIXELS, ImageError, ImageTooLarge, Predictor, decode_photo_bounded
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,8 @@ def create_app(
     ) -> Prediction:
         name = file.filename or "upload"
         data = file.file.read(max_bytes + 1)  # never read more than the limit allows
+        rgb: np.ndarray | None = None
+        found: list[FaceCrop] | None = None
         with decoding:  # bounds the decoded pixels in memory at once
             try:
                 try:

@@ -240,9 +240,11 @@ class BestCheckpoint(keras.callbacks.Callback):
 class Throughput(keras.callbacks.Callback):
     """Seconds spent in the training batches of each epoch (validation excluded), for images/second."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.epoch_seconds: list[float] = []
+        self._start = 0.0
+        self._train_end: float | None = None  # when the epoch's validation began, if it ran
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -310,7 +312,9 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """The one worker that writes the model, run card, checkpoints and backup (TF_CONFIG's chief, else worker 0)."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if resolver is None:
+        return True
+    cluster = resolver.cluster_spec().as_dict()
     if not cluster or resolver.task_type is None:
         return True
     return resolver.task_type == "chief" or (

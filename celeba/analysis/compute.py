@@ -478,6 +478,43 @@ def errors_per_group(
     }
 
 
+def calibration_tables(
+    y_true: np.ndarray, probs: Mapping[str, np.ndarray], labels: Sequence[str]
+) -> tuple[pd.DataFrame, dict[str, dict[str, pd.DataFrame]]]:
+    """(model, label) -> ECE and Brier score on the known truths, and model -> label -> reliability curve."""
+    curves: dict[str, dict[str, pd.DataFrame]] = {}
+    records = []
+    for m, p in probs.items():
+        curves[m] = {}
+        for j, label in enumerate(labels):
+            mask = _known(y_true[:, j], p[:, j])
+            curves[m][label], ece = calibration_curve(y_true[mask, j], p[mask, j])
+            records.append(
+                {"model": m, "label": label, "ece": ece, "brier": float(np.mean((p[mask, j] - y_true[mask, j]) ** 2))}
+            )
+    return pd.DataFrame(records).set_index(["model", "label"]), curves
+
+
+def prediction_table(
+    population: Population, labels: Sequence[str], probs: Mapping[str, np.ndarray], face_status: pd.Series
+) -> pd.DataFrame:
+    """One row per photo: truth, groups, face status and every model's probability of every label."""
+    rows = population.rows
+    predictions = pd.concat(
+        [
+            rows[["image_id"]],
+            face_status.rename("face").set_axis(rows.index),
+            rows[list(labels)],
+            rows[[f"group:{g}" for g in population.groups]],
+        ],
+        axis=1,
+    )
+    for m, p in probs.items():
+        for j, label in enumerate(labels):
+            predictions[f"{m}:{label}_prob"] = p[:, j]
+    return predictions
+
+
 # --------------------------------------------------------------------------- everything
 
 
@@ -497,17 +534,7 @@ def compute(
     groups = group_metrics(population, labels, probs, face_status, threshold, min_slice)
     metrics = {m: per_label_metrics(y_true, p, labels, threshold) for m, p in probs.items()}
     confusion = {m: confusion_table(rows, y_true, p, labels, SPLIT_BY, threshold) for m, p in probs.items()}
-    curves: dict[str, dict[str, pd.DataFrame]] = {}
-    records = []
-    for m, p in probs.items():
-        curves[m] = {}
-        for j, label in enumerate(labels):
-            mask = _known(y_true[:, j], p[:, j])
-            curves[m][label], ece = calibration_curve(y_true[mask, j], p[mask, j])
-            records.append(
-                {"model": m, "label": label, "ece": ece, "brier": float(np.mean((p[mask, j] - y_true[mask, j]) ** 2))}
-            )
-    calibration = pd.DataFrame(records).set_index(["model", "label"])
+    calibration, curves = calibration_tables(y_true, probs, labels)
     balance = {
         label: (g, group_values(population, g).astype(str).to_numpy())
         for label in labels
@@ -537,19 +564,6 @@ def compute(
         {pair: train_distribution(train, pair, labels) for pair in pairs} if train is not None and len(train) else {}
     )
     facts = (findings(cohorts[pairs[0]], confusion, labels) if pairs else []) + group_findings(groups, min_slice)
-
-    predictions = pd.concat(
-        [
-            rows[["image_id"]],
-            face_status.rename("face").set_axis(rows.index),
-            rows[list(labels)],
-            rows[[f"group:{g}" for g in population.groups]],
-        ],
-        axis=1,
-    )
-    for m, p in probs.items():
-        for j, label in enumerate(labels):
-            predictions[f"{m}:{label}_prob"] = p[:, j]
     return Analysis(
         labels=labels,
         models=list(probs),
@@ -570,7 +584,7 @@ def compute(
         threshold_curves=curves_by_threshold,
         summary=deltas,
         findings=facts,
-        predictions=predictions,
+        predictions=prediction_table(population, labels, probs, face_status),
         cohorts=cohorts,
         train_distribution=distribution,
     )
