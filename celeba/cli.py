@@ -331,7 +331,25 @@ def test_main(argv: Sequence[str] | None = None) -> NoReturn:
     os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.chdir(Path(__file__).resolve().parent.parent)
-    sys.exit(pytest.main(list(sys.argv[1:] if argv is None else argv)))
+    args = list(sys.argv[1:] if argv is None else argv)
+    sys.exit(pytest.main(parallel_args(args) + args))
+
+
+def parallel_args(args: Sequence[str], cores: int | None = None) -> list[str]:
+    """pytest-xdist workers, one per core up to 4, unless the user chose (-n, -p no:xdist) or names single tests.
+
+    Much of the suite is single-threaded (imports, graph tracing, subprocess start-up), so two workers on two cores
+    finish it in well under the serial time. Each test module stays on one worker (--dist loadscope), so its
+    module fixtures (the export, the analysis report, the Tensorleap bundle) are built once.
+    """
+    import importlib.util
+
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    chosen = any(a in ("-n", "--numprocesses", "no:xdist") or a.startswith(("-n", "--numprocesses=")) for a in args)
+    single = any("::" in a for a in args)
+    if chosen or single or cores < 2 or importlib.util.find_spec("xdist") is None:
+        return []
+    return ["-n", str(min(cores, 4)), "--dist", "loadscope"]
 
 
 test_main.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name

@@ -106,6 +106,11 @@ class TrainConfig:
     strategy: Literal["auto", "mirrored", "multiworker"] = opt(
         "auto", "auto: mirrored over the local GPUs if there are several; multiworker: the machines of TF_CONFIG"
     )
+    run_eagerly: bool = opt(
+        False,
+        "run the training step eagerly instead of tracing a graph: tiny runs (tests, debugging) start in seconds,"
+        " real ones train far slower",
+    )
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "epochs", "dense_units", "limit", "train_limit", "val_limit")

@@ -432,7 +432,12 @@ def with_augmentation(model: keras.Model, seed: int) -> keras.Model:
 
 
 def compile_for(
-    model: keras.Model, phase: Phase, loss: keras.losses.Loss, steps: int, trainer: keras.Model | None = None
+    model: keras.Model,
+    phase: Phase,
+    loss: keras.losses.Loss,
+    steps: int,
+    trainer: keras.Model | None = None,
+    run_eagerly: bool = False,
 ) -> None:
     """Set the phase's trainable layers on `model`, then compile `trainer` (the model, or its augmented wrapper)."""
     set_backbone_trainable(model, phase.backbone_trainable, phase.freeze_batchnorm)
@@ -448,6 +453,7 @@ def compile_for(
             keras.metrics.BinaryAccuracy(name="accuracy"),
             keras.metrics.AUC(multi_label=True, num_labels=n, name="auc"),
         ],
+        run_eagerly=run_eagerly,
     )
 
 
@@ -615,7 +621,7 @@ def _train(
         done_path = run_dir / f"phase-{phase.name}.weights.h5"
         throughput = throughputs[phase.name] = Throughput()
         with strategy.scope():
-            compile_for(model, phase, loss, steps, trainer)
+            compile_for(model, phase, loss, steps, trainer, cfg.run_eagerly)
         if cfg.resume and done_path.is_file():
             log.info("resume: phase %r already done, loading %s", phase.name, done_path)
             with without_optimizer_warnings():

@@ -24,12 +24,12 @@ def sample_dir() -> Path:
 
 
 def tiny_config(models: Path, name: str, **overrides):
-    """A TrainConfig for a one-epoch smoke training from random weights on the embedded sample."""
+    """A TrainConfig for a one-epoch smoke training from random weights on the embedded sample. Eager: tracing
+    MobileNetV2's training step costs more than such a run trains (tests/test_scale.py keeps a traced run)."""
     from celeba.config import TrainConfig
 
-    return TrainConfig(
-        **{"weights": "none", "epochs": 1, "check_images": False, "models_dir": models, "name": name, **overrides}
-    )
+    defaults = {"weights": "none", "epochs": 1, "check_images": False, "run_eagerly": True}
+    return TrainConfig(**{**defaults, "models_dir": models, "name": name, **overrides})
 
 
 @pytest.fixture(scope="session")

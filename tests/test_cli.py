@@ -122,3 +122,13 @@ def test_predict_on_a_demo_photo_is_quiet_and_meaningful(tmp_path):
 
     faces = json.loads(result.stdout)[0]["faces"]
     assert len(faces) == 1 and faces[0]["probabilities"]["Male"] > 0.5  # data/demo/README.md: a young man
+
+
+def test_the_suite_runs_on_every_core_unless_told_otherwise():
+    from celeba.cli import parallel_args
+
+    assert parallel_args([], cores=2) == ["-n", "2", "--dist", "loadscope"]
+    assert parallel_args(["-m", "not slow"], cores=16)[:2] == ["-n", "4"]  # capped: each worker holds a TensorFlow
+    assert parallel_args([], cores=1) == []
+    assert parallel_args(["-n", "0"], cores=2) == parallel_args(["-p", "no:xdist"], cores=2) == []
+    assert parallel_args(["tests/test_cli.py::test_umbrella_command"], cores=2) == []  # one test: no workers

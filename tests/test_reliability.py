@@ -20,7 +20,10 @@ from celeba.runcard import RunCardError
 from celeba.train import AtomicBackup, history_epochs, save_atomic, trim_history
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_TRAIN = ["--weights", "none", "--image-size", "32", "--limit", "16", "--batch-size", "8", "--no-check-images"]
+TINY_TRAIN = [
+    *("--weights", "none", "--image-size", "32", "--limit", "16", "--batch-size", "8"),
+    *("--no-check-images", "--run-eagerly"),  # eager: no graph to trace, the same backups, kills and resumes
+]
 
 
 def _dense() -> keras.Model:
