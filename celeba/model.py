@@ -36,7 +36,7 @@ LABELS_ENTRY = "celeba_labels.json"
 
 def _backbone(inputs, weights: str):
     spec = None if weights.lower() == "none" else weights
-    if spec not in (None, "imagenet") and not Path(spec).is_file():
+    if spec is not None and spec != "imagenet" and not Path(spec).is_file():
         raise WeightsError(f"{spec}: weights file not found (pass --weights imagenet, none, or a local .h5)")
     size = inputs.shape[1]
     if spec == "imagenet" and size not in IMAGENET_SIZES:
