@@ -22,6 +22,13 @@ import pytest  # noqa: E402
 from celeba.data import SAMPLE_DIR  # noqa: E402
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with slow tests first, in a stable order: with parallel workers (`celeba test`), the long modules
+    start early instead of one of them running alone at the end (longest-first scheduling)."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE_DIR
@@ -38,11 +45,24 @@ def tiny_config(models: Path, name: str, **overrides):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A 64 px MobileNetV2 (random init) trained 1 epoch on 32 sample images; saved .keras with its run card."""
+    """A 64 px MobileNetV2 (random init) trained 1 epoch on 32 sample images; saved .keras with its run card.
+
+    Trained once per test run: parallel workers share it through the run's common temporary folder, the first to
+    need it training it under a file lock while the others wait. No test writes beside it.
+    """
+    import fcntl
+
     from celeba.train import train
 
-    models = tmp_path_factory.mktemp("models")
-    train(tiny_config(models, "tiny", image_size=64, limit=32, batch_size=16))
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's basetemp lies in this run's folder
+    models = shared / "tiny-model"
+    with open(shared / "tiny-model.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (models / "tiny.keras").is_file():
+            models.mkdir(exist_ok=True)
+            train(tiny_config(models, "tiny", image_size=64, limit=32, batch_size=16))
     return models / "tiny.keras"
 
 
