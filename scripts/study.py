@@ -121,21 +121,18 @@ def run(cfg: StudyConfig) -> dict[str, Any]:
                 row_for(name, parts["test"], y["test"], probs(name, "test"), cfg.labels, t)
                 | {"method": f"{MITIGATIONS[name]} + cohort-balancing threshold (chosen on validation)"}
             )
+
+    def test_accuracy(name: str) -> dict[str, float]:
+        row = row_for(name, parts["test"], y["test"], probs(name, "test"), cfg.labels, default)
+        return {label: row[label]["accuracy"] for label in cfg.labels}
+
     curve = [
-        {
-            "train_images": n,
-            "model": name,
-            **{
-                label: row_for(name, parts["test"], y["test"], probs(name, "test"), cfg.labels, default)[label][
-                    "accuracy"
-                ]
-                for label in cfg.labels
-            },
-        }
+        {"train_images": n, "model": name, **test_accuracy(name)}
         for n, name in CURVE.items()
         if (cfg.models_dir / f"{name}.keras").is_file()
     ]
-    cards = {n: RunCard.load(cfg.models_dir / f"{n}.json").to_dict() for n in {*present, *(c["model"] for c in curve)}}
+    names = dict.fromkeys([*present, *(c["model"] for c in curve)])  # table order, each once
+    cards = {n: RunCard.load(cfg.models_dir / f"{n}.json").to_dict() for n in names}
     result = {
         "data_dir": str(cfg.data_dir),
         "test_images": len(parts["test"]),
