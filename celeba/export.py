@@ -248,7 +248,11 @@ class ExportConfig:
 
 def file_kind(path: Path) -> str:
     """What a file is, from its first bytes: tflite, keras (zip), h5, onnx, json or unknown."""
-    head = Path(path).read_bytes()[:8] if Path(path).is_file() else b""
+    if Path(path).is_file():
+        with open(path, "rb") as f:
+            head = f.read(8)  # the header only, not the whole model
+    else:
+        head = b""
     if head[4:8] == b"TFL3":
         return "tflite"
     if head.startswith(b"PK"):

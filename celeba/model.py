@@ -139,18 +139,6 @@ def read_card(path: Path) -> dict:
         raise ModelFileError(f"{path}: malformed card ({exc})") from None
 
 
-def card_labels(path: Path) -> tuple[str, ...]:
-    """config.labels of a card (an export's card has the same field)."""
-    card = read_card(path)
-    try:
-        labels = card["config"]["labels"]
-    except (KeyError, TypeError):
-        raise ModelFileError(f"{path}: card has no config.labels") from None
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise ModelFileError(f"{path}: card's config.labels must be a non-empty list of names, got {labels!r}")
-    return tuple(labels)
-
-
 def model_labels(model_path: Path, card: RunCard | None) -> tuple[str, ...]:
     """The labels inside the model file, checked against its run card; the card alone for older models."""
     inside, beside = embedded_labels(model_path), (tuple(card.labels) if card is not None else None)

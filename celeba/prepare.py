@@ -81,15 +81,13 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         n_shards = -(-len(rows) // cfg.shard_images)
         names = [f"{partition}-{i:05d}-of-{n_shards:05d}{RECORD_SUFFIX}" for i in range(n_shards)]
         attributes = labels_array(rows, ATTRIBUTES).astype(np.int64)
-        images = (x.numpy() for x, _ in make_dataset(rows, [], cfg.image_size, cfg.batch_size))
-        position = 0
-        for shard, name in enumerate(names):
+        ids = rows["image_id"].to_numpy(dtype=str)
+        images = (image for x, _ in make_dataset(rows, [], cfg.image_size, cfg.batch_size) for image in x.numpy())
+        for shard, name in enumerate(names):  # exactly shard_images rows per shard, as the index says
             with tf.io.TFRecordWriter(join(out, name)) as writer:
-                while position < min(len(rows), (shard + 1) * cfg.shard_images):
-                    batch = np.clip(np.rint(next(images)), 0, 255).astype(np.uint8)
-                    for image in batch:
-                        writer.write(_example(image, rows.at[position, "image_id"], attributes[position]))
-                        position += 1
+                for position in range(shard * cfg.shard_images, min(len(rows), (shard + 1) * cfg.shard_images)):
+                    image = np.clip(np.rint(next(images)), 0, 255).astype(np.uint8)
+                    writer.write(_example(image, ids[position], attributes[position]))
             log.info("wrote %s", join(out, name))
         rows = rows.assign(path=[names[i // cfg.shard_images] for i in range(len(rows))])
         parts.append(rows)

@@ -94,12 +94,13 @@ class RunCard:
     def train_config(self):
         """The TrainConfig this run was trained with (for `train --config`), run on the same absolute data dir."""
         from celeba.config import TrainConfig
+        from celeba.data import is_dir
 
         cfg, unknown = TrainConfig.from_json(self.config)
         if unknown:
             log.warning("%s: config keys this version does not know are ignored: %s", self.model, ", ".join(unknown))
         data_dir = self.provenance.get("data_dir")
-        if data_dir and Path(data_dir).is_dir():
+        if data_dir and is_dir(data_dir):  # local or gs:// alike (tf.io.gfile)
             cfg = dataclasses.replace(cfg, data_dir=Path(data_dir))
         return dataclasses.replace(cfg, resume=False)
 
@@ -188,9 +189,10 @@ def annotations_sha256(data_dir: Path) -> dict[str, str]:
 def provenance(data_dir: Path) -> dict[str, Any]:
     """Where a run came from: code (git commit, dirty flag), data (absolute folder, annotation hashes)."""
     from celeba.config import REPO_ROOT
+    from celeba.data import is_url
 
     return {
         **git_state(REPO_ROOT),
-        "data_dir": str(Path(data_dir).resolve()),
+        "data_dir": str(data_dir) if is_url(data_dir) else str(Path(data_dir).resolve()),  # gs://, s3:// as given
         "annotations_sha256": annotations_sha256(data_dir),
     }

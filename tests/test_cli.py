@@ -116,7 +116,7 @@ def test_predict_on_a_demo_photo_is_quiet_and_meaningful(tmp_path):
     result = celeba("predict", str(REPO_ROOT / "data" / "demo" / "portrait.jpg"), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "device: CPU" in lines[0] or "GPU" in lines[0], result.stderr
+    assert len(lines) == 1 and ("device: CPU" in lines[0] or "GPU" in lines[0]), result.stderr
     assert not any(marker in result.stderr for marker in ALARMING), result.stderr
     import json
 

@@ -143,6 +143,12 @@ def test_prepare_writes_shards_an_index_and_its_summary(prepared, sample_dir):
         assert all((prepared / name).is_file() for name in names)
     index = data.load_index(prepared)
     assert list(index.columns) == list(local.columns)
+    import tensorflow as tf
+
+    for path, rows in index.groupby("path"):  # every shard holds exactly the rows the index names for it
+        records = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+        ids = [r.features.feature["image_id"].bytes_list.value[0].decode() for r in records]
+        assert ids == list(rows["image_id"]), path
     pd_local = local.set_index("image_id").loc[index["image_id"]]
     np.testing.assert_array_equal(index[list(data.ATTRIBUTES)].to_numpy(), pd_local[list(data.ATTRIBUTES)].to_numpy())
     assert (index["partition"].to_numpy() == pd_local["partition"].to_numpy()).all()

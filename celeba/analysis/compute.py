@@ -257,8 +257,8 @@ def confusion_table(
         if not mask.any():
             continue
         m = per_label_metrics(y_true[mask], y_prob[mask], labels, threshold)[["n", "accuracy", "tn", "fp", "fn", "tp"]]
-        m["fpr"] = m["fp"] / (m["fp"] + m["tn"]).clip(lower=1)
-        m["fnr"] = m["fn"] / (m["fn"] + m["tp"]).clip(lower=1)
+        m["fpr"] = m["fp"] / (m["fp"] + m["tn"]).replace(0, np.nan)  # no negatives: no rate, not a perfect one
+        m["fnr"] = m["fn"] / (m["fn"] + m["tp"]).replace(0, np.nan)
         parts.append(m.assign(group=group).reset_index())
     table = pd.concat(parts)
     table = table[(table["group"] == ALL) | (table["label"] != split_by)]
