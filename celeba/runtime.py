@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("celeba")
 
@@ -21,6 +23,7 @@ _STARTUP_NOISE = (
     "Unable to register cu",
     "computation_placer.cc",
     "cuda_platform.cc",
+    "Created TensorFlow Lite XNNPACK delegate",
 )
 
 
@@ -28,18 +31,25 @@ def quiet_tensorflow() -> None:
     """Import TensorFlow with its C++ start-up chatter filtered out, unless the user set TF_CPP_MIN_LOG_LEVEL.
 
     Level 3 hides `failed call to cuInit` (an E line on every CPU-only machine). The lines TensorFlow writes
-    before its logging exists go to file descriptor 2 directly; they are caught during the import, and any line
-    that is not known start-up noise is passed on.
+    before its logging exists go to file descriptor 2 directly; `native_noise_filtered` catches them.
     """
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    with native_noise_filtered():
+        import tensorflow  # noqa: F401
+
+
+@contextmanager
+def native_noise_filtered() -> Iterator[None]:
+    """Catch what C++ code writes to file descriptor 2 meanwhile, and pass on every line that is not known noise
+    (`_STARTUP_NOISE`): TensorFlow's start-up, and TFLite's delegate line when an interpreter is created."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as caught:
         os.dup2(caught.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
