@@ -110,21 +110,21 @@ def _serve(cfg) -> int:
 
 
 def _export(cfg) -> int:
-    from celeba.export import ParityError, export, parity_line
+    from celeba.export import export, parity_failure, parity_line
 
-    try:
-        card = export(cfg)
-    except ParityError as exc:
-        print(parity_line(exc.check))
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    out = Path(card["model"])
-    print(
-        f"wrote {out} ({card['size_bytes'] / 1e6:.2f} MB; Keras model {card['keras_size_bytes'] / 1e6:.2f} MB) "
-        f"and its card {out.with_suffix('.json')}"
-    )
-    print(parity_line(card["parity"]))
-    return 0
+    failed = 0
+    for card in export(cfg):
+        out = Path(card["model"])
+        print(
+            f"wrote {out} ({card['size_bytes'] / 1e6:.2f} MB; Keras model {card['keras_size_bytes'] / 1e6:.2f} MB) "
+            f"and its card {out.with_suffix('.json')}"
+        )
+        print(parity_line(card["parity"]))
+        failure = parity_failure(out, card["parity"])
+        if failure:
+            print(f"error: {failure}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def _prepare(cfg) -> int:

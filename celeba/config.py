@@ -263,12 +263,14 @@ def build_parser(
         elif kind is bool:
             action = parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
             action.help = text  # not argparse's own "(default: True)"
-        elif typing.get_origin(kind) is Literal:
+        elif typing.get_origin(kind) is Literal and not many:
             parser.add_argument(flag, choices=typing.get_args(kind), default=default, help=text)
         elif many:  # `--model a b --model c` means all three; an explicit value replaces the default
+            choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else None
             parser.add_argument(
                 flag,
-                type=kind,
+                type=str if choices else kind,
+                choices=choices,
                 nargs="+",
                 action="extend",
                 default=None,

@@ -1,9 +1,10 @@
-"""`poetry run export --format tflite|onnx [--quantize float16|int8]`: a small model file plus a parity check.
+"""`poetry run export --format tflite onnx --quantize float16 int8`: small model files, each with a parity check.
 
 The exported model keeps the Keras model's contract: float32 pixels in [0, 255] from
 `celeba.data.preprocess_image` in, float32 probabilities out (the [-1, 1] scaling is inside it;
 int8 quantizes the weights and activations, not the interface). Parity is measured on the shipped
-sample: every image through both models, maximum probability difference and label agreement.
+sample: every image through both models, maximum probability difference and label agreement. Several targets
+in one call share the model load, the SavedModel the TFLite converter reads and the Keras side of the parity check.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,7 @@ import numpy as np
 from celeba.config import DEFAULT_MODEL, opt, resolve_model
 from celeba.data import SAMPLE_DIR
 from celeba.runcard import RunCard, card_path
+from celeba.runtime import native_noise_filtered
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +33,21 @@ log = logging.getLogger(__name__)
 TOLERANCE = {"none": 1e-4, "float16": 0.01, "int8": 0.1, "int16x8": 0.05}
 
 
-class ParityError(AssertionError):
-    """The exported model disagrees with the Keras model beyond the stated tolerance; `check` has the numbers."""
-
-    def __init__(self, out: Path, check: dict[str, Any]):
-        self.out, self.check = out, check
-        failed = []
-        if check["max_abs_diff"] > check["tolerance"]:
-            failed.append(
-                f"max |probability difference| {check['max_abs_diff']:.4f} > tolerance {check['tolerance']:g}"
-            )
-        if check["label_agreement"] < check["min_agreement"]:
-            failed.append(
-                f"labels agree on {check['label_agreement']:.2%} of decisions < {check['min_agreement']:.0%} required"
-            )
-        super().__init__(
-            f"{out}: parity check failed on {check['images']} images: {'; '.join(failed)}. "
-            f"The file is kept so it can be benchmarked; do not ship it as is."
+def parity_failure(out: Path, check: dict[str, Any]) -> str | None:
+    """Why an exported file failed its parity check, in a sentence; None when it passed."""
+    failed = []
+    if check["max_abs_diff"] > check["tolerance"]:
+        failed.append(f"max |probability difference| {check['max_abs_diff']:.4f} > tolerance {check['tolerance']:g}")
+    if check["label_agreement"] < check["min_agreement"]:
+        failed.append(
+            f"labels agree on {check['label_agreement']:.2%} of decisions < {check['min_agreement']:.0%} required"
         )
+    if not failed:
+        return None
+    return (
+        f"{out}: parity check failed on {check['images']} images: {'; '.join(failed)}. "
+        f"The file is kept so it can be benchmarked; do not ship it as is."
+    )
 
 
 def exported_labels(path: Path) -> tuple[str, ...]:
@@ -101,7 +100,8 @@ class TFLiteModel:
         batch = np.asarray(batch, np.float32)
         if len(batch) != self._batch:  # resize once per new batch size, not per call
             self.interpreter.resize_tensor_input(self._input, batch.shape)
-            self.interpreter.allocate_tensors()
+            with native_noise_filtered():  # the first allocation prints TFLite's XNNPACK delegate line to fd 2
+                self.interpreter.allocate_tensors()
             self._batch = len(batch)
         self.interpreter.set_tensor(self._input, batch)
         self.interpreter.invoke()
@@ -147,30 +147,35 @@ def _batches(
         yield x.numpy()
 
 
-def convert(
-    model, quantize: Literal["none", "float16", "int8", "int16x8"], representative: Iterator[np.ndarray] | None = None
-) -> bytes:
-    """TFLite flatbuffer bytes. Keras 3 models go through a SavedModel, the converter's supported input."""
+def saved_model(model, folder: Path) -> Path:
+    """Keras 3 models reach the TFLite converter as a SavedModel (its supported input); one serves every target."""
+    model.export(str(folder), format="tf_saved_model", verbose=False)
+    return folder
+
+
+def convert(saved: Path, quantize: str, representative: list[np.ndarray] | None = None) -> bytes:
+    """TFLite flatbuffer bytes from a SavedModel; int8/int16x8 calibrate on the `representative` batches."""
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model.export(tmp, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        if quantize != "none":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        elif quantize in ("int8", "int16x8"):
-            if representative is None:
-                raise ValueError(f"{quantize} needs a representative dataset")
-            converter.representative_dataset = lambda: ([x[None]] for batch in representative for x in batch)
-            # int16x8: int8 weights (the same size) with int16 activations, for decisions near the threshold.
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS_INT8
-                if quantize == "int8"
-                else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-            ]
-        return converter.convert()
+    if quantize not in TOLERANCE:
+        raise ValueError(f"unknown quantization {quantize!r}; one of {', '.join(TOLERANCE)}")
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize in ("int8", "int16x8"):
+        if representative is None:
+            raise ValueError(f"{quantize} needs a representative dataset")
+        converter.representative_dataset = lambda: ([x[None]] for batch in representative for x in batch)
+        # int16x8: int8 weights (the same size) with int16 activations, for decisions near the threshold.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+            if quantize == "int8"
+            else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
+    return converter.convert()
 
 
 def convert_onnx(model, opset: int = 17, metadata: dict[str, str] | None = None) -> bytes:
@@ -191,20 +196,29 @@ def convert_onnx(model, opset: int = 17, metadata: dict[str, str] | None = None)
     return proto.SerializeToString()
 
 
-def parity(model, lite, batches: Iterator[np.ndarray], threshold: float = 0.5) -> dict[str, Any]:
-    """Both models on the same preprocessed images: probability differences and label agreement."""
-    keras_probs, lite_probs = [], []
+def parity(model, exported: Sequence[Callable], batches: Iterator[np.ndarray], threshold: float = 0.5) -> list[dict]:
+    """The Keras model and every exported model on the same preprocessed images, in one pass (the Keras side once):
+    per exported model, probability differences and label agreement."""
+    keras_probs: list[np.ndarray] = []
+    other_probs: list[list[np.ndarray]] = [[] for _ in exported]
     for x in batches:
         keras_probs.append(np.asarray(model.predict_on_batch(x)))
-        lite_probs.append(lite(x))
-    a, b = np.concatenate(keras_probs), np.concatenate(lite_probs)
-    diff = np.abs(a - b)
-    return {
-        "images": len(a),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "label_agreement": float(((a >= threshold) == (b >= threshold)).mean()),
-    }
+        for probs, run in zip(other_probs, exported):
+            probs.append(run(x))
+    a = np.concatenate(keras_probs)
+    checks = []
+    for probs in other_probs:
+        b = np.concatenate(probs)
+        diff = np.abs(a - b)
+        checks.append(
+            {
+                "images": len(a),
+                "max_abs_diff": float(diff.max()),
+                "mean_abs_diff": float(diff.mean()),
+                "label_agreement": float(((a >= threshold) == (b >= threshold)).mean()),
+            }
+        )
+    return checks
 
 
 @dataclass
@@ -212,15 +226,17 @@ class ExportConfig:
     """Export a trained model to TFLite and check it against the Keras model on the shipped sample."""
 
     model: Path = opt(DEFAULT_MODEL, "the saved .keras model (run card beside it) to export")
-    format: Literal["tflite", "onnx"] = opt("tflite", "tflite (TensorFlow Lite) or onnx (onnxruntime)")
-    quantize: Literal["none", "float16", "int8", "int16x8"] = opt(
-        "float16",
+    format: tuple[Literal["tflite", "onnx"], ...] = opt(
+        ("tflite",), "tflite (TensorFlow Lite) and/or onnx (onnxruntime); several in one call share the work"
+    )
+    quantize: tuple[Literal["none", "float16", "int8", "int16x8"], ...] = opt(
+        ("float16",),
         "tflite only (onnx is exported as float32): float16 weights, int8 weights and activations, or "
-        "int16x8 (int8 weights, int16 activations)",
+        "int16x8 (int8 weights, int16 activations); several write one file each",
     )
     out: Path | None = opt(
         None,
-        "the exported file; its card goes beside it",
+        "the exported file, when there is one; its card goes beside it",
         none="beside the model, <name>-<quantize>.tflite or <name>-float32.onnx",
     )
     data_dir: Path = opt(SAMPLE_DIR, "int8/int16x8 calibration images come from this folder's train partition")
@@ -239,11 +255,27 @@ class ExportConfig:
     force: bool = opt(False, "replace an existing --out file (of the same kind)")
 
     def __post_init__(self) -> None:
-        from celeba.config import at_least, fraction, positive
+        from celeba.config import ConfigError, at_least, fraction, positive
 
         at_least(self, 1, "representative", "parity_limit", "batch_size")
         positive(self, "tolerance", zero=True)
         fraction(self, "min_agreement")
+        if not self.format or not self.quantize:
+            raise ConfigError("--format and --quantize need at least one value each")
+        if self.out is not None and len(self.targets()) > 1:
+            raise ConfigError(
+                f"--out {self.out}: names one file, but {len(self.targets())} targets were asked for; "
+                "leave --out out and each file goes beside the model"
+            )
+
+    def targets(self) -> list[tuple[str, str]]:
+        """(format, quantize) per file to write, in order, without repeats; onnx is always float32."""
+        tflite: list[tuple[str, str]] = [("tflite", q) for q in dict.fromkeys(self.quantize)]
+        return (tflite if "tflite" in self.format else []) + ([("onnx", "none")] if "onnx" in self.format else [])
+
+    def out_path(self, fmt: str, quantize: str) -> Path:
+        suffix = "-float32.onnx" if fmt == "onnx" else f"-{quantize}.tflite"
+        return self.out or Path(self.model).with_name(Path(self.model).stem + suffix)
 
 
 def file_kind(path: Path) -> str:
@@ -280,10 +312,12 @@ def check_out(out: Path, fmt: str, model: Path, force: bool) -> None:
     if card_path(out) == card_path(model):  # the export's card would overwrite the model's run card
         raise FileExistsError(f"--out {out}: pick another name than the model's ({model})")
     if out.exists():
-        kind = file_kind(out) if out.is_file() else "folder"
-        if kind != fmt:
+        kind = f"{file_kind(out)} file" if out.is_file() else "folder"
+        if not kind.startswith(fmt):
+            article = "an" if kind[0] in "aeiouh" else "a"
             raise FileExistsError(
-                f"--out {out}: exists and is a {kind} file, not a {fmt} model; not replacing it (not even with --force)"
+                f"--out {out}: exists and is {article} {kind}, not a {fmt} model; "
+                "not replacing it (not even with --force)"
             )
         if not force:
             raise FileExistsError(f"--out {out}: exists; pass --force to replace it")
@@ -298,78 +332,78 @@ def check_out(out: Path, fmt: str, model: Path, force: bool) -> None:
             raise FileExistsError(f"--out {out}: {card} exists; pass --force to replace it")
 
 
-def export(cfg: ExportConfig) -> dict[str, Any]:
-    """Write the .tflite and its card (labels, parity), raise ParityError when parity fails."""
+def export(cfg: ExportConfig) -> list[dict[str, Any]]:
+    """Write every target's file and card (labels, parity); the cards, in order. A file that fails its parity
+    check is kept and its card says so (`parity_failure`): the caller decides what that means."""
     from celeba.model import load_model, model_image_size
     from celeba.train import atomic_path
 
     cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
-    if cfg.format == "onnx":
-        cfg = dataclasses.replace(cfg, quantize="none")
-    suffix = "-float32.onnx" if cfg.format == "onnx" else f"-{cfg.quantize}.tflite"
-    out = cfg.out or Path(cfg.model).with_name(Path(cfg.model).stem + suffix)
-    check_out(out, cfg.format, Path(cfg.model), cfg.force)
+    plan = [(fmt, quantize, cfg.out_path(fmt, quantize)) for fmt, quantize in cfg.targets()]
+    for fmt, _, out in plan:  # refuse before any work, not after the first file
+        check_out(out, fmt, Path(cfg.model), cfg.force)
     model, labels = load_model(cfg.model)
     size = model_image_size(model)
-    log.info("converting %s to %s (%s)", cfg.model, cfg.format, cfg.quantize)
-    if cfg.format == "onnx":
-        source = RunCard.load(cfg.model) if card_path(cfg.model).is_file() else None
-        flatbuffer = convert_onnx(
-            model,
-            metadata={  # JSON values: what celeba reads back (leap_binder.py)
-                "labels": json.dumps(list(labels)),
-                "image_size": str(size),
-                "class_weights": json.dumps(source.class_weights if source else None),
-            },
-        )
-    else:
-        representative = (
-            _batches(cfg.data_dir, "train", cfg.representative, size, cfg.batch_size)
-            if cfg.quantize in ("int8", "int16x8")
-            else None
-        )
-        flatbuffer = convert(model, cfg.quantize, representative)
-    card = RunCard(
-        model=str(out),
-        config={"labels": list(labels), "image_size": size},
-        extra={
-            "source_model": str(cfg.model),
-            "format": cfg.format,
-            "quantize": cfg.quantize,
-            "size_bytes": len(flatbuffer),
-            "keras_size_bytes": Path(cfg.model).stat().st_size,
-        },
-    )
-    card.save(card_path(out))  # labels first: the exported model reads them
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(flatbuffer)
+    cards = []
+    with tempfile.TemporaryDirectory() as tmp:
+        saved: Path | None = None
+        representative: list[np.ndarray] | None = None
+        for fmt, quantize, out in plan:
+            log.info("converting %s to %s (%s)", cfg.model, fmt, quantize)
+            if fmt == "onnx":
+                source = RunCard.load(cfg.model) if card_path(cfg.model).is_file() else None
+                flatbuffer = convert_onnx(
+                    model,
+                    metadata={  # JSON values: what celeba reads back (leap_binder.py)
+                        "labels": json.dumps(list(labels)),
+                        "image_size": str(size),
+                        "class_weights": json.dumps(source.class_weights if source else None),
+                    },
+                )
+            else:
+                saved = saved or saved_model(model, Path(tmp) / "saved_model")
+                if quantize in ("int8", "int16x8") and representative is None:
+                    representative = list(_batches(cfg.data_dir, "train", cfg.representative, size, cfg.batch_size))
+                flatbuffer = convert(saved, quantize, representative)
+            card = RunCard(
+                model=str(out),
+                config={"labels": list(labels), "image_size": size},
+                extra={
+                    "source_model": str(cfg.model),
+                    "format": fmt,
+                    "quantize": quantize,
+                    "size_bytes": len(flatbuffer),
+                    "keras_size_bytes": Path(cfg.model).stat().st_size,
+                },
+            )
+            card.save(card_path(out))  # labels first: the exported model reads them
+            with atomic_path(out) as tmp_out:
+                tmp_out.write_bytes(flatbuffer)
+            cards.append(card)
+    for card, check in zip(cards, verify(model, [Path(card.model) for card in cards], cfg)):
+        card.extra["parity"] = check
+        card.save(card_path(Path(card.model)))
+    return [card.to_dict() for card in cards]
 
-    try:
-        card.extra["parity"] = verify(model, out, cfg)
-    except ParityError as exc:
-        card.extra["parity"] = exc.check
-        raise
-    finally:
-        card.save(card_path(out))
-    return card.to_dict()
 
-
-def verify(model, out: Path, cfg: ExportConfig) -> dict[str, Any]:
-    """Compare the exported file with the Keras model on `cfg.parity_dir`; raise ParityError on failure."""
+def verify(model, outs: Sequence[Path], cfg: ExportConfig) -> list[dict[str, Any]]:
+    """Compare exported files with the Keras model on `cfg.parity_dir`, in one pass over the images; each check
+    says whether it passed (tolerance per quantization unless `cfg.tolerance` is set)."""
     from celeba.model import model_image_size
 
-    tolerance = TOLERANCE[cfg.quantize] if cfg.tolerance is None else cfg.tolerance
     size = model_image_size(model)
-    check = parity(model, load_exported(out), _batches(cfg.parity_dir, None, cfg.parity_limit, size, cfg.batch_size))
-    check |= {
-        "tolerance": tolerance,
-        "min_agreement": cfg.min_agreement,
-        "parity_dir": str(cfg.parity_dir),
-        "passed": check["max_abs_diff"] <= tolerance and check["label_agreement"] >= cfg.min_agreement,
-    }
-    if not check["passed"]:
-        raise ParityError(out, check)
-    return check
+    loaded = [load_exported(out) for out in outs]
+    checks = parity(model, loaded, _batches(cfg.parity_dir, None, cfg.parity_limit, size, cfg.batch_size))
+    for out, check in zip(outs, checks):
+        quantize = RunCard.load(card_path(out)).extra.get("quantize", "none")  # the card says what the file is
+        tolerance = TOLERANCE[quantize] if cfg.tolerance is None else cfg.tolerance
+        check |= {
+            "tolerance": tolerance,
+            "min_agreement": cfg.min_agreement,
+            "parity_dir": str(cfg.parity_dir),
+            "passed": check["max_abs_diff"] <= tolerance and check["label_agreement"] >= cfg.min_agreement,
+        }
+    return checks
 
 
 def parity_line(check: dict[str, Any]) -> str:

@@ -18,18 +18,20 @@ def gradcam(
     model: keras.Model,
     images: np.ndarray,
     label_index: int,
-    towards: bool = True,
+    towards: bool | np.ndarray = True,
     grad_model: keras.Model | None = None,
 ) -> np.ndarray:
     """Heatmaps (N, H, W) in [0, 1] at the input size, for a batch of preprocessed images.
 
-    towards=True explains what raises the label's probability, False what lowers it.
+    towards=True explains what raises the label's probability, False what lowers it; a boolean array chooses per
+    image. Images do not interact at inference, so one gradient pass serves a batch of mixed directions.
     """
     grad_model = grad_model or gradcam_model(model)
     images = tf.convert_to_tensor(images, tf.float32)
+    up = tf.broadcast_to(tf.convert_to_tensor(towards, tf.bool), images.shape[:1])
     with tf.GradientTape() as tape:
         features, probs = grad_model(images, training=False)
-        score = probs[:, label_index] if towards else 1.0 - probs[:, label_index]
+        score = tf.where(up, probs[:, label_index], 1.0 - probs[:, label_index])
     grads = tape.gradient(score, features)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))

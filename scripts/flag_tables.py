@@ -39,7 +39,7 @@ def flag_table(command: str) -> str:
         elif kind is bool:
             name = f"`{flag}` / `--no-{flag[2:]}`"
         elif typing.get_origin(kind) is typing.Literal:
-            name = f"`{flag} {'|'.join(typing.get_args(kind))}`".replace("|", "\\|")
+            name = f"`{flag} {'|'.join(typing.get_args(kind))}{' ...' if many else ''}`".replace("|", "\\|")
         else:
             name = f"`{flag} {f.name.upper().rstrip('S') + ' ...' if many else f.name.upper()}`"
         default = f.metadata.get("none", "") if f.default is None else show_default(f.default)

@@ -5,28 +5,39 @@ for it to meet; label agreement and the direct comparison against Keras below ar
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from celeba.cli import export_main
+from celeba.config import ConfigError
 from celeba.data import SAMPLE_DIR
-from celeba.export import TOLERANCE, ExportConfig, ParityError, TFLiteModel, export, parity, parity_line, verify
+from celeba.export import TOLERANCE, ExportConfig, TFLiteModel, export, parity, parity_failure, parity_line, verify
+from celeba.runcard import card_path
+
+QUANTIZE = ("float16", "int8", "int16x8")
+
+
+def _copy_model(tiny_model, folder):
+    """The shared tiny model and its run card, copied: exports land beside the model they come from."""
+    folder.mkdir(exist_ok=True)
+    for path in (tiny_model, card_path(tiny_model)):
+        shutil.copy(path, folder / path.name)
+    return folder / tiny_model.name
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    cards = {}
-    for quantize in ("float16", "int8", "int16x8"):
-        cfg = ExportConfig(model=tiny_model, quantize=quantize, out=out / f"tiny-{quantize}.tflite", representative=32)
-        cards[quantize] = export(cfg)
-    cards["onnx"] = export(ExportConfig(model=tiny_model, format="onnx", out=out / "tiny.onnx"))
-    return out, cards
+    """Every target from one export call, as a user asks for them: the files land beside the model."""
+    model = _copy_model(tiny_model, tmp_path_factory.mktemp("export"))
+    cfg = ExportConfig(model=model, format=("tflite", "onnx"), quantize=QUANTIZE, representative=32)
+    cards = {card["quantize"] if card["format"] == "tflite" else "onnx": card for card in export(cfg)}
+    return model.parent, cards
 
 
 @pytest.mark.slow  # the export fixture converts the model four times
-@pytest.mark.parametrize("quantize", ["float16", "int8", "int16x8"])
+@pytest.mark.parametrize("quantize", QUANTIZE)
 def test_parity_on_the_whole_shipped_sample(exported, quantize):
     out, cards = exported
     check = cards[quantize]["parity"]
@@ -44,7 +55,7 @@ def test_onnx_export_matches_keras_and_serves_predictions(exported, tiny_model):
     out, cards = exported
     check = cards["onnx"]["parity"]
     assert check["images"] == 299 and check["passed"] and check["max_abs_diff"] <= TOLERANCE["none"]
-    onnx, keras_model = Predictor(out / "tiny.onnx"), Predictor(tiny_model)
+    onnx, keras_model = Predictor(out / "tiny-float32.onnx"), Predictor(tiny_model)
     assert onnx.labels == ("Male", "Young") and onnx.image_size == 64
     photo = np.random.default_rng(2).integers(0, 256, (218, 178, 3), dtype=np.uint8)
     a, b = (p.score_photos([photo], detect=False)[0][0].probabilities for p in (onnx, keras_model))
@@ -53,7 +64,7 @@ def test_onnx_export_matches_keras_and_serves_predictions(exported, tiny_model):
 
 def test_export_refuses_to_overwrite_the_run_card(tiny_model):
     with pytest.raises(FileExistsError, match="another name"):
-        export(ExportConfig(model=tiny_model, format="onnx", out=tiny_model.with_suffix(".onnx")))
+        export(ExportConfig(model=tiny_model, format=("onnx",), out=tiny_model.with_suffix(".onnx")))
 
 
 @pytest.mark.slow  # the export fixture converts the model four times
@@ -66,7 +77,7 @@ def test_quantized_files_are_smaller(exported, tiny_model):
 
 
 @pytest.mark.slow  # the export fixture converts the model four times
-def test_tflite_model_matches_keras_on_any_batch_size(exported, tiny_model):
+def test_tflite_model_matches_keras_on_any_batch_size(exported, tiny_model, capfd):
     from celeba.model import load_model
 
     out, _ = exported
@@ -77,6 +88,7 @@ def test_tflite_model_matches_keras_on_any_batch_size(exported, tiny_model):
     expected = np.asarray(model.predict_on_batch(x))
     np.testing.assert_allclose(lite(x), expected, atol=TOLERANCE["float16"])
     np.testing.assert_allclose(lite(x[:1]), expected[:1], atol=TOLERANCE["float16"])  # resized input tensor
+    assert "XNNPACK" not in capfd.readouterr().err  # TFLite's delegate line is not the user's business
 
 
 def test_parity_detects_a_model_that_disagrees(tiny_model):
@@ -84,26 +96,45 @@ def test_parity_detects_a_model_that_disagrees(tiny_model):
 
     model, _ = load_model(tiny_model)
     flipped = lambda x: 1 - np.asarray(model.predict_on_batch(x))  # noqa: E731
+    same = lambda x: np.asarray(model.predict_on_batch(x))  # noqa: E731
     x = np.random.default_rng(1).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
-    check = parity(model, flipped, iter([x]))
-    assert check["images"] == 4
-    assert check["label_agreement"] < 0.5 or check["max_abs_diff"] > 0.01  # 1 - p disagrees unless p == 0.5
+    bad, good = parity(model, [flipped, same], iter([x, x[:2]]))  # one pass, one check per exported model
+    assert bad["images"] == good["images"] == 6
+    assert bad["label_agreement"] < 0.5 or bad["max_abs_diff"] > 0.01  # 1 - p disagrees unless p == 0.5
+    assert good["max_abs_diff"] == 0.0 and good["label_agreement"] == 1.0
 
 
 @pytest.mark.slow  # the export fixture converts the model four times
-def test_failed_parity_raises_with_the_numbers(exported, tiny_model, capsys):
+def test_failed_parity_is_a_sentence_with_the_numbers(exported, tiny_model, capsys):
     from celeba.model import load_model
 
     out, _ = exported
     model, _ = load_model(tiny_model)
-    cfg = ExportConfig(model=tiny_model, quantize="float16", tolerance=0.0, parity_limit=16)  # float16 is never exact
-    with pytest.raises(ParityError) as error:
-        verify(model, out / "tiny-float16.tflite", cfg)
-    message = str(error.value)  # a sentence, not a raw dict
-    assert "parity check failed on 16 images: max |probability difference|" in message and "> tolerance 0" in message
-    assert "{" not in message and not capsys.readouterr().out  # the logic prints nothing; the CLI does
-    line = parity_line(error.value.check)
+    cfg = ExportConfig(model=tiny_model, tolerance=0.0, parity_limit=16)  # float16 is never exact
+    fp16, onnx = verify(model, [out / "tiny-float16.tflite", out / "tiny-float32.onnx"], cfg)
+    assert not fp16["passed"] and fp16["images"] == 16 and fp16["tolerance"] == 0.0
+    message = parity_failure(out / "tiny-float16.tflite", fp16)  # a sentence, not a raw dict
+    assert message and "parity check failed on 16 images: max |probability difference|" in message
+    assert "> tolerance 0" in message and "{" not in message
+    assert not capsys.readouterr().out  # the logic prints nothing; the CLI does
+    line = parity_line(fp16)
     assert line.startswith("parity on 16 images: max |dp| ") and line.endswith("FAIL")
+    passed = verify(model, [out / "tiny-float16.tflite"], ExportConfig(model=tiny_model, parity_limit=16))[0]
+    assert passed["passed"] and passed["tolerance"] == TOLERANCE["float16"]  # the card's quantization sets it
+    assert parity_failure(out / "tiny-float16.tflite", passed) is None
+
+
+def test_several_targets_are_planned_in_order_and_checked_before_any_work(tiny_model, tmp_path):
+    cfg = ExportConfig(format=("onnx", "tflite"), quantize=("int8", "float16", "int8"))
+    assert cfg.targets() == [("tflite", "int8"), ("tflite", "float16"), ("onnx", "none")]
+    assert ExportConfig(format=("onnx",)).targets() == [("onnx", "none")]
+    with pytest.raises(ConfigError, match="names one file, but 2 targets"):
+        ExportConfig(quantize=("float16", "int8"), out=tmp_path / "one.tflite")
+    model = _copy_model(tiny_model, tmp_path / "m")
+    (model.parent / "tiny-int8.tflite").write_bytes(b"not a model")  # the second target's file is in the way
+    with pytest.raises(FileExistsError, match="tiny-int8.tflite: exists and is an unknown file"):
+        export(ExportConfig(model=model, quantize=("float16", "int8")))
+    assert not (model.parent / "tiny-float16.tflite").exists()  # refused before the first conversion
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):

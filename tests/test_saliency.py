@@ -48,6 +48,18 @@ def test_gradcam_away_from_the_label_lights_what_lowers_it(two_channel_model):
     assert cam[:, 5:].mean() > 0.9 and cam[:, :3].max() < 0.05  # the right half, not the left
 
 
+def test_gradcam_with_a_direction_per_image_equals_one_pass_per_direction(two_channel_model):
+    from celeba.saliency import gradcam
+
+    rng = np.random.default_rng(0)
+    images = np.concatenate([_left_right_image(), rng.uniform(0, 1, (3, 8, 8, 2)).astype(np.float32)])
+    towards = np.array([True, False, True, False])
+    mixed = gradcam(two_channel_model, images, 0, towards)
+    up, down = (gradcam(two_channel_model, images, 0, direction) for direction in (True, False))
+    np.testing.assert_allclose(mixed, np.where(towards[:, None, None], up, down), atol=1e-6)
+    assert not np.allclose(up, down)  # the directions differ, so the choice per image is tested
+
+
 def test_overlay_keeps_the_image_where_alpha_is_zero():
     from celeba.saliency import overlay
 

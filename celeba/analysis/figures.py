@@ -47,23 +47,14 @@ def project(embeddings: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     return umap.UMAP(n_components=2, random_state=seed).fit_transform(reduced)
 
 
-def _cams(run: ModelRun, images: np.ndarray, output: int, towards: np.ndarray, grad_model) -> np.ndarray:
-    """Grad-CAM per image, towards the label where `towards` is set, away from it elsewhere."""
-    from celeba.saliency import gradcam
-
-    up = gradcam(run.model, images, output, True, grad_model)
-    down = gradcam(run.model, images, output, False, grad_model)
-    return np.where(np.asarray(towards)[:, None, None], up, down)
-
-
 def _overlays(
     run: ModelRun, population: Population, idx: np.ndarray, j: int, towards: np.ndarray, grad_model
 ) -> np.ndarray:
-    from celeba.saliency import overlay
+    from celeba.saliency import gradcam, overlay
 
     paths = population.rows["path"].to_numpy()
     images = np.stack([model_input(paths[i], population.detect, run.image_size) for i in idx])
-    cams = _cams(run, images, run.label_index[j], towards, grad_model)
+    cams = gradcam(run.model, images, run.label_index[j], towards, grad_model)
     return np.stack([overlay(im, cam) for im, cam in zip(images, cams)])
 
 
