@@ -259,9 +259,13 @@ class Predictor:
     def result(self, name: str, rgb: np.ndarray, faces: list[Face], scale: float = 1.0) -> dict[str, Any]:
         """JSON-ready result; `scale` maps a downscaled decode's pixels back to the photo's."""
         out = [face.as_dict(self.threshold) for face in faces]
-        if scale != 1.0:  # the box in the photo's pixels (other coordinates stay in the decoded image's)
+        if scale != 1.0:  # box and landmarks in the photo's pixels; warnings describe the decoded image the model saw
             for face in out:
                 face["box"] = {k: int(round(v * scale)) for k, v in face["box"].items()}
+                if face.get("landmarks"):
+                    face["landmarks"] = {
+                        name: [round(x * scale, 1), round(y * scale, 1)] for name, (x, y) in face["landmarks"].items()
+                    }
         return {
             "file": name,
             "width": int(round(rgb.shape[1] * scale)),

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,36 +185,17 @@ def _folder_args(folder: Path, csv: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_analyze_images_on_a_generated_folder_ranks_the_dim_photos_worst(audit_folder, tmp_path):
+def test_analyze_images_on_a_generated_folder_ranks_the_dim_photos_worst(audit_folder, tmp_path, capsys):
+    from celeba.cli import analyze_main
+
     folder, csv = audit_folder
     out = tmp_path / "report"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_DISABLE_ANALYTICS": "true"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "celeba",
-            "analyze",
-            *_folder_args(folder, csv),
-            "--out",
-            str(out),
-            "--projections",
-            "pca",
-            "--faces",
-            "1",
-            "--min-slice",
-            "5",
-            "--bins",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"wrote {out / 'report.md'}" in done.stdout
+    flags = ["--projections", "pca", "--faces", "1", "--min-slice", "5", "--bins", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        analyze_main([*_folder_args(folder, csv), "--out", str(out), *flags])
+    printed = capsys.readouterr()
+    assert exit_info.value.code == 0, printed.err[-2000:]
+    assert f"wrote {out / 'report.md'}" in printed.out
 
     faces = pd.read_csv(out / "faces.csv").set_index(["grouping", "group"])
     assert faces.loc[("all", "all"), "photos"] == 33  # 30 photos + wall + two faces + broken: nothing dropped

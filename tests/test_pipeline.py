@@ -105,29 +105,18 @@ def test_missing_files_on_a_non_local_file_system_are_named(ram_sample):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, sample_dir):
     """The sample written as TFRecords at 48 px by the `prepare` command, in shards of 40 images."""
-    import subprocess
-    import sys
+    import contextlib
+    import io
+
+    from celeba.cli import prepare_main
 
     out = tmp_path_factory.mktemp("records") / "celeba48"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "celeba.prepare",
-            "--data-dir",
-            str(sample_dir),
-            "--out",
-            str(out),
-            "--image-size",
-            "48",
-            "--shard-images",
-            "40",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "wrote 299 images at 48 px" in done.stdout
+    argv = ["--data-dir", str(sample_dir), "--out", str(out), "--image-size", "48", "--shard-images", "40"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as exit_info:
+        prepare_main(argv)
+    assert exit_info.value.code == 0
+    assert "wrote 299 images at 48 px" in printed.getvalue()
     return out
 
 
@@ -178,19 +167,14 @@ def test_records_training_epochs_see_every_row_once(prepared):
     assert y.shape == (60, 2) and len(np.unique(data.cohort_keys(y.numpy()))) > 1
 
 
-def test_prepare_bad_input_is_one_line(tmp_path):
-    import subprocess
-    import sys
+def test_prepare_bad_input_is_one_line(tmp_path, capsys):
+    from celeba.cli import prepare_main
 
-    done = subprocess.run(
-        [sys.executable, "-m", "celeba.prepare", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 2
-    assert (
-        done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope'}: data folder not found "
-        "(download CelebA and pass --data-dir)"
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_main(["--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'nope'}: data folder not found (download CelebA and pass --data-dir)"
     )
 
 

@@ -21,7 +21,7 @@ from celeba.train import AtomicBackup, history_epochs, save_atomic, trim_history
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TRAIN = [
-    *("--weights", "none", "--image-size", "32", "--limit", "16", "--batch-size", "8"),
+    *("--weights", "none", "--image-size", "32", "--limit", "16", "--batch-size", "16"),  # one step per epoch
     *("--no-check-images", "--run-eagerly"),  # eager: no graph to trace, the same backups, kills and resumes
 ]
 

@@ -126,14 +126,24 @@ def test_large_jpegs_are_downscaled_while_decoding_and_boxes_map_back(face_jpeg)
     full, same = decode_photo_bounded(buf.getvalue(), "big.jpg", max_megapixels=40)
     assert full.shape[:2] == (218 * 8, 178 * 8) and same == 1.0
 
-    from celeba.faces import Box
+    from celeba.faces import Box, FaceCrop
     from celeba.predict import Face
 
     bare = Predictor.__new__(Predictor)
     bare.threshold = 0.5
-    result = bare.result("big.jpg", rgb, [Face(Box(10, 20, 30, 40), {})], scale)
+    landmarks = np.array([[12.0, 25.0], [30.0, 25.5], [21.0, 35.0], [21.5, 45.0]])
+    found = FaceCrop(Box(10, 20, 30, 40), np.zeros((218, 178, 3), np.uint8), "blazeface+align", 0.9, landmarks)
+    faces = [Face(Box(10, 20, 30, 40), {}), Face(found.box, {}, found)]
+    result = bare.result("big.jpg", rgb, faces, scale)
     assert (result["width"], result["height"]) == (178 * 8, 218 * 8)  # the photo's size, not the decoded one
-    assert result["faces"][0]["box"] == {"x": 40, "y": 80, "w": 120, "h": 160}
+    for face in result["faces"]:
+        assert face["box"] == {"x": 40, "y": 80, "w": 120, "h": 160}
+    assert result["faces"][1]["landmarks"] == {
+        "left_eye": [48.0, 100.0],
+        "right_eye": [120.0, 102.0],
+        "nose": [84.0, 140.0],
+        "mouth": [86.0, 180.0],
+    }  # the photo's pixels, like the box
 
 
 def test_cross_origin_browser_posts_are_refused_unless_allowed(server, face_jpeg):

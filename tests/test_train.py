@@ -62,17 +62,17 @@ class Interrupt(keras.callbacks.Callback):
 
 @pytest.mark.slow  # two trainings, one interrupted
 def test_weighted_run_resumes_after_interruption(tmp_path):
-    source = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None)
+    source = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None)
     weights = tmp_path / "backbone.weights.h5"
     source.save_weights(weights)  # a local pretrained file gives the two-phase schedule, offline
     cfg = TrainConfig(
         weights=str(weights),
         loss="weighted-bce",
-        image_size=64,
+        image_size=32,
         epochs=3,
         freeze_epochs=1,
         limit=16,
-        batch_size=8,
+        batch_size=16,  # one step per epoch: the resume logic counts epochs, not steps
         models_dir=tmp_path / "models",
         name="run",
         check_images=False,
