@@ -24,6 +24,7 @@ import numpy as np
 
 from celeba.config import DEFAULT_MODEL, opt, resolve_model
 from celeba.data import SAMPLE_DIR
+from celeba.files import atomic_path
 from celeba.runcard import RunCard, card_path
 from celeba.runtime import native_noise_filtered
 
@@ -336,7 +337,6 @@ def export(cfg: ExportConfig) -> list[dict[str, Any]]:
     """Write every target's file and card (labels, parity); the cards, in order. A file that fails its parity
     check is kept and its card says so (`parity_failure`): the caller decides what that means."""
     from celeba.model import load_model, model_image_size
-    from celeba.train import atomic_path
 
     cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
     plan = [(fmt, quantize, cfg.out_path(fmt, quantize)) for fmt, quantize in cfg.targets()]

@@ -11,11 +11,12 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from celeba.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,8 @@ class RunCard:
         """Write atomically (temporary file + rename): a reader never sees half a card."""
         path = Path(path)
         card = path if path.suffix == ".json" else card_path(path)
-        card.parent.mkdir(parents=True, exist_ok=True)
-        tmp = card.with_name(f".{card.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        os.replace(tmp, card)
+        with atomic_path(card) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
         return card
 
 

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from celeba.config import TrainConfig
 from celeba.data import CelebADataError, check_labels, labels_array, load_index, make_augmenter, make_dataset, split
+from celeba.files import atomic_path, remove_stale_temporaries
 from celeba.losses import WeightedBinaryCrossentropy, make_loss
 from celeba.model import build_model, embed_labels, set_backbone_trainable, without_optimizer_warnings
 from celeba.runcard import RunCard, card_path, provenance
@@ -35,36 +36,6 @@ log = logging.getLogger(__name__)
 #: Test-only hook: "<epoch>:<marker file>" makes the backup of that epoch stop half-written, create the marker
 #: and wait, so that a test can SIGKILL a real training in the middle of the write.
 PAUSE_IN_BACKUP_ENV = "CELEBA_TEST_PAUSE_IN_BACKUP"
-
-
-def _tmp_name(path: Path) -> Path:
-    """`.name.tmp<suffixes>` beside `path`: Keras picks the format from the suffix, so keep it."""
-    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
-    return path.with_name(f".{path.name.removesuffix(suffix)}.tmp{suffix}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; rename it to `path` on success, delete it on any failure.
-
-    An interruption or a full disk never leaves a half-written `path`, nor a stray temporary file
-    (a SIGKILL can still leave the temporary one: `remove_stale_temporaries` clears those).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def remove_stale_temporaries(folder: Path, stem: str = "*") -> list[Path]:
-    """Delete the temporary files a killed writer left in `folder` for files named `stem.*` (not recursive)."""
-    stale = [p for p in Path(folder).glob(f".{stem}.tmp*") if p.is_file()] if Path(folder).is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
 def save_atomic(model: keras.Model, path: Path, labels: Sequence[str] | None = None) -> None:

@@ -98,3 +98,4 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         RunCard(model="m.keras", config={"labels": ["Young"]}).save(path)
     assert json.loads(path.read_text())["config"]["labels"] == ["Male"]  # the old card is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # and no temporary file is left beside it
