@@ -36,7 +36,7 @@ def sample_dir() -> Path:
 
 def tiny_config(models: Path, name: str, **overrides):
     """A TrainConfig for a one-epoch smoke training from random weights on the embedded sample. Eager: tracing
-    MobileNetV2's training step costs more than such a run trains (tests/test_scale.py keeps a traced run)."""
+    MobileNetV2's training step costs more than such a run trains (tests/test_train.py traces the project's step)."""
     from celeba.config import TrainConfig
 
     defaults = {"weights": "none", "epochs": 1, "check_images": False, "run_eagerly": True}

@@ -98,6 +98,7 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
             str(models),
             "--name",
             "mw",
+            "--run-eagerly",  # the cluster logic is the same traced or eager; test_train traces the project's step
         ]
         workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
