@@ -22,13 +22,6 @@ import pytest  # noqa: E402
 from celeba.data import SAMPLE_DIR  # noqa: E402
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with slow tests first, in a stable order: with parallel workers (`celeba test`), the long modules
-    start early instead of one of them running alone at the end (longest-first scheduling)."""
-    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
-
-
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE_DIR
