@@ -17,6 +17,7 @@ from celeba.export import TOLERANCE, ExportConfig, TFLiteModel, export, parity, 
 from celeba.runcard import card_path
 
 QUANTIZE = ("float16", "int8", "int16x8")
+PARITY = 96  # parity images per target here; the command's default is every image of the sample (tested below)
 
 
 def _copy_model(tiny_model, folder):
@@ -31,17 +32,19 @@ def _copy_model(tiny_model, folder):
 def exported(tiny_model, tmp_path_factory):
     """Every target from one export call, as a user asks for them: the files land beside the model."""
     model = _copy_model(tiny_model, tmp_path_factory.mktemp("export"))
-    cfg = ExportConfig(model=model, format=("tflite", "onnx"), quantize=QUANTIZE, representative=32)
+    cfg = ExportConfig(
+        model=model, format=("tflite", "onnx"), quantize=QUANTIZE, representative=32, parity_limit=PARITY
+    )
     cards = {card["quantize"] if card["format"] == "tflite" else "onnx": card for card in export(cfg)}
     return model.parent, cards
 
 
 @pytest.mark.slow  # the export fixture converts the model four times
 @pytest.mark.parametrize("quantize", QUANTIZE)
-def test_parity_on_the_whole_shipped_sample(exported, quantize):
+def test_parity_on_the_shipped_sample(exported, quantize):
     out, cards = exported
     check = cards[quantize]["parity"]
-    assert check["images"] == 299  # every image of the embedded sample
+    assert check["images"] == PARITY and check["parity_dir"] == str(SAMPLE_DIR)
     assert check["passed"] and check["max_abs_diff"] <= TOLERANCE[quantize]
     assert check["label_agreement"] >= 0.99
     card = json.loads((out / f"tiny-{quantize}.json").read_text())
@@ -54,7 +57,7 @@ def test_onnx_export_matches_keras_and_serves_predictions(exported, tiny_model):
 
     out, cards = exported
     check = cards["onnx"]["parity"]
-    assert check["images"] == 299 and check["passed"] and check["max_abs_diff"] <= TOLERANCE["none"]
+    assert check["images"] == PARITY and check["passed"] and check["max_abs_diff"] <= TOLERANCE["none"]
     onnx, keras_model = Predictor(out / "tiny-float32.onnx"), Predictor(tiny_model)
     assert onnx.labels == ("Male", "Young") and onnx.image_size == 64
     photo = np.random.default_rng(2).integers(0, 256, (218, 178, 3), dtype=np.uint8)
@@ -143,5 +146,10 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2 and "nope.keras: model file not found" in capsys.readouterr().err
 
 
-def test_default_parity_data_is_the_shipped_sample():
-    assert ExportConfig().parity_dir == SAMPLE_DIR and ExportConfig().min_agreement == 0.99
+def test_default_parity_data_is_every_image_of_the_shipped_sample():
+    from celeba.export import _batches
+
+    cfg = ExportConfig()
+    assert cfg.parity_dir == SAMPLE_DIR and cfg.parity_limit is None and cfg.min_agreement == 0.99
+    batches = list(_batches(cfg.parity_dir, None, cfg.parity_limit, 32, cfg.batch_size))  # what verify() reads
+    assert sum(len(b) for b in batches) == 299 and batches[0].shape[1:] == (32, 32, 3)

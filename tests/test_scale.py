@@ -88,9 +88,9 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
             "--image-size",
             "32",
             "--limit",
-            "16",
+            "8",
             "--batch-size",
-            "4",
+            "4",  # per replica: one step of 8 images per epoch
             "--epochs",
             "1",
             "--no-check-images",
@@ -116,8 +116,8 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
     for a, b in zip(chief.weights, other.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
     card = json.loads((models / "mw.json").read_text())
-    assert card["config"]["strategy"] == "multiworker" and card["data"]["train"] == 16
-    rows = split(load_index(SAMPLE_DIR), "validation", 16)  # the card's metrics: every validation row, in order
+    assert card["config"]["strategy"] == "multiworker" and card["data"]["train"] == 8
+    rows = split(load_index(SAMPLE_DIR), "validation", 8)  # the card's metrics: every validation row, in order
     again = label_metrics(labels_array(rows, labels), dataset_probabilities(chief, rows, labels, 32), labels)
     for label in labels:
         assert card["validation_metrics"][label]["roc_auc"] == pytest.approx(again.loc[label, "roc_auc"], abs=1e-6)
