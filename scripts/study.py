@@ -119,7 +119,7 @@ def run(cfg: StudyConfig) -> dict[str, Any]:
             t = balancing_threshold(parts["validation"], y["validation"], probs(name, "validation"), cfg.labels)
             table.append(
                 row_for(name, parts["test"], y["test"], probs(name, "test"), cfg.labels, t)
-                | {"method": f"{MITIGATIONS[name]} + cohort-balancing threshold (chosen on validation)"}
+                | {"method": f"{MITIGATIONS[name]} + threshold balancing across the other label (validation)"}
             )
 
     def test_accuracy(name: str) -> dict[str, float]:
