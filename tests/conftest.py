@@ -13,9 +13,11 @@ from pathlib import Path
 os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")  # code-loader would otherwise try to phone home
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
-    # Parallel workers: one TensorFlow compute thread each (inherited by the subprocesses the tests start), so
-    # the workers share the cores instead of oversubscribing them. Set before TensorFlow creates its thread pools.
+    # Parallel workers: one TensorFlow compute thread and one op-scheduling thread each (inherited by the
+    # subprocesses the tests start), so the workers share the cores instead of oversubscribing them. Set before
+    # TensorFlow creates its thread pools.
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import pytest  # noqa: E402
 
