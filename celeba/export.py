@@ -176,7 +176,8 @@ def convert(saved: Path, quantize: str, representative: list[np.ndarray] | None 
             if quantize == "int8"
             else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         ]
-    return converter.convert()
+    with native_noise_filtered():  # the quantizer prints its settings to fd 2
+        return converter.convert()
 
 
 def convert_onnx(model, opset: int = 17, metadata: dict[str, str] | None = None) -> bytes:
@@ -349,7 +350,7 @@ def export(cfg: ExportConfig) -> list[dict[str, Any]]:
         saved: Path | None = None
         representative: list[np.ndarray] | None = None
         for fmt, quantize, out in plan:
-            log.info("converting %s to %s (%s)", cfg.model, fmt, quantize)
+            log.info("converting %s to %s (%s)", cfg.model, fmt, "float32" if fmt == "onnx" else quantize)
             if fmt == "onnx":
                 source = RunCard.load(cfg.model) if card_path(cfg.model).is_file() else None
                 flatbuffer = convert_onnx(

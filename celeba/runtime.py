@@ -24,6 +24,7 @@ _STARTUP_NOISE = (
     "computation_placer.cc",
     "cuda_platform.cc",
     "Created TensorFlow Lite XNNPACK delegate",
+    "fully_quantize: ",  # the TFLite quantizer's settings, printed by every int8/int16x8 conversion
 )
 
 
@@ -82,4 +83,7 @@ def keras_verbose() -> int:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    """The project's own lines from `level` up; other libraries' (tf2onnx's optimizer report, TensorFlow's
+    SavedModel writer) only from WARNING up: their INFO lines are not the user's business."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    log.setLevel(level)

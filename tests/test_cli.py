@@ -124,6 +124,20 @@ def test_predict_on_a_demo_photo_is_quiet_and_meaningful(tmp_path):
     assert len(faces) == 1 and faces[0]["probabilities"]["Male"] > 0.5  # data/demo/README.md: a young man
 
 
+def test_the_cli_logs_its_own_info_lines_and_only_warnings_of_other_libraries():
+    """tf2onnx and TensorFlow's SavedModel writer log INFO lines through `logging` during an export; a fresh
+    process (the CLI's logging set-up, no pytest handlers) shows the project's lines and hides theirs."""
+    code = (
+        "import logging; from celeba.runtime import setup_logging; setup_logging(); "
+        "other = logging.getLogger('tf2onnx'); other.info('library chatter'); other.warning('library warning'); "
+        "logging.getLogger('celeba.export').info('converting')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "INFO converting" in result.stderr and "WARNING library warning" in result.stderr
+    assert "library chatter" not in result.stderr
+
+
 def test_the_suite_runs_on_every_core_unless_told_otherwise():
     from celeba.cli import parallel_args
 
