@@ -175,7 +175,8 @@ def bench_inference(cfg: BenchConfig, model_path: Path, workdir: Path) -> list[d
 
     source = workdir / "bench.keras"  # exports land beside their model: a copy keeps them out of models/
     shutil.copy(model_path, source)
-    shutil.copy(model_path.with_suffix(".json"), source.with_suffix(".json"))
+    if model_path.with_suffix(".json").is_file():  # the run card, when there is one (labels may be in the model)
+        shutil.copy(model_path.with_suffix(".json"), source.with_suffix(".json"))
     try:
         import tf2onnx  # noqa: F401
 

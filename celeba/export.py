@@ -343,6 +343,9 @@ def export(cfg: ExportConfig) -> list[dict[str, Any]]:
     plan = [(fmt, quantize, cfg.out_path(fmt, quantize)) for fmt, quantize in cfg.targets()]
     for fmt, _, out in plan:  # refuse before any work, not after the first file
         check_out(out, fmt, Path(cfg.model), cfg.force)
+    if any(fmt == "onnx" for fmt, _, _ in plan):  # a missing ONNX package fails before the TFLite files, too
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
     model, labels = load_model(cfg.model)
     size = model_image_size(model)
     cards = []
