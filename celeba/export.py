@@ -84,6 +84,8 @@ class TFLiteModel:
         with warnings.catch_warnings():  # tf.lite.Interpreter works in TF 2.21 but warns it moves to ai-edge-litert
             warnings.simplefilter("ignore", UserWarning)
             self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count())
+        with native_noise_filtered():  # the process's first allocation prints TFLite's XNNPACK delegate line to fd 2
+            self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]["index"]
         self._output = self.interpreter.get_output_details()[0]["index"]
         self.image_size = int(self.interpreter.get_input_details()[0]["shape"][1])
@@ -101,8 +103,7 @@ class TFLiteModel:
         batch = np.asarray(batch, np.float32)
         if len(batch) != self._batch:  # resize once per new batch size, not per call
             self.interpreter.resize_tensor_input(self._input, batch.shape)
-            with native_noise_filtered():  # the first allocation prints TFLite's XNNPACK delegate line to fd 2
-                self.interpreter.allocate_tensors()
+            self.interpreter.allocate_tensors()
             self._batch = len(batch)
         self.interpreter.set_tensor(self._input, batch)
         self.interpreter.invoke()

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,13 +42,18 @@ def quiet_tensorflow() -> None:
         import tensorflow  # noqa: F401
 
 
+_FD2 = threading.Lock()  # file descriptor 2 is the process's: one redirection at a time (serve runs threads)
+
+
 @contextmanager
 def native_noise_filtered() -> Iterator[None]:
     """Catch what C++ code writes to file descriptor 2 meanwhile, and pass on every line that is not known noise
-    (`_STARTUP_NOISE`): TensorFlow's start-up, and TFLite's delegate line when an interpreter is created."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
+    (`_STARTUP_NOISE`): TensorFlow's start-up, TFLite's delegate line, the quantizer's settings. For one-off
+    steps only (imports, loading, converting), never per request: what other threads write to stderr meanwhile
+    is held back until it ends."""
+    with _FD2, tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        saved = os.dup(2)
         os.dup2(caught.fileno(), 2)
         try:
             yield

@@ -5,6 +5,7 @@ for it to meet; label agreement and the direct comparison against Keras below ar
 """
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_quantized_files_are_smaller(exported, tiny_model):
 
 
 @pytest.mark.slow  # the export fixture converts the model four times
-def test_tflite_model_matches_keras_on_any_batch_size(exported, tiny_model, capfd):
+def test_tflite_model_matches_keras_on_any_batch_size(exported, tiny_model):
     from celeba.model import load_model
 
     out, _ = exported
@@ -91,7 +92,26 @@ def test_tflite_model_matches_keras_on_any_batch_size(exported, tiny_model, capf
     expected = np.asarray(model.predict_on_batch(x))
     np.testing.assert_allclose(lite(x), expected, atol=TOLERANCE["float16"])
     np.testing.assert_allclose(lite(x[:1]), expected[:1], atol=TOLERANCE["float16"])  # resized input tensor
-    assert "XNNPACK" not in capfd.readouterr().err  # TFLite's delegate line is not the user's business
+
+
+@pytest.mark.slow  # the export fixture converts the model four times
+def test_a_tflite_model_in_a_fresh_process_prints_no_delegate_line(exported):
+    """TFLite prints "Created TensorFlow Lite XNNPACK delegate" once per process, at its first allocation: only a
+    fresh process shows whether loading and calling a TFLiteModel lets it through."""
+    import subprocess
+    import sys
+
+    out, _ = exported
+    code = (
+        "import sys, numpy as np; from celeba.export import TFLiteModel; "
+        "model = TFLiteModel(sys.argv[1]); print(model(np.zeros((3, 64, 64, 3), np.float32)).shape)"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's start-up lines are another test's business
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out / "tiny-float16.tflite")], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(3, 2)" and "XNNPACK" not in done.stderr, done.stderr
 
 
 def test_parity_detects_a_model_that_disagrees(tiny_model):
