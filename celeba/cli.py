@@ -140,6 +140,25 @@ def _prepare(cfg) -> int:
     return 0
 
 
+def _repair(cfg) -> int:
+    from celeba.repair import repair
+
+    result = repair(cfg)
+    print(f"\nrepair data: {result.data}; groups {' x '.join(result.groups)}")
+    for r in result.repairs:
+        print(
+            f"\n{r.label} (C={r.strength:g}), held-out half: average {r.before.average:.3f} -> {r.after.average:.3f}, "
+            f"worst group {r.before.worst:.3f} -> {r.after.worst:.3f}, "
+            f"group-balanced {r.before.balanced:.3f} -> {r.after.balanced:.3f}"
+        )
+        table = r.before.table[["n", "accuracy", "low", "high"]].join(
+            r.after.table[["accuracy", "low", "high"]], rsuffix=" after"
+        )
+        print(table.to_string(float_format="{:.3f}".format))
+    print(f"\nwrote {result.model} and its run card {result.card}")
+    return 0
+
+
 def _config(module: str, name: str) -> Callable[[], type]:
     def load() -> type:
         import importlib
@@ -188,6 +207,11 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("HTTP service: POST /predict, GET /health, /docs", _config("celeba.serve", "ServeConfig"), _serve),
     "export": Command(
         "TFLite (float16/int8) or ONNX export with a parity check", _config("celeba.export", "ExportConfig"), _export
+    ),
+    "repair": Command(
+        "retrain a model's last layer on group-balanced data (DFR); writes a new model",
+        _config("celeba.repair", "RepairConfig"),
+        _repair,
     ),
     "prepare": Command(
         "sharded TFRecords of a CelebA folder (uint8 at the training size), for remote storage",
@@ -322,6 +346,7 @@ predict_main = _entry_point("predict")
 serve_main = _entry_point("serve")
 export_main = _entry_point("export")
 prepare_main = _entry_point("prepare")
+repair_main = _entry_point("repair")
 
 
 def test_main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -78,8 +78,19 @@ class TrainConfig:
 
     data_dir: Path = opt(SAMPLE_DIR, "a CelebA folder (official or Kaggle layout)")
     labels: tuple[str, ...] = opt(("Male", "Young"), "any of the 40 CelebA attributes")
-    loss: Literal["bce", "weighted-bce", "focal"] = opt(
-        "bce", "bce; weighted-bce: class-balanced weights from the train partition; focal: focal loss, gamma 2"
+    loss: Literal["bce", "weighted-bce", "focal", "group-dro"] = opt(
+        "bce",
+        "bce; weighted-bce: class-balanced weights from the train partition; focal: focal loss, gamma 2;"
+        " group-dro: online Group DRO over the groups of --groups (Sagawa et al. 2020)",
+    )
+    groups: tuple[str, ...] = opt(
+        ("Male", "Young"), "labels whose value combinations are the groups (group-dro, worst-group selection)"
+    )
+    dro_step: float = opt(0.01, "group-dro: step size of the online group weights")
+    dro_adjustment: float = opt(0.0, "group-dro: the paper's C in C/sqrt(n_group), added to each group's loss")
+    weight_decay: float = opt(0.0, "decoupled weight decay (AdamW); group-dro needs strong regularisation")
+    select_by: Literal["val_loss", "worst_group"] = opt(
+        "val_loss", "which epoch is kept: lowest validation loss, or best worst-group validation accuracy"
     )
     sampling: Literal["natural", "balanced"] = opt(
         "natural", "natural: the data's own mix; balanced: every label cohort equally often per batch"
@@ -99,6 +110,23 @@ class TrainConfig:
     train_limit: int | None = opt(None, "overrides --limit for the train partition", none="--limit")
     val_limit: int | None = opt(None, "overrides --limit for the validation partition", none="--limit")
     seed: int = opt(42, "seeds Python, NumPy and TensorFlow")
+    photos: Path | None = opt(
+        None, "a labelled photo folder to train on beside CelebA; faces found and aligned once, cached", none="none"
+    )
+    photos_labels_csv: Path | None = opt(None, "with --photos: CSV with file, labels and group columns", none="none")
+    photos_pattern: str | None = opt(
+        None, "with --photos, instead of a CSV: e.g. '{age}_{gender}_{race}_*.jpg'", none="none"
+    )
+    photos_derive: tuple[str, ...] = opt((), "with --photos: labels from other columns, e.g. 'Young=age<30'")
+    photos_split: Path | None = opt(
+        None, "with --photos: file,split CSV (train/validation/evaluation; scripts/split_photos.py)", none="none"
+    )
+    photos_weight: float | None = opt(
+        None, "share of training images drawn from --photos (sample_from_datasets)", none="their share of the rows"
+    )
+    crops_dir: Path | None = opt(
+        None, "where the photos' face crops are cached", none="~/.cache/celeba-attributes/crops/<folder>"
+    )
     models_dir: Path = opt(Path("models"), "where <name>.keras, its run card <name>.json and the run folder go")
     name: str | None = opt(None, "run name", none="smoke-sample-<loss> on the embedded sample, else mobilenetv2-<loss>")
     resume: bool = opt(False, "continue an interrupted run from its last completed epoch")
@@ -116,8 +144,16 @@ class TrainConfig:
         at_least(self, 1, "batch_size", "epochs", "dense_units", "limit", "train_limit", "val_limit")
         at_least(self, 0, "freeze_epochs", "seed")
         at_least(self, 32, "image_size")  # MobileNetV2's smallest input
-        positive(self, "learning_rate")
+        positive(self, "learning_rate", "dro_step")
+        positive(self, "dro_adjustment", "weight_decay", zero=True)
         fraction(self, "dropout", below_one=True)
+        fraction(self, "photos_weight", below_one=True)
+        if self.photos is not None and self.photos_split is None:
+            raise ConfigError("--photos-split: needed with --photos (which photos train, tune and evaluate)")
+        if self.photos is not None and (self.photos_labels_csv is None) == (self.photos_pattern is None):
+            raise ConfigError("--photos: give exactly one of --photos-labels-csv FILE or --photos-pattern PATTERN")
+        if self.photos is None and self.photos_weight is not None:
+            raise ConfigError("--photos-weight: only with --photos")
 
     @property
     def run_name(self) -> str:

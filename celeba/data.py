@@ -507,6 +507,7 @@ def make_dataset(
     seed: int = 0,
     sampling: str = "natural",
     threads: int | None = None,
+    source_weights: Sequence[float] | None = None,
 ):
     """(image, label) batches: parallel decode -> crop/resize -> [cache] -> shuffle -> batch -> prefetch.
 
@@ -514,14 +515,33 @@ def make_dataset(
     training graph, where the accelerator is, so the pipeline only decodes.
     `sampling="balanced"` draws every cohort of the labels (e.g. Male x Young) equally often;
     an epoch keeps the partition's size. `threads`: the pipeline's private thread pool (default: every
-    core this process may use).
+    core this process may use). Rows of several sources (a `source` column: CelebA and labelled photo folders)
+    are drawn for training with `source_weights` (one per source, in order of first appearance; default: each
+    source's share of the rows) by `sample_from_datasets`; an epoch keeps the rows' count.
     """
     import tensorflow as tf
 
     if sampling not in SAMPLING:
         raise ValueError(f"unknown sampling {sampling!r}; choose from {SAMPLING}")
     y = labels_array(rows, labels)
-    if training and sampling == "balanced":
+    sources = list(dict.fromkeys(rows["source"])) if "source" in rows.columns else []
+    if training and len(sources) > 1:
+        if sampling != "natural":
+            raise ValueError("balanced sampling of several sources is not supported: mix them by source weights")
+        weights = list(source_weights or [float((rows["source"] == s).mean()) for s in sources])
+        if len(weights) != len(sources):
+            raise ValueError(f"{len(weights)} source weights for {len(sources)} sources")
+        parts = [
+            _decoded(
+                rows[rows["source"] == s].reset_index(drop=True), labels, image_size, True, cache, seed + i
+            ).repeat()
+            for i, s in enumerate(sources)
+        ]
+        total = sum(weights)
+        ds = tf.data.Dataset.sample_from_datasets(
+            parts, [w / total for w in weights], seed=seed, rerandomize_each_iteration=True
+        ).take(len(rows))
+    elif training and sampling == "balanced":
         keys = cohort_keys(y)
         parts = [
             _decoded(rows[keys == key], labels, image_size, True, cache, seed + int(key)).repeat()

@@ -13,15 +13,18 @@ COHORT_ATTRIBUTES = ("Male", "Young")
 def label_metrics(
     y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str], threshold: float = 0.5
 ) -> pd.DataFrame:
-    """One row per label: accuracy, precision, recall, F1, ROC-AUC and TP/TN/FP/FN counts."""
+    """One row per label: accuracy, precision, recall, F1, ROC-AUC and TP/TN/FP/FN counts (unknown truth, NaN,
+    left out of that label's row)."""
     # scikit-learn takes seconds to import: only here, so the per-sample helpers (Tensorleap workers) stay light
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
-    y_true = np.asarray(y_true).astype(int)
-    y_pred = (np.asarray(y_prob) >= threshold).astype(int)
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_prob = np.asarray(y_prob)
     rows = []
     for j, label in enumerate(labels):
-        t, p, s = y_true[:, j], y_pred[:, j], np.asarray(y_prob)[:, j]
+        known = np.isfinite(y_true[:, j])  # NaN: a source that does not know this label
+        t, s = y_true[known, j].astype(int), y_prob[known, j]
+        p = (s >= threshold).astype(int)
         tn, fp, fn, tp = confusion_matrix(t, p, labels=[0, 1]).ravel()
         rows.append(
             {

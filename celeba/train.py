@@ -20,15 +20,17 @@ from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from celeba.config import TrainConfig
 from celeba.data import CelebADataError, check_labels, labels_array, load_index, make_augmenter, make_dataset, split
 from celeba.files import atomic_path, remove_stale_temporaries
-from celeba.losses import WeightedBinaryCrossentropy, make_loss
+from celeba.losses import MaskedAUC, MaskedBinaryAccuracy, WeightedBinaryCrossentropy, make_loss
 from celeba.model import build_model, embed_labels, set_backbone_trainable, without_optimizer_warnings
 from celeba.runcard import RunCard, card_path, provenance
 from celeba.runtime import keras_verbose
+from celeba.sources import PhotoSource, photo_rows
 
 log = logging.getLogger(__name__)
 
@@ -194,18 +196,56 @@ class BestCheckpoint(keras.callbacks.Callback):
     `target` is the model to save: the bare model, not the training wrapper with its augmentation.
     """
 
-    def __init__(self, path: Path, target: keras.Model, monitor: str = "val_loss"):
+    def __init__(self, path: Path, target: keras.Model, monitor: str = "val_loss", higher_is_better: bool = False):
         super().__init__()
         self.path, self.target, self.monitor = path, target, monitor
+        self.sign = -1.0 if higher_is_better else 1.0  # stored and compared as a value to minimise
         self.state_path = path.with_suffix(".json")
         self.best = json.loads(self.state_path.read_text())["best"] if self.state_path.is_file() else np.inf
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         value = (logs or {}).get(self.monitor)
-        if value is not None and value < self.best:
-            self.best = float(value)
+        if value is not None and self.sign * value < self.best:
+            self.best = self.sign * float(value)
             save_atomic(self.target, self.path)
             write_json_atomic({"best": self.best, "epoch": epoch}, self.state_path)
+
+
+class GroupValidation(keras.callbacks.Callback):
+    """Worst-group validation accuracy at every epoch end, as `val_worst_group` in the logs (for selecting the
+    epoch: Group DRO's worst group generalises only with early stopping on it, Sagawa et al. 2020).
+
+    A group is a value combination of `groups` (labels of the model), e.g. Male x Young; every label's accuracy
+    is taken in every group with at least one known truth, and the worst of them is reported.
+    """
+
+    def __init__(self, target: keras.Model, dataset: Any, y_val: np.ndarray, group_index: Sequence[int]):
+        super().__init__()
+        self.target, self.dataset, self.y = target, dataset, np.asarray(y_val, np.float32)
+        self.keys = group_keys(self.y, group_index)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        probs = self.target.predict(self.dataset, verbose=0)
+        worst, mean = worst_group_accuracy(self.y, probs, self.keys)
+        if logs is not None:
+            logs["val_worst_group"], logs["val_mean_group"] = worst, mean
+
+
+def group_keys(y: np.ndarray, group_index: Sequence[int]) -> np.ndarray:
+    """One integer per row for the value combination of the group labels (unknown counts as 0)."""
+    values = np.nan_to_num(np.asarray(y, np.float32)[:, list(group_index)]) > 0.5
+    return (values * (1 << np.arange(values.shape[1]))).sum(axis=1)
+
+
+def worst_group_accuracy(y: np.ndarray, probs: np.ndarray, keys: np.ndarray) -> tuple[float, float]:
+    """(worst, mean) accuracy over every (label, group) cell with known truth."""
+    cells = []
+    for j in range(y.shape[1]):
+        for key in np.unique(keys):
+            rows = (keys == key) & np.isfinite(y[:, j])
+            if rows.any():
+                cells.append(float(((probs[rows, j] >= 0.5) == (y[rows, j] > 0.5)).mean()))
+    return (min(cells), float(np.mean(cells))) if cells else (float("nan"), float("nan"))
 
 
 class Throughput(keras.callbacks.Callback):
@@ -409,23 +449,31 @@ def compile_for(
     steps: int,
     trainer: keras.Model | None = None,
     run_eagerly: bool = False,
+    weight_decay: float = 0.0,
+    masked: bool = False,
 ) -> None:
-    """Set the phase's trainable layers on `model`, then compile `trainer` (the model, or its augmented wrapper)."""
+    """Set the phase's trainable layers on `model`, then compile `trainer` (the model, or its augmented wrapper).
+
+    `masked`: labels may be unknown (NaN, several sources): the metrics skip them like the loss does.
+    """
     set_backbone_trainable(model, phase.backbone_trainable, phase.freeze_batchnorm)
     model = trainer or model
     schedule = keras.optimizers.schedules.CosineDecay(
         phase.learning_rate, decay_steps=max(1, steps * phase.epochs), alpha=0.01
     )
     n = model.output_shape[-1]
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=loss,
-        metrics=[
+    optimizer = (
+        keras.optimizers.AdamW(schedule, weight_decay=weight_decay) if weight_decay else keras.optimizers.Adam(schedule)
+    )
+    metrics = (
+        [MaskedBinaryAccuracy(name="accuracy"), MaskedAUC(multi_label=True, num_labels=n, name="auc")]
+        if masked
+        else [
             keras.metrics.BinaryAccuracy(name="accuracy"),
             keras.metrics.AUC(multi_label=True, num_labels=n, name="auc"),
-        ],
-        run_eagerly=run_eagerly,
+        ]
     )
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, run_eagerly=run_eagerly)
 
 
 def make_run_card(
@@ -445,7 +493,8 @@ def make_run_card(
         model=str(model_path),
         config=cfg.to_json(),
         data={p: len(r) for p, r in rows.items()}
-        | {"train_positive_rate": dict(zip(labels, y_train.mean(axis=0).round(4).tolist()))},
+        | {"train_positive_rate": dict(zip(labels, np.nanmean(y_train, axis=0).round(4).tolist()))}
+        | ({"sources": source_counts(rows, cfg)} if "source" in rows["train"].columns else {}),
         class_weights=(
             {label: {"positive": p, "negative": n} for label, p, n in zip(labels, loss.pos_weights, loss.neg_weights)}
             if isinstance(loss, WeightedBinaryCrossentropy)
@@ -472,6 +521,51 @@ def make_run_card(
         },
         provenance=provenance(cfg.data_dir),
     )
+
+
+def source_counts(rows: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """Per source: images per partition and its share of the training draws (the run card's record of the mix)."""
+    train = rows["train"]["source"]
+    out = {}
+    for source in dict.fromkeys(train):
+        is_photos = source != "celeba"
+        share = cfg.photos_weight if is_photos and cfg.photos_weight is not None else None
+        if share is None and cfg.photos_weight is not None:
+            share = 1.0 - cfg.photos_weight
+        out[source] = {p: int((r["source"] == source).sum()) for p, r in rows.items()} | {
+            "train_share": round(share if share is not None else float((train == source).mean()), 4)
+        }
+    return out
+
+
+def photo_source(cfg: TrainConfig) -> PhotoSource | None:
+    if cfg.photos is None:
+        return None
+    assert cfg.photos_split is not None  # TrainConfig checks it
+    return PhotoSource(
+        cfg.photos, cfg.photos_labels_csv, cfg.photos_pattern, cfg.photos_derive, cfg.photos_split, cfg.crops_dir
+    )
+
+
+def training_rows(cfg: TrainConfig, labels: Sequence[str]) -> dict[str, Any]:
+    """Train and validation rows: CelebA's partitions, plus the photo folder's train and validation splits."""
+    index = load_index(cfg.data_dir, check_images=cfg.check_images)
+    rows = {p: split(index, p, cfg.partition_limit(p)) for p in ("train", "validation")}
+    for partition, part in rows.items():
+        if part.empty:
+            raise CelebADataError(f"{cfg.data_dir}: no {partition} images (check list_eval_partition and limits)")
+    source = photo_source(cfg)
+    if source is None:
+        return rows
+    for partition in rows:
+        photos = photo_rows(source, labels, [partition])
+        if cfg.partition_limit(partition) is not None:
+            photos = photos.iloc[: cfg.partition_limit(partition)]
+        celeba = rows[partition][["image_id", "path", *labels]].astype({label: float for label in labels})
+        rows[partition] = pd.concat(
+            [celeba.assign(source="celeba"), photos[["image_id", "path", *labels, "source"]]], ignore_index=True
+        )
+    return rows
 
 
 class RunLockedError(CelebADataError):
@@ -519,6 +613,28 @@ def run_lock(models_dir: Path, name: str) -> Iterator[Path]:
                 models_dir.rmdir()  # only if empty
 
 
+def check_groups(groups: Sequence[str], labels: Sequence[str]) -> list[int]:
+    """The indices of the group labels among the model's labels; a bad spec is a clear error."""
+    if not groups:
+        raise CelebADataError("--groups: give at least one label, e.g. --groups Male Young")
+    unknown = [g for g in groups if g not in labels]
+    if unknown:
+        raise CelebADataError(
+            f"--groups: {', '.join(unknown)} not among the trained --labels ({', '.join(labels)}); "
+            "groups are value combinations of trained labels"
+        )
+    if len(set(groups)) < len(groups):
+        raise CelebADataError(f"--groups: a label given twice ({' '.join(groups)})")
+    return [list(labels).index(g) for g in groups]
+
+
+def source_weights(cfg: TrainConfig, train_rows: pd.DataFrame) -> list[float] | None:
+    """CelebA's and the photos' shares of the training draws, from --photos-weight (None: their share of rows)."""
+    if cfg.photos_weight is None or "source" not in train_rows.columns:
+        return None
+    return [1.0 - cfg.photos_weight, cfg.photos_weight]
+
+
 def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunCard:
     """Train, keep the best model by validation loss, save it under models/ with its run card."""
     strategy = make_strategy(cfg.strategy)  # first: a multi-worker strategy must precede other TensorFlow work
@@ -541,13 +657,12 @@ def _train(
     log.info("strategy: %s (%s), %d replicas", cfg.strategy, type(strategy).__name__, strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(cfg.seed)
     log.info("config: %s", json.dumps(cfg.to_json()))
-    index = load_index(cfg.data_dir, check_images=cfg.check_images)
-    rows = {p: split(index, p, cfg.partition_limit(p)) for p in ("train", "validation")}
-    for partition, part in rows.items():
-        if part.empty:
-            raise CelebADataError(f"{cfg.data_dir}: no {partition} images (check list_eval_partition and limits)")
+    group_index = check_groups(cfg.groups, labels) if cfg.loss == "group-dro" or cfg.select_by == "worst_group" else []
+    rows = training_rows(cfg, labels)
     log.info("images: %d train, %d validation", len(rows["train"]), len(rows["validation"]))
     y_train = labels_array(rows["train"], labels)
+    y_val = labels_array(rows["validation"], labels)
+    masked = bool(np.isnan(y_train).any() or np.isnan(y_val).any())
 
     run_dir = models_dir / cfg.run_name
     model_path = models_dir / f"{cfg.run_name}.keras"
@@ -567,7 +682,7 @@ def _train(
         trainer = with_augmentation(model, cfg.seed) if cfg.augment else model
         if cfg.strategy == "multiworker":
             fit_on_several_workers(trainer)
-        loss = make_loss(cfg.loss, y_train)
+        loss = make_loss(cfg.loss, y_train, group_index, cfg.dro_step, cfg.dro_adjustment)
     run_dir.mkdir(parents=True, exist_ok=True)  # after the model: a failed weights download leaves no empty folder
 
     batch = cfg.batch_size * strategy.num_replicas_in_sync
@@ -580,6 +695,7 @@ def _train(
         cache=cfg.cache,
         seed=cfg.seed,
         sampling=cfg.sampling,
+        source_weights=source_weights(cfg, rows["train"]),
     )
     val_ds = make_dataset(rows["validation"], labels, cfg.image_size, batch, cache=cfg.cache)
     steps = int(np.ceil(len(rows["train"]) / batch))
@@ -592,7 +708,7 @@ def _train(
         done_path = run_dir / f"phase-{phase.name}.weights.h5"
         throughput = throughputs[phase.name] = Throughput()
         with strategy.scope():
-            compile_for(model, phase, loss, steps, trainer, cfg.run_eagerly)
+            compile_for(model, phase, loss, steps, trainer, cfg.run_eagerly, cfg.weight_decay, masked)
         if cfg.resume and done_path.is_file():
             log.info("resume: phase %r already done, loading %s", phase.name, done_path)
             with without_optimizer_warnings():
@@ -608,9 +724,11 @@ def _train(
             backup = AtomicBackup(run_dir / "backup" / phase.name, history_path, start_epoch=offset)
             # Epoch-end order matters for a kill between two callbacks: the history row and the best model are
             # written before the backup that marks the epoch done (a repeated epoch's row is trimmed on resume).
+            by_group = cfg.select_by == "worst_group"
             callbacks = [
                 _BeginFirst(backup),
-                BestCheckpoint(best_path, model),
+                *([GroupValidation(model, val_ds, y_val, group_index)] if by_group else []),
+                BestCheckpoint(best_path, model, "val_worst_group" if by_group else "val_loss", by_group),
                 keras.callbacks.CSVLogger(str(history_path), append=True),
                 backup,
                 keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
@@ -639,7 +757,7 @@ def _train(
     metrics = label_metrics(labels_array(rows["validation"], labels), probs, labels)
     # The saved model keeps its loss but not the optimizer state (a third of the size); resuming uses the backup.
     with strategy.scope():
-        compile_for(model, Phase("saved", 1, cfg.learning_rate, True, False), loss, steps)
+        compile_for(model, Phase("saved", 1, cfg.learning_rate, True, False), loss, steps, masked=masked)
     save_atomic(model, model_path, cfg.labels)
 
     card = make_run_card(cfg, model_path, rows, y_train, loss, metrics, throughputs, train_seconds, policy)
