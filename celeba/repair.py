@@ -68,6 +68,7 @@ class RepairConfig:
     name: str | None = opt(None, "the repaired model's name", none="<model>-dfr-<data>")
 
     def __post_init__(self) -> None:
+        self.model = tuple(self.model) or (DEFAULT_MODEL,)  # no MODEL given: the default model
         if len(self.model) != 1:
             raise ConfigError(f"MODEL: repair one model at a time, got {len(self.model)}")
         at_least(self, 1, "draws", "limit", "batch_size")

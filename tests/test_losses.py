@@ -67,3 +67,50 @@ def test_focal_loss_weights_hard_examples_more_than_bce():
     assert ratio_easy < ratio_hard < 1  # (1 - p)^gamma shrinks the easy example's share far more
     restored = keras.losses.deserialize(keras.losses.serialize(focal))
     assert float(restored(hard_true, hard_pred)) == pytest.approx(float(focal(hard_true, hard_pred)))
+
+
+def test_masked_bce_leaves_unknown_labels_out():
+    from celeba.losses import MaskedBinaryCrossentropy
+
+    y = Y.copy()
+    y[0, 1] = y[3, 0] = np.nan
+    masked = make_loss("bce", y)
+    assert isinstance(masked, MaskedBinaryCrossentropy)
+    known = ~np.isnan(y)
+    per_element = -(np.nan_to_num(y) * np.log(P) + (1 - np.nan_to_num(y)) * np.log(1 - P))
+    expected = np.mean([per_element[i, known[i]].mean() for i in range(len(y))])
+    assert float(masked(y, P)) == pytest.approx(expected, rel=1e-4)
+    complete = MaskedBinaryCrossentropy()(Y, P)
+    assert float(complete) == pytest.approx(float(make_loss("bce")(Y, P)), rel=1e-5)  # nothing unknown: plain BCE
+    with_weights = make_loss("weighted-bce", y)  # the class weights are counted over the known labels only
+    assert isinstance(with_weights, MaskedBinaryCrossentropy) and np.isfinite(float(with_weights(y, P)))
+
+
+def test_masked_loss_gradient_ignores_unknown_labels():
+    import tensorflow as tf
+
+    from celeba.losses import MaskedBinaryCrossentropy
+
+    p = tf.Variable(P)
+    y = Y.copy()
+    y[:, 1] = np.nan
+    with tf.GradientTape() as tape:
+        value = MaskedBinaryCrossentropy()(y, p)
+    grad = tape.gradient(value, p).numpy()
+    assert np.isfinite(grad).all() and np.all(grad[:, 1] == 0) and np.all(grad[:, 0] != 0)
+
+
+def test_group_dro_weights_move_to_the_worst_group():
+    from celeba.losses import GroupDROLoss
+
+    y = np.array([[0, 0], [0, 0], [1, 0], [1, 1]], np.float32)  # groups (Male, Young) keys 0, 0, 1, 3
+    p = np.array([[0.1, 0.1], [0.1, 0.1], [0.2, 0.1], [0.9, 0.9]], np.float32)  # group 1 is badly wrong
+    loss = make_loss("group-dro", y, group_labels=[0, 1], dro_step=1.0)
+    assert isinstance(loss, GroupDROLoss)
+    for _ in range(5):
+        loss(y, p)
+    q = loss.q.numpy()
+    assert q.argmax() == 1 and q[1] > 0.5 and q.sum() == pytest.approx(1.0)
+    assert q[2] < q[0] < q[1]  # the absent group (Male=0, Young=1) is never raised, the easy one less than the wrong
+    with pytest.raises(ValueError, match="needs --groups"):
+        make_loss("group-dro", y)
