@@ -30,6 +30,10 @@ from celeba.runtime import native_noise_filtered
 
 log = logging.getLogger(__name__)
 
+#: Exports without --out go to this folder beside the model. Git ignores it, so a default export never replaces a
+#: committed file (the committed ONNX export is regenerated with an explicit --out: docs/deployment.md).
+EXPORTS_DIR = "exports"
+
 #: Largest honest probability difference per quantization, measured on the shipped sample (see the README).
 TOLERANCE = {"none": 1e-4, "float16": 0.01, "int8": 0.1, "int16x8": 0.05}
 
@@ -240,7 +244,7 @@ class ExportConfig:
     out: Path | None = opt(
         None,
         "the exported file, when there is one; its card goes beside it",
-        none="beside the model, <name>-<quantize>.tflite or <name>-float32.onnx",
+        none=f"{EXPORTS_DIR}/<name>-<quantize>.tflite or {EXPORTS_DIR}/<name>-float32.onnx beside the model",
     )
     data_dir: Path = opt(SAMPLE_DIR, "int8/int16x8 calibration images come from this folder's train partition")
     representative: int = opt(100, "training images for int8/int16x8 calibration")
@@ -268,7 +272,7 @@ class ExportConfig:
         if self.out is not None and len(self.targets()) > 1:
             raise ConfigError(
                 f"--out {self.out}: names one file, but {len(self.targets())} targets were asked for; "
-                "leave --out out and each file goes beside the model"
+                f"leave --out out and each file goes to {EXPORTS_DIR}/ beside the model"
             )
 
     def targets(self) -> list[tuple[str, str]]:
@@ -277,8 +281,12 @@ class ExportConfig:
         return (tflite if "tflite" in self.format else []) + ([("onnx", "none")] if "onnx" in self.format else [])
 
     def out_path(self, fmt: str, quantize: str) -> Path:
+        """--out, else `exports/<name>-<quantize>.tflite` or `exports/<name>-float32.onnx` beside the model."""
+        if self.out is not None:
+            return self.out
         suffix = "-float32.onnx" if fmt == "onnx" else f"-{quantize}.tflite"
-        return self.out or Path(self.model).with_name(Path(self.model).stem + suffix)
+        model = Path(self.model)
+        return model.parent / EXPORTS_DIR / (model.stem + suffix)
 
 
 def file_kind(path: Path) -> str:

@@ -48,3 +48,17 @@ def test_readme_commands_name_files_that_exist():
 def test_figures_exist(path):
     for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text()):
         assert (path.parent / target).is_file(), f"{path.name}: missing figure {target}"
+
+
+def test_docs_use_models_that_are_committed_or_made_by_a_documented_command():
+    """`--model models/...` in any doc names a committed model, a default export (`models/exports/`, written by
+    `celeba export`), or a training's own output (`my-model`, `mobilenetv2-<loss>`); not a file a user lacks."""
+    made = ("models/exports/", "models/my-model", "models/mobilenetv2-", "models/smoke-sample-")
+    named = {
+        (path.name, model)
+        for path in DOCS
+        for model in re.findall(r"--model (models/[\w./-]+\.(?:keras|tflite|onnx))", path.read_text())
+    }
+    assert ("deployment.md", "models/celeba16k-bce-float32.onnx") in named
+    missing = [(doc, m) for doc, m in named if not (REPO_ROOT / m).is_file() and not m.startswith(made)]
+    assert not missing, missing

@@ -7,6 +7,8 @@ for it to meet; label agreement and the direct comparison against Keras below ar
 import json
 import os
 import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ PARITY = 96  # parity images per target here; the command's default is every ima
 
 
 def _copy_model(tiny_model, folder):
-    """The shared tiny model and its run card, copied: exports land beside the model they come from."""
+    """The shared tiny model and its run card, copied: exports land in exports/ beside the model they come from."""
     folder.mkdir(exist_ok=True)
     for path in (tiny_model, card_path(tiny_model)):
         shutil.copy(path, folder / path.name)
@@ -31,13 +33,13 @@ def _copy_model(tiny_model, folder):
 
 @pytest.fixture(scope="module")
 def exported(tiny_model, tmp_path_factory):
-    """Every target from one export call, as a user asks for them: the files land beside the model."""
+    """Every target from one export call, as a user asks for them: the files land in exports/ beside the model."""
     model = _copy_model(tiny_model, tmp_path_factory.mktemp("export"))
     cfg = ExportConfig(
         model=model, format=("tflite", "onnx"), quantize=QUANTIZE, representative=32, parity_limit=PARITY
     )
     cards = {card["quantize"] if card["format"] == "tflite" else "onnx": card for card in export(cfg)}
-    return model.parent, cards
+    return model.parent / "exports", cards
 
 
 @pytest.mark.slow  # the export fixture converts the model four times
@@ -154,10 +156,11 @@ def test_several_targets_are_planned_in_order_and_checked_before_any_work(tiny_m
     with pytest.raises(ConfigError, match="names one file, but 2 targets"):
         ExportConfig(quantize=("float16", "int8"), out=tmp_path / "one.tflite")
     model = _copy_model(tiny_model, tmp_path / "m")
-    (model.parent / "tiny-int8.tflite").write_bytes(b"not a model")  # the second target's file is in the way
+    (model.parent / "exports").mkdir()
+    (model.parent / "exports" / "tiny-int8.tflite").write_bytes(b"not a model")  # the second target's is in the way
     with pytest.raises(FileExistsError, match="tiny-int8.tflite: exists and is an unknown file"):
         export(ExportConfig(model=model, quantize=("float16", "int8")))
-    assert not (model.parent / "tiny-float16.tflite").exists()  # refused before the first conversion
+    assert not (model.parent / "exports" / "tiny-float16.tflite").exists()  # refused before the first conversion
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
@@ -173,3 +176,26 @@ def test_default_parity_data_is_every_image_of_the_shipped_sample():
     assert cfg.parity_dir == SAMPLE_DIR and cfg.parity_limit is None and cfg.min_agreement == 0.99
     batches = list(_batches(cfg.parity_dir, None, cfg.parity_limit, 32, cfg.batch_size))  # what verify() reads
     assert sum(len(b) for b in batches) == 299 and batches[0].shape[1:] == (32, 32, 3)
+
+
+def test_default_outputs_are_never_tracked_files():
+    """A fresh clone exports without --out: no default file may be a committed one (the committed ONNX export of
+    the default model was once the default ONNX output, so `export --format onnx` refused to run), and git ignores
+    every default output, so an export never shows up as a change to commit."""
+    import subprocess
+
+    from celeba.config import REPO_ROOT
+
+    def git(*args: str) -> list[str]:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        return done.stdout.splitlines()
+
+    tracked = git("ls-files")
+    if not tracked:
+        pytest.skip("not a git checkout")
+    models = [path for path in tracked if path.startswith("models/") and path.endswith(".keras")]
+    cfg = ExportConfig(format=("tflite", "onnx"), quantize=("none", "float16", "int8", "int16x8"))
+    defaults = [str(replace(cfg, model=Path(m)).out_path(*target)) for m in models for target in cfg.targets()]
+    assert len(defaults) == 5 * len(models) and "models/exports/celeba16k-bce-float32.onnx" in defaults
+    assert not set(defaults) & set(tracked)
+    assert sorted(git("check-ignore", "--no-index", *defaults)) == sorted(defaults)
