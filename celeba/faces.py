@@ -443,6 +443,9 @@ def main(argv: list[str] | None = None) -> None:
     from PIL import Image
 
     from celeba.data import SAMPLE_DIR, load_index, split
+    from celeba.runtime import quiet_tensorflow
+
+    quiet_tensorflow()  # the detector's TFLite runtime imports TensorFlow: without its start-up lines
 
     parser = argparse.ArgumentParser(description="Re-measure CELEBA_FRAMING (default) or CELEBA_LANDMARKS.")
     parser.add_argument("data_dir", nargs="?", default=str(SAMPLE_DIR), help="a CelebA folder (official layout)")

@@ -30,16 +30,20 @@ _STARTUP_NOISE = (
 
 
 def quiet_tensorflow() -> None:
-    """Import TensorFlow with its C++ start-up chatter filtered out, unless the user set TF_CPP_MIN_LOG_LEVEL.
+    """Import TensorFlow with its C++ start-up chatter filtered out, whatever TF_CPP_MIN_LOG_LEVEL holds.
 
-    Level 3 hides `failed call to cuInit` (an E line on every CPU-only machine). The lines TensorFlow writes
-    before its logging exists go to file descriptor 2 directly; `native_noise_filtered` catches them.
+    Unset, the level becomes 3; a level the user set is kept for TensorFlow's later lines. The lines it writes
+    before its logging exists (the absl preamble, the CUDA stub) go to file descriptor 2 directly, at any level,
+    and the first device query prints `failed call to cuInit` (an E line on every CPU-only machine) below level
+    3: both happen here, inside `native_noise_filtered`.
     """
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules:
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with native_noise_filtered():
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
 
 
 _FD2 = threading.Lock()  # file descriptor 2 is the process's: one redirection at a time (serve runs threads)

@@ -146,3 +146,32 @@ def test_the_suite_runs_on_every_core_unless_told_otherwise():
     assert parallel_args([], cores=1) == []
     assert parallel_args(["-n", "0"], cores=2) == parallel_args(["-p", "no:xdist"], cores=2) == []
     assert parallel_args(["tests/test_cli.py::test_umbrella_command"], cores=2) == []  # one test: no workers
+
+
+@pytest.mark.parametrize("level", [None, "0", "2", "3"])
+def test_tensorflow_starts_quietly_whatever_log_level_the_user_set(level):
+    """Many users export TF_CPP_MIN_LOG_LEVEL=3: TensorFlow's pre-logging lines (absl preamble, CUDA stub) ignore it,
+    and below 3 the first device query prints `failed call to cuInit`. A fresh process shows all of them."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env |= {"TF_CPP_MIN_LOG_LEVEL": level} if level is not None else {}
+    code = "from celeba.runtime import device_line, quiet_tensorflow; quiet_tensorflow(); print(device_line())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("device: ") and result.stderr == "", result.stderr
+
+
+def test_measuring_the_face_framing_is_quiet():
+    """`python -m celeba.faces` (re-measures the framing constants) loads TensorFlow's TFLite runtime."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-m", "celeba.faces", "--limit", "3"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "face found in" in result.stdout and result.stderr == "", result.stderr
