@@ -523,6 +523,29 @@ def make_run_card(
     )
 
 
+def validation_groups(
+    y_val: np.ndarray, probs: np.ndarray, labels: Sequence[str], groups: Sequence[str]
+) -> dict[str, Any]:
+    """Per label: validation accuracy of every group of `groups` (those among the labels), the worst and the
+    group-balanced one; what `tune` and the run card's reader weigh besides the average."""
+    index = [list(labels).index(g) for g in groups if g in labels]
+    if not index:
+        return {}
+    keys = group_keys(y_val, index)
+    names = {key: " & ".join(f"{labels[i]}={(key >> b) & 1}" for b, i in enumerate(index)) for key in np.unique(keys)}
+    out: dict[str, Any] = {}
+    for j, label in enumerate(labels):
+        accs = {}
+        for key, name in names.items():
+            rows = (keys == key) & np.isfinite(y_val[:, j])
+            if rows.any():
+                accs[name] = round(float(((probs[rows, j] >= 0.5) == (y_val[rows, j] > 0.5)).mean()), 4)
+        if accs:
+            out[label] = {"worst": min(accs.values()), "balanced": round(float(np.mean(list(accs.values()))), 4)}
+            out[label]["groups"] = accs
+    return out
+
+
 def source_counts(rows: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """Per source: images per partition and its share of the training draws (the run card's record of the mix)."""
     train = rows["train"]["source"]
@@ -754,13 +777,15 @@ def _train(
         model.load_weights(best_path)
     train_seconds = time.perf_counter() - started
     probs = dataset_probabilities(model, rows["validation"], labels, cfg.image_size, batch)
-    metrics = label_metrics(labels_array(rows["validation"], labels), probs, labels)
+    metrics = label_metrics(y_val, probs, labels)
+    by_group = validation_groups(y_val, probs, labels, cfg.groups)
     # The saved model keeps its loss but not the optimizer state (a third of the size); resuming uses the backup.
     with strategy.scope():
         compile_for(model, Phase("saved", 1, cfg.learning_rate, True, False), loss, steps, masked=masked)
     save_atomic(model, model_path, cfg.labels)
 
     card = make_run_card(cfg, model_path, rows, y_train, loss, metrics, throughputs, train_seconds, policy)
+    card.extra["validation_groups"] = by_group
     card.save(card_path(model_path))
     log.info(
         "saved %s (%.0f s); validation accuracy: %s",
