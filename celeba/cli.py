@@ -169,9 +169,22 @@ def _config(module: str, name: str) -> Callable[[], type]:
 
 
 def _replay(path: Path):
+    """The config a run card replays (named `<name>-replay`); TensorFlow quiet first: the card's data folder is
+    checked through tf.io.gfile."""
     from celeba.runcard import RunCard
+    from celeba.runtime import quiet_tensorflow
 
-    return RunCard.load(path).train_config()
+    quiet_tensorflow()
+    return RunCard.load(path).replay_config(path)
+
+
+def _replayed_card(argv: Sequence[str] | None) -> Path | None:
+    """The `--config RUN_CARD.json` among the flags, if any."""
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    return pre.parse_known_args(argv)[0].config
 
 
 @dataclass(frozen=True)
@@ -251,6 +264,11 @@ def run(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -
     cls = command.config()
     try:
         cfg = parse_config(cls, argv, prog=prog, load_base=command.replay)
+        card = _replayed_card(argv) if command.replay is not None else None
+        if card is not None:
+            from celeba.runcard import check_replay
+
+            check_replay(cfg, card)
     except _user_errors() as exc:  # a ConfigError from the dataclass checks, a missing --config card
         fail(str(exc))
     execute(lambda: command.run(cfg), command.interrupted)

@@ -285,7 +285,8 @@ def build_parser(
             "--config",
             type=Path,
             metavar="RUN_CARD.json",
-            help="replay a run: its run card's config is the default of every other flag",
+            help="replay a run: its run card's config is the default of every other flag; "
+            "writes <name>-replay unless --name",
         )
     for f in flag_fields(cls):
         default = getattr(base, f.name) if base is not None else f.default

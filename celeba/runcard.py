@@ -33,6 +33,22 @@ def card_path(model_path: Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+#: What a replay (`train --config CARD`) appends to the replayed run's name: it never writes over the run it reads.
+REPLAY_SUFFIX = "-replay"
+
+
+def check_replay(cfg: Any, card: Path) -> None:
+    """Refuse a replay (`cfg`, parsed from `--config card` and the flags after it) that would write the card it
+    reads, e.g. after `--name` set back to the original run's name."""
+    read = Path(card) if Path(card).suffix == ".json" else card_path(card)
+    written = Path(cfg.models_dir) / f"{cfg.run_name}.json"
+    if written.resolve() == read.resolve():
+        raise RunCardError(
+            f"--name {cfg.run_name}: the replay would overwrite the run card it replays ({read}); "
+            f"leave --name out (it writes {cfg.run_name}{REPLAY_SUFFIX}) or pick another"
+        )
+
+
 #: The keys of every training card since the first (the committed models' cards have exactly these).
 TRAINING_KEYS = (
     "data",
@@ -104,6 +120,12 @@ class RunCard:
         if data_dir and is_dir(data_dir):  # local or gs:// alike (tf.io.gfile)
             cfg = dataclasses.replace(cfg, data_dir=Path(data_dir))
         return dataclasses.replace(cfg, resume=False)
+
+    def replay_config(self, card: Path):
+        """`train_config` as a replay from the card file `card`: named `<name>-replay` unless a flag renames it
+        (`check_replay` then refuses a name whose card would be `card`)."""
+        cfg = self.train_config()
+        return dataclasses.replace(cfg, name=f"{cfg.run_name}{REPLAY_SUFFIX}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunCard:

@@ -29,7 +29,8 @@ def flag_table(command: str) -> str:
     rows = ["| flag | default | what |", "| --- | --- | --- |"]
     if COMMANDS[command].replay is not None:
         rows.append(
-            "| `--config RUN_CARD.json` | | replay a run: its run card's config is the default of every other flag |"
+            "| `--config RUN_CARD.json` | | replay a run: its run card's config is the default of every other flag; "
+            "writes <name>-replay unless --name |"
         )
     for f in flag_fields(cls):
         kind, many = _base_type(hints[f.name])

@@ -6,11 +6,14 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from celeba.cli import _replay
+from celeba.cli import _replay, train_main
 from celeba.config import REPO_ROOT, TrainConfig, parse_config
 from celeba.data import SAMPLE_DIR
 from celeba.runcard import RunCard, RunCardError, card_path
@@ -46,7 +49,7 @@ def test_training_writes_provenance(tiny_model):
 def test_replay_takes_every_value_from_the_card_and_flags_still_override(tiny_model):
     card = RunCard.load(tiny_model)
     replayed = parse_config(TrainConfig, ["--config", str(card_path(tiny_model))], load_base=_replay)
-    assert replayed.to_json() == {**card.config, "resume": False}
+    assert replayed.to_json() == {**card.config, "resume": False, "name": "tiny-replay"}  # never the run it replays
     changed = parse_config(
         TrainConfig, ["--config", str(card_path(tiny_model)), "--epochs", "5", "--labels", "Bald"], load_base=_replay
     )
@@ -99,3 +102,49 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         RunCard(model="m.keras", config={"labels": ["Young"]}).save(path)
     assert json.loads(path.read_text())["config"]["labels"] == ["Male"]  # the old card is intact
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # and no temporary file is left beside it
+
+
+def _celeba(*args: str) -> subprocess.CompletedProcess:
+    """`python -m celeba ...` in a fresh process, TF_CPP_MIN_LOG_LEVEL unset as in a user's shell."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        [sys.executable, "-m", "celeba", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_replay_starts_quietly_and_says_its_new_name(tiny_model):
+    """A card with provenance has its data folder checked through tf.io.gfile while the flags are parsed, before
+    the command's own quiet start: that used to print TensorFlow's CUDA lines, `cuInit` included."""
+    result = _celeba("train", "--config", str(card_path(tiny_model)), "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and "(default: tiny-replay)" in result.stdout
+
+
+def test_a_replay_never_writes_the_card_it_reads(tiny_model, capsys):
+    before = card_path(tiny_model).read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--config", str(card_path(tiny_model)), "--name", "tiny"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: --name tiny: the replay would overwrite the run card it replays ({card_path(tiny_model)}); "
+        "leave --name out (it writes tiny-replay) or pick another"
+    ]
+    assert card_path(tiny_model).read_bytes() == before
+
+
+def test_replaying_a_card_in_its_own_folder_writes_a_new_model_beside_it(tiny_model, tmp_path, capsys):
+    """docs/training.md's example, `celeba train --config models/<name>.json`, on a tiny run."""
+    card = json.loads(card_path(tiny_model).read_text())
+    card["config"] |= {"models_dir": str(tmp_path), "limit": 8, "batch_size": 8}
+    replayed = tmp_path / "tiny.json"
+    replayed.write_text(json.dumps(card))
+    (tmp_path / "tiny.keras").write_bytes(tiny_model.read_bytes())
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--config", str(replayed)])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    assert f"saved {tmp_path / 'tiny-replay.keras'}" in capsys.readouterr().out
+    assert (
+        json.loads(replayed.read_text()) == card and (tmp_path / "tiny.keras").read_bytes() == tiny_model.read_bytes()
+    )
+    assert RunCard.load(tmp_path / "tiny-replay.json").config["name"] == "tiny-replay"
