@@ -1,17 +1,19 @@
 """Everything code-loader can check without the platform, on the model the platform will run.
 
-1. `LeapLoader.check_dataset()`: every encoder and metadata field on every partition;
-2. the integration test on the first `--samples` ids of every partition, with the ONNX model;
-3. one sample fetched the way the platform fetches it (`LeapLoader.get_sample`), run through the model, then
-   every registered loss, metric and visualizer through LeapLoader's own `run_*` calls.
+1. `LeapLoader.check_dataset()`: every encoder and metadata field on every subset;
+2. the integration test on the first `--samples` ids of every subset, with the ONNX model;
+3. the first sample of every subset fetched the way the platform fetches it (`LeapLoader.get_sample`), run
+   through the model, then every registered loss, metric and visualizer through LeapLoader's own `run_*` calls.
 
-Prints what it checked (data folder, model, settings), a status table and the sample's results; exits 1 on
-any failure.
+Prints what it checked (data folders, model, settings, image files excluded as unreadable), a status table and
+the samples' results; exits 1 on any failure.
 
-    python leap_test.py [--samples N] [--model PATH.onnx] [--data-dir DIR | --volume]
+    python leap_test.py [--samples N] [--model PATH.onnx] [--data-dir DIR] [--photos-dir DIR] [--volume]
 
-Data: `--data-dir`, else CELEBA_DATA_DIR, else (in a repository checkout, unless `--volume`) the embedded
+CelebA: `--data-dir`, else CELEBA_DATA_DIR, else (in a repository checkout, unless `--volume`) the embedded
 sample `data/celeba-sample/`, else `data_root` of project_config.yaml on the data volume, as on the platform.
+Photos (the `additional` subset, where project_config.yaml sets `photos`): `--photos-dir`, else CELEBA_PHOTOS_DIR,
+else (in a checkout, unless `--volume`) the embedded `data/photos-sample/`, else `photos.root` on the data volume.
 Model: `--model`, else CELEBA_LEAP_MODEL, else `model` of project_config.yaml.
 """
 
@@ -31,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent
 ENTRY_FILE = "leap_binder.py"
 SAMPLE_DIR = ROOT / "data" / "celeba-sample"  # absent in a pushed bundle: there the volume is used
+PHOTOS_SAMPLE_DIR = ROOT / "data" / "photos-sample"  # the same, for the photo subset
 
 Row = tuple[str, bool, str]
 
@@ -101,30 +104,44 @@ def custom_handlers() -> dict[str, Any]:
     return {f"{kind} {data.name}": data for kind, data in handlers if data.name not in built_in[kind]}
 
 
-def run_handlers(binder: dict) -> tuple[list[Row], dict[str, Any]]:
-    """One validation sample as the platform handles it: fetched by LeapLoader, through the ONNX model, then
-    every registered loss, metric and visualizer by LeapLoader's `run_*` calls. Returns rows and the values."""
-    import numpy as np
-    from code_loader.contract.enums import DataStateEnum
-
+def run_handlers(binder: dict) -> tuple[list[Row], list[dict[str, Any]]]:
+    """The first sample of every subset as the platform handles it: fetched by LeapLoader, through the ONNX model,
+    then every registered loss, metric and visualizer by LeapLoader's `run_*` calls. Returns rows and the values."""
     loader = binder["loader"]
-    state = DataStateEnum.validation
     try:
-        sample_id = loader.get_preprocess_sample_ids()[state][0]
-        sample = loader.get_sample(state, sample_id)
+        first = {state: ids[0] for state, ids in loader.get_preprocess_sample_ids().items()}
         session = binder["load_model"]()
+    except Exception as exc:
+        return [("samples through the model", False, _failure(exc))], []
+    rows: list[Row] = []
+    samples = []
+    for state, sample_id in first.items():
+        sample_rows, values = run_sample(loader, session, state, sample_id)
+        rows += sample_rows
+        samples += [values] if values else []
+    return rows, samples
+
+
+def run_sample(loader: Any, session: Any, state: Any, sample_id: str) -> tuple[list[Row], dict[str, Any]]:
+    """One sample: fetched, through the model, then every custom handler; ([(check, passed, detail)], values)."""
+    import numpy as np
+
+    where = f"[{state.name}:{sample_id}]"
+    try:
+        sample = loader.get_sample(state, sample_id)
         image = sample.inputs["image"][None]
         prediction = session.run(None, {session.get_inputs()[0].name: image})[0]
     except Exception as exc:
-        return [("sample through the model", False, _failure(exc))], {}
+        return [(f"sample through the model {where}", False, _failure(exc))], {}
     tensors = {"image": image, "gt": sample.gt["labels"][None], "prediction": prediction}
     values: dict[str, Any] = {
+        "state": state.name,
         "sample_id": sample_id,
-        "metadata": sample.metadata,
+        "metadata": {k: v for k, v in sample.metadata.items() if not sample.metadata_is_none.get(k)},
         "gt": tensors["gt"][0].tolist(),
         "prediction": prediction[0].tolist(),
     }
-    rows: list[Row] = [(f"sample through the model [validation:{sample_id}]", True, "")]
+    rows: list[Row] = [(f"sample through the model {where}", True, "")]
     runners = {"loss": loader.run_custom_loss, "metric": loader.run_metric, "visualizer": loader.run_visualizer}
     for name, handler in custom_handlers().items():
         run = runners[name.split()[0]]
@@ -137,9 +154,9 @@ def run_handlers(binder: dict) -> tuple[list[Row], dict[str, Any]]:
                     handler.name, np.array([sample_id]), state, {arg: tensors[arg] for arg in handler.arg_names}
                 )
             values[name] = result
-            rows.append((name, True, ""))
+            rows.append((f"{name} {where}", True, ""))
         except Exception as exc:
-            rows.append((name, False, _failure(exc)))
+            rows.append((f"{name} {where}", False, _failure(exc)))
     return rows, values
 
 
@@ -167,68 +184,81 @@ def _short(value: Any) -> str:
 
 
 def print_sample(values: dict[str, Any]) -> None:
-    if not values:
-        return
     print(
-        f"\nvalidation sample {values['sample_id']}: gt {values['gt']}, prediction "
+        f"\n{values['state']} sample {values['sample_id']}: gt {values['gt']}, prediction "
         f"{[round(p, 3) for p in values['prediction']]}"
     )
-    print(
-        "  metadata: "
-        + ", ".join(f"{k}={v!r}" for k, v in values["metadata"].items() if not k.startswith("attribute_"))
-        + " (+ the attribute_* fields)"
-    )
+    known = values["metadata"]
+    shown = ", ".join(f"{k}={v!r}" for k, v in known.items() if not k.startswith("attribute_"))
+    attributes = sum(k.startswith("attribute_") for k in known)
+    print(f"  metadata (the known values): {shown} (+ {attributes} attribute_* fields)")
     for name, value in values.items():
         if name.startswith(("loss ", "metric ", "visualizer ")):
             print(f"  {name}: {_short(value)}")
 
 
-def choose_data_dir(data_dir: Path | None, volume: bool) -> str:
-    """Set CELEBA_DATA_DIR for the binder where a folder was chosen; returns where the data comes from."""
-    if data_dir is not None:
-        os.environ["CELEBA_DATA_DIR"] = str(data_dir)
-        return "--data-dir"
-    if os.environ.get("CELEBA_DATA_DIR"):
-        return "CELEBA_DATA_DIR"
-    if not volume and SAMPLE_DIR.is_dir():
-        os.environ["CELEBA_DATA_DIR"] = str(SAMPLE_DIR)
-        return "the embedded sample; --volume looks up data_root on the data volume instead"
-    return "data_root of project_config.yaml, found on the data volume"
+def choose_folder(given: Path | None, variable: str, sample: Path, volume: bool, setting: str) -> str:
+    """Set `variable` for the binder where a folder was chosen; returns where the data comes from."""
+    if given is not None:
+        os.environ[variable] = str(given)
+        return "given"
+    if os.environ.get(variable):
+        return variable
+    if not volume and sample.is_dir():
+        os.environ[variable] = str(sample)
+        return "the embedded sample; --volume looks up the data volume instead"
+    return f"{setting} of project_config.yaml, found on the data volume"
+
+
+def describe_data(binder: dict, sources: dict[str, str]) -> None:
+    """Print where the data comes from, the subsets' sizes and the image files screening excluded."""
+    config = binder["CONFIG"]
+    try:
+        data_note = f"{binder['data_dir']()} ({sources['data']})"
+        photos_note = "none (photos: null in project_config.yaml)"
+        if config.photos is not None:
+            photos_note = f"{binder['photos_dir']()[0]} ({sources['photos']})"
+        counts = ", ".join(f"{r.state.value} {len(r.sample_ids)}" for r in binder["preprocess"]())
+    except Exception as exc:
+        data_note = photos_note = "not found"
+        counts = f"none ({_failure(exc)})"
+    print(f"data:     {data_note}\nphotos:   {photos_note}")
+    print(f"samples:  {counts} (sample_limit_per_split: {config.sample_limit_per_split})")
+    for path, problem in binder["excluded_images"]().items():
+        print(f"excluded: {path}: {problem}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=2, help="integration-test samples per partition")
+    parser.add_argument("--samples", type=int, default=2, help="integration-test samples per subset")
     parser.add_argument("--model", type=Path, help="the ONNX model (default: model in project_config.yaml)")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--data-dir", type=Path, help="a CelebA folder (official layout)")
-    where.add_argument(
-        "--volume", action="store_true", help="look up data_root on the data volume, as the platform does"
+    parser.add_argument("--data-dir", type=Path, help="a CelebA folder (official layout)")
+    parser.add_argument("--photos-dir", type=Path, help="a labelled photo folder (the layout of `photos`)")
+    parser.add_argument(
+        "--volume", action="store_true", help="folders not given: look them up on the data volume, as the platform"
     )
     args = parser.parse_args(argv)
 
-    source = choose_data_dir(args.data_dir, args.volume)
+    sources = {
+        "data": choose_folder(args.data_dir, "CELEBA_DATA_DIR", SAMPLE_DIR, args.volume, "data_root"),
+        "photos": choose_folder(args.photos_dir, "CELEBA_PHOTOS_DIR", PHOTOS_SAMPLE_DIR, args.volume, "photos.root"),
+    }
     valid, rows, binder = check_dataset()
+    samples: list[dict[str, Any]] = []
     if binder:
         binder["use_model"](args.model)
         config = binder["CONFIG"]
-        try:
-            data_note = f"{binder['data_dir']()} ({source})"
-            counts = ", ".join(f"{r.state.value} {len(r.sample_ids)}" for r in binder["preprocess"]())
-        except Exception as exc:
-            data_note, counts = f"not found ({source})", f"none ({_failure(exc)})"
-        print(f"data:     {data_note}\nsamples:  {counts} (sample_limit_per_split: {config.sample_limit_per_split})")
+        describe_data(binder, sources)
         print(
             f"model:    {binder['model_path']()}\nsettings: {config.path}: labels {list(config.labels)}, "
             f"image_size {config.image_size}, class_weights {'set' if config.class_weights else 'none'}\n"
         )
         rows += run_integration_tests(binder, args.samples)
-        handler_rows, values = run_handlers(binder)
+        handler_rows, samples = run_handlers(binder)
         rows += handler_rows
-    else:
-        values = {}
     print_table(rows)
-    print_sample(values)
+    for values in samples:
+        print_sample(values)
     ok = valid and bool(binder) and all(passed for _, passed, _ in rows)
     print(f"\n{'OK' if ok else 'FAILED'}: {sum(p for _, p, _ in rows)}/{len(rows)} checks passed")
     return 0 if ok else 1
