@@ -136,20 +136,21 @@ def read_photo(path: Path, max_bytes: int = MAX_BYTES, max_megapixels: float = M
     return decode_photo(data, str(path), max_bytes, max_megapixels)
 
 
-def image_files(paths: Sequence[Path]) -> list[Path]:
-    """Files as given, folders expanded (recursively, sorted) to the image files inside them."""
-    files = []
+def image_files(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """Files as given, folders expanded (recursively, sorted) to the image files inside them; and one message per
+    folder without any image file. A path that does not exist is a FileNotFoundError."""
+    files, empty = [], []
     for path in map(Path, paths):
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
-                log.warning("%s: no image files (%s) in this folder", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+                empty.append(f"{path}: no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
             files += found
         elif path.exists():
             files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
-    return files
+    return files, empty
 
 
 def face_crops(
@@ -317,14 +318,17 @@ class PredictConfig:
 
 
 def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str], tuple[str, ...]]:
-    """(one result per readable image, one message per unusable image, labels), in input order."""
+    """(one result per readable image, one message per unusable image or empty folder, labels), in input order.
+    Nothing to score at all (only empty folders) is a FileNotFoundError, before the model is loaded."""
     from tqdm.auto import tqdm
 
     if not cfg.paths:
         raise FileNotFoundError("no image given: predict PATH... (files or folders)")
-    files = image_files(cfg.paths)
+    files, errors = image_files(cfg.paths)
+    if not files:
+        raise FileNotFoundError("; ".join(errors))
     predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces, cfg.detector)
-    results, errors = [], []
+    results: list[dict[str, Any]] = []
     with tqdm(
         total=len(files), unit="img", desc="predict", file=sys.stderr, disable=len(files) < 2 or not sys.stderr.isatty()
     ) as bar:  # no bar escape codes in logs

@@ -102,7 +102,10 @@ def test_image_files_expands_folders_and_rejects_missing_paths(tmp_path, sample_
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.JPG").write_bytes(sample_paths[0].read_bytes())
     (tmp_path / "notes.txt").write_text("not an image")
-    assert image_files([tmp_path]) == [tmp_path / "sub" / "a.JPG"]
+    (tmp_path / "empty").mkdir()
+    files, empty = image_files([tmp_path, tmp_path / "empty"])
+    assert files == [tmp_path / "sub" / "a.JPG"] and len(empty) == 1
+    assert empty[0].startswith(f"{tmp_path / 'empty'}: no image files (.bmp .gif .jpeg .jpg")
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
         image_files([tmp_path / "nope.jpg"])
 
@@ -179,6 +182,38 @@ def test_cli_json_csv_and_bad_files(tiny_model, sample_paths, tmp_path, capsys):
     captured = capsys.readouterr()
     assert f"error: {bad}: empty file" in captured.err
     assert captured.out.count(".jpg") == 3  # the good images still get their rows
+
+
+def test_an_empty_folder_is_an_error_not_silence(tiny_model, sample_paths, tmp_path):
+    """`predict empty/` used to exit 0 and print nothing: a fresh process shows what a user sees."""
+    import os
+    import subprocess
+    import sys
+
+    from celeba.config import REPO_ROOT
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    result = subprocess.run(
+        [sys.executable, "-m", "celeba", "predict", str(empty), "--model", str(tiny_model)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"error: {empty}: no image files (.bmp"), result.stderr
+
+
+def test_an_empty_folder_beside_photos_is_reported_and_the_photos_scored(tiny_model, sample_paths, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main([str(tmp_path / "empty"), str(sample_paths[0]), "--model", str(tiny_model), "--no-detect"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert f"error: {tmp_path / 'empty'}: no image files" in captured.err and sample_paths[0].name in captured.out
 
 
 def test_cli_missing_model_is_one_clear_line(tmp_path, sample_paths, capsys):
