@@ -90,35 +90,51 @@ class PhotoConfig:
 
     @classmethod
     def parse(cls, raw: Any, path: Path) -> "PhotoConfig | None":
-        """The `photos` section (None: no photo subset); every problem names the file and the setting."""
+        """The `photos` section (None: no photo subset); a problem is an error naming the file and the setting."""
         if raw is None:
             return None
-        if not isinstance(raw, dict):
-            raise _error(path, f"photos must be a mapping or null, got {raw!r}")
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise _error(path, f"photos: unknown setting(s) {unknown}")
-        texts = [k for k in ("root", "images", "labels_csv", "crops") if k in raw and not isinstance(raw[k], str)]
-        if texts or not isinstance(raw.get("split_file"), str | None):
-            raise _error(path, f"photos: {(texts or ['split_file'])[0]} must be a file or folder name")
-        if not _strings(raw.get("derive", [])) or any("=" not in d for d in raw.get("derive", [])):
-            raise _error(path, f"photos: derive must be a list like ['Young=age<30'], got {raw.get('derive')!r}")
-        splits = raw.get("splits")
-        if splits is not None and (not _strings(splits) or not set(splits) <= set(sources.SPLITS)):
-            raise _error(path, f"photos: splits must be null or a list of {list(sources.SPLITS)}, got {splits!r}")
-        if splits is not None and raw.get("split_file") is None:
-            raise _error(path, "photos: splits needs a split_file")
+        problem = cls.problem(raw)
+        if problem:
+            raise _error(path, f"photos: {problem}")
         columns = raw.get("columns", cls().columns)
-        if not isinstance(columns, dict) or not set(columns) <= set(PHOTO_COLUMNS):
-            raise _error(path, f"photos: columns maps {list(PHOTO_COLUMNS)} to CSV columns (or null), got {columns!r}")
         return cls(
             **{
                 **raw,
                 "derive": tuple(raw.get("derive", ())),
-                "splits": None if splits is None else tuple(splits),
+                "splits": None if raw.get("splits") is None else tuple(raw["splits"]),
                 "columns": {name: columns.get(name) for name in PHOTO_COLUMNS},
             }
         )
+
+    @classmethod
+    def problem(cls, raw: Any) -> str | None:
+        """What is wrong with a raw `photos` section, if anything."""
+        if not isinstance(raw, dict):
+            return f"must be a mapping or null, got {raw!r}"
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        names = [k for k in ("root", "images", "labels_csv", "crops", "split_file") if k in raw]
+        wrong = [k for k in names if not isinstance(raw[k], str) and not (k == "split_file" and raw[k] is None)]
+        derive, splits, columns = raw.get("derive", []), raw.get("splits"), raw.get("columns", {})
+        problems = [
+            (unknown, f"unknown setting(s) {unknown}"),
+            (wrong, f"{', '.join(wrong)} must be a file or folder name"),
+            (
+                not _strings(derive) or any("=" not in d for d in derive),
+                f"derive must be a list like ['Young=age<30'], got {derive!r}",
+            ),
+            (
+                splits is not None and (not _strings(splits) or not set(splits) <= set(sources.SPLITS)),
+                f"splits must be null or a list of {list(sources.SPLITS)}, got {splits!r}",
+            ),
+            (splits is not None and raw.get("split_file") is None, "splits needs a split_file"),
+            (
+                not isinstance(columns, dict)
+                or not set(columns) <= set(PHOTO_COLUMNS)
+                or not all(isinstance(v, str | None) for v in columns.values()),
+                f"columns maps {list(PHOTO_COLUMNS)} to CSV column names (or null), got {columns!r}",
+            ),
+        ]
+        return next((message for failed, message in problems if failed), None)
 
 
 @dataclass(frozen=True)

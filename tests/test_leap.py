@@ -720,7 +720,7 @@ def test_project_config_rejects_bad_settings(tmp_path):
         ("colour: red", "unknown setting"),
         ("class_weights: {Male: {positive: 1, negative: 1}}", "class_weights"),
         ("comparison_model: 3", "comparison_model"),
-        ("photos: [utkface]", "photos must be a mapping"),
+        ("photos: [utkface]", "photos: must be a mapping"),
         ("photos: {root: utkface, colour: red}", r"photos: unknown setting\(s\) \['colour'\]"),
         ("photos: {derive: Young}", "photos: derive must be a list"),
         ("photos: {splits: [test], split_file: split.csv}", "photos: splits must be"),
