@@ -48,7 +48,10 @@ def _evaluate(cfg) -> int:
     result = evaluate(cfg)
     folder = "derivations" in result  # --images: a labelled folder of photos
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
-        print(f"\n{cfg.model} on {result['source'] if folder else cfg.partition} ({result['n']} images)\n")
+        source = (
+            result["source"] if folder else f"{cfg.partition} ({result['n']} images)"
+        )  # a folder's says "(N photos)"
+        print(f"\n{cfg.model} on {source}\n")
         if folder:
             print("\n".join(f"{label}: {how}" for label, how in result["derivations"].items()), "\n")
             print("photos per face status: " + ", ".join(f"{k} {v}" for k, v in result["faces"].items()), "\n")

@@ -218,7 +218,7 @@ class EvalConfig(PhotoFolderOptions):
     out: Path | None = opt(
         None, "folder for metrics.json/.csv, cohorts.csv, predictions.csv", none="reports/<model name>-<partition>/"
     )
-    check_images: bool = opt(True, "decode every image once up front and skip unreadable ones")
+    check_images: bool = opt(True, "decode every image to be scored once up front and skip unreadable ones")
     bins: int = opt(5, "quantile bins of numeric group columns")
 
     def __post_init__(self) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from celeba.config import EvalConfig
-from celeba.data import CelebADataError, labels_array, load_index, make_dataset, split
+from celeba.data import CelebADataError, find_bad_images, labels_array, load_index, make_dataset, split
 from celeba.metrics import cohort_accuracy, label_metrics
 from celeba.model import load_model, model_image_size
 from celeba.runtime import keras_verbose
@@ -29,14 +29,26 @@ def dataset_probabilities(
     return model.predict(ds, verbose=keras_verbose())
 
 
+def readable_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose image decodes; each one that does not is logged and skipped. Only the rows to be scored are
+    decoded (a partition, or its first --limit images), not every image of the folder."""
+    problems = find_bad_images(rows["path"].tolist())
+    for path, problem in problems.items():
+        log.warning("skipping %s: %s", path, problem)
+    if problems:
+        log.warning("%d unreadable images skipped", len(problems))
+    return rows[~rows["path"].isin(problems)].reset_index(drop=True)
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Write metrics.json, metrics.csv, cohorts.csv and predictions.csv; return metrics.json's content plus the
     tables (`metrics_table`, `cohorts_table`) and the `out` folder, for the CLI to print."""
     if cfg.images is not None:
         return evaluate_folder(cfg, cfg.images)
     model, labels = load_model(cfg.model)
-    index = load_index(cfg.data_dir, check_images=cfg.check_images)
-    rows = split(index, cfg.partition, cfg.limit)
+    rows = split(load_index(cfg.data_dir), cfg.partition, cfg.limit)
+    if cfg.check_images:
+        rows = readable_rows(rows)
     if rows.empty:
         raise CelebADataError(f"{cfg.data_dir}: no {cfg.partition} images")
     probs = dataset_probabilities(model, rows, labels, model_image_size(model), cfg.batch_size)

@@ -239,6 +239,7 @@ def test_evaluate_images_counts_faces_and_reports_groups(audit_folder, tmp_path,
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "Young: derived: Young := face_px<300" in printed and "accuracy per group, worst first" in printed
+    assert f"on {folder} with {csv} (33 photos)\n" in printed and "images)" not in printed  # counted once
     result = json.loads((tmp_path / "metrics.json").read_text())
     assert result["n"] == 33 and result["faces"]["photos"] == 33 and result["faces"]["unreadable"] == 1
     groups = pd.read_csv(tmp_path / "groups.csv")
