@@ -162,6 +162,34 @@ def _repair(cfg) -> int:
     return 0
 
 
+def _tune(cfg) -> int:
+    from celeba.tune import tune
+
+    result = tune(cfg)
+    if result.worker:
+        print(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: no trials left; the chief writes {result.folder}")
+        return 0
+    table = result.table
+    done = int((table["status"] == "COMPLETED").sum()) if len(table) else 0
+    print(f"{cfg.algorithm} search in {result.folder}: {done} of {len(table)} trials completed")
+    if result.best_row is not None:
+        row = result.best_row
+        print(
+            f"best: trial {row['trial']}, {cfg.objective} {row['objective']:.4f} "
+            f"(average {row['average']:.4f}, worst group {row['worst']:.4f})"
+        )
+    print(f"wrote {result.csv}, {result.plot}" + (f" and {result.best}" if result.best else ""))
+    if result.best:
+        print(f"train it on the full partitions: celeba train --config {result.best}")
+    return 0
+
+
+def _tune_base(path: Path):
+    from celeba.tune import from_card
+
+    return from_card(path)
+
+
 def _config(module: str, name: str) -> Callable[[], type]:
     def load() -> type:
         import importlib
@@ -179,6 +207,12 @@ def _replay(path: Path):
 
     quiet_tensorflow()
     return RunCard.load(path).replay_config(path)
+
+
+def _check_replay(cfg, card: Path) -> None:
+    from celeba.runcard import check_replay
+
+    check_replay(cfg, card)
 
 
 def _replayed_card(argv: Sequence[str] | None) -> Path | None:
@@ -199,6 +233,7 @@ class Command:
     run: Callable[[Any], int]
     replay: Callable[[Path], Any] | None = None
     interrupted: str = "interrupted"
+    replay_check: Callable[[Any, Path], None] | None = None  # refuses a replay's config (cfg, the card it read)
 
 
 COMMANDS: dict[str, Command] = {
@@ -208,6 +243,7 @@ COMMANDS: dict[str, Command] = {
         _train,
         _replay,
         "interrupted: run the same command with --resume to continue from the last completed epoch",
+        _check_replay,
     ),
     "evaluate": Command(
         "per-label and per-cohort metrics of a model on a partition", _config("celeba.config", "EvalConfig"), _evaluate
@@ -233,6 +269,13 @@ COMMANDS: dict[str, Command] = {
         "sharded TFRecords of a CelebA folder (uint8 at the training size), for remote storage",
         _config("celeba.prepare", "PrepareConfig"),
         _prepare,
+    ),
+    "tune": Command(
+        "hyper-parameter search with KerasTuner; writes trials.csv, search.png and best.json",
+        _config("celeba.tune", "TuneConfig"),
+        _tune,
+        _tune_base,
+        "interrupted: run the same command again to continue the search from KerasTuner's saved state",
     ),
 }
 
@@ -267,11 +310,8 @@ def run(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -
     cls = command.config()
     try:
         cfg = parse_config(cls, argv, prog=prog, load_base=command.replay)
-        card = _replayed_card(argv) if command.replay is not None else None
-        if card is not None:
-            from celeba.runcard import check_replay
-
-            check_replay(cfg, card)
+        if command.replay_check is not None and (card := _replayed_card(argv)) is not None:
+            command.replay_check(cfg, card)
     except _user_errors() as exc:  # a ConfigError from the dataclass checks, a missing --config card
         fail(str(exc))
     execute(lambda: command.run(cfg), command.interrupted)
@@ -368,6 +408,7 @@ serve_main = _entry_point("serve")
 export_main = _entry_point("export")
 prepare_main = _entry_point("prepare")
 repair_main = _entry_point("repair")
+tune_main = _entry_point("tune")
 
 
 def test_main(argv: Sequence[str] | None = None) -> NoReturn:

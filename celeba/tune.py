@@ -1,0 +1,521 @@
+"""Hyper-parameter search with KerasTuner: every trial is a real `celeba.train.train` run with its own run card.
+
+The tuner (a `keras_tuner.Tuner` with its own `run_trial`) asks KerasTuner's oracle (Bayesian optimisation,
+Hyperband or random search) for hyper-parameters, trains them on top of a base training config (the flags, or a
+run card given with `--config`), and reports the trial's validation objective back. KerasTuner keeps the search's
+state in `<out>/tuner/`: a killed search, run again with the same flags, continues where it stopped (the trial in
+flight is retried under its own id, and its training resumes from its last completed epoch). Distributed search
+uses KerasTuner's own chief/worker environment variables (docs/tuning.md).
+
+After every trial the search folder gets `trials.csv` (one row per trial), `search.png` (objective per trial,
+best so far) and `best.json` (the best trial's run card, configured for `celeba train --config best.json`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from celeba.config import ConfigError, TrainConfig, at_least, opt
+from celeba.data import SAMPLE_DIR, CelebADataError
+from celeba.files import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: What `--objective` may maximise: per label, then averaged over the labels.
+OBJECTIVES = {
+    "score": "mean of the validation accuracy and the worst group's validation accuracy",
+    "average": "validation accuracy",
+    "worst": "the worst group's validation accuracy",
+    "balanced": "group-balanced validation accuracy (the mean over the groups)",
+}
+#: The TrainConfig fields the search can vary (`--space` picks among them).
+SPACE = ("learning_rate", "epochs", "freeze_epochs", "dropout", "weight_decay", "image_size", "augment", "loss")
+LOSSES: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainConfig)["loss"])
+WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
+LEARNING_RATES = (1e-4, 1e-2)  # log-uniform
+DROPOUTS = (0.0, 0.5, 0.1)  # min, max, step
+PROJECT = "tuner"  # KerasTuner's project folder inside the search folder
+#: The base config's flags that choose a subset to search on; best.json leaves them out (see `best_card`).
+SUBSET_FLAGS = ("limit", "train_limit", "val_limit")
+#: The columns of trials.csv before the hyper-parameters.
+SCORE_COLUMNS = ("trial", "status", "objective", "average", "worst", "balanced", "seconds")
+
+
+@dataclass
+class TuneConfig(TrainConfig):
+    """Search training hyper-parameters with KerasTuner (Bayesian, Hyperband or random); every other flag is the
+    base training config each trial starts from."""
+
+    name: str | None = opt(
+        None,
+        "the search's name: its folder is <models-dir>/<name>; best.json trains as <name>-best",
+        none="smoke-sample-tune on the embedded sample, else tune",
+    )
+    resume: bool = opt(
+        True,
+        "continue the search in its folder from KerasTuner's saved state (--no-resume: delete it and start over)",
+    )
+    algorithm: Literal["bayesian", "hyperband", "random"] = opt(
+        "bayesian", "KerasTuner's oracle: Bayesian optimisation, Hyperband (budgets in epochs) or random search"
+    )
+    objective: str = opt(
+        "score",
+        "what the search maximises, averaged over the labels: score (mean of validation and worst-group accuracy),"
+        " average, worst or balanced",
+    )
+    max_trials: int = opt(20, "bayesian, random: trials in all (hyperband's count follows --max-epochs and --factor)")
+    max_epochs: int = opt(6, "epochs of the longest trial: the range of the epochs searched, or hyperband's budget")
+    factor: int = opt(3, "hyperband: each round keeps 1/factor of the trials and trains them factor times longer")
+    space: tuple[str, ...] = opt(SPACE, "the hyper-parameters searched; the others keep the base config's values")
+    image_sizes: tuple[int, ...] = opt((96, 128, 160), "the input sizes searched (with image_size in --space)")
+    loss_choices: tuple[str, ...] = opt(LOSSES, "the losses searched (with loss in --space)")
+    out: Path | None = opt(
+        None,
+        "the search folder: KerasTuner's state, trials/, trials.csv, search.png, best.json",
+        none="<models-dir>/<name>",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective: unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        at_least(self, 1, "max_trials", "max_epochs")
+        at_least(self, 2, "factor")
+        for flag, values, known in (("--space", self.space, SPACE), ("--loss-choices", self.loss_choices, LOSSES)):
+            unknown = [v for v in values if v not in known]
+            if unknown or not values:
+                raise ConfigError(f"{flag}: {' '.join(unknown) or 'nothing given'}; choose from {', '.join(known)}")
+        if not self.image_sizes or min(self.image_sizes) < 32:
+            raise ConfigError(f"--image-sizes: each at least 32 (MobileNetV2's smallest input), got {self.image_sizes}")
+        if self.objective != "average" and not set(self.groups) & set(self.labels):
+            raise ConfigError(
+                f"--groups: the objective {self.objective!r} needs groups among the --labels "
+                f"({' '.join(self.labels)}); got {' '.join(self.groups) or 'none'}"
+            )
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        return "smoke-sample-tune" if Path(self.data_dir).resolve() == SAMPLE_DIR else "tune"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.out) if self.out is not None else Path(self.models_dir) / self.run_name
+
+    def base(self) -> TrainConfig:
+        """The training config every trial starts from."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+
+    def searched(self) -> list[str]:
+        """The hyper-parameters actually searched: epochs are Hyperband's budget there; freezing needs weights."""
+        names = [n for n in self.space if not (n == "epochs" and self.algorithm == "hyperband")]
+        return [n for n in names if not (n == "freeze_epochs" and self.weights.lower() == "none")]
+
+
+_SEARCH_DEFAULTS = {"name": None, "resume": True}
+
+
+def from_card(path: Path) -> TuneConfig:
+    """`--config RUN_CARD.json`: the card's training config is the base; the search flags keep their defaults."""
+    from celeba.runcard import RunCard
+
+    base = RunCard.load(path).train_config()
+    return TuneConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(TrainConfig)} | _SEARCH_DEFAULTS)
+
+
+# --------------------------------------------------------------------------- the search space and objective
+
+
+def search_space(cfg: TuneConfig) -> Any:
+    """KerasTuner's HyperParameters: declared up front, so the oracle samples all of them from the first trial."""
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    names = cfg.searched()
+    if "learning_rate" in names:
+        hp.Float("learning_rate", *LEARNING_RATES, sampling="log")
+    if "epochs" in names and cfg.max_epochs > 1:
+        hp.Int("epochs", 1, cfg.max_epochs)
+    elif "epochs" in names:
+        hp.Fixed("epochs", 1)
+    if "freeze_epochs" in names:
+        hp.Int("freeze_epochs", 0, max(1, cfg.max_epochs // 2))
+    if "dropout" in names:
+        low, high, step = DROPOUTS
+        hp.Float("dropout", low, high, step=step)
+    if "weight_decay" in names:
+        hp.Choice("weight_decay", list(WEIGHT_DECAYS))
+    if "image_size" in names:
+        hp.Choice("image_size", sorted(set(cfg.image_sizes)))
+    if "augment" in names:
+        hp.Boolean("augment")
+    if "loss" in names:
+        hp.Choice("loss", list(dict.fromkeys(cfg.loss_choices)))
+    if not hp.space:
+        raise ConfigError(
+            "--space: nothing left to search (epochs are hyperband's budget; --weights none freezes nothing)"
+        )
+    return hp
+
+
+def trial_config(base: TrainConfig, values: Mapping[str, Any], trials_dir: Path, trial_id: str) -> TrainConfig:
+    """A trial's training config: the base, the trial's hyper-parameters, its own name and folder."""
+    changes = {name: values[name] for name in SPACE if name in values}
+    if "dropout" in changes:
+        changes["dropout"] = round(float(changes["dropout"]), 6)  # 0.1 steps without float noise
+    if "tuner/epochs" in values:  # Hyperband's budget; each trial trains from scratch
+        changes["epochs"] = int(values["tuner/epochs"])
+    return dataclasses.replace(base, **changes, name=f"trial-{trial_id}", models_dir=trials_dir, resume=False)
+
+
+def objective_values(card: Any) -> dict[str, float]:
+    """The trial's scores from its run card, each averaged over the labels (a label without groups counts NaN)."""
+    groups = card.extra.get("validation_groups") or {}
+    rows = []
+    for label in card.labels:
+        average = float(card.validation_metrics[label]["accuracy"])
+        worst = float(groups[label]["worst"]) if label in groups else math.nan
+        balanced = float(groups[label]["balanced"]) if label in groups else math.nan
+        rows.append((average, worst, balanced, (average + worst) / 2))
+
+    def mean(values: Sequence[float]) -> float:
+        finite = [v for v in values if math.isfinite(v)]
+        return round(sum(finite) / len(finite), 4) if finite else math.nan
+
+    return {name: mean([r[i] for r in rows]) for i, name in enumerate(("average", "worst", "balanced", "score"))}
+
+
+# --------------------------------------------------------------------------- the tuner
+
+
+def is_worker() -> bool:
+    """A KerasTuner worker of a distributed search (the chief holds the oracle and writes the reports)."""
+    return "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", "")
+
+
+def make_oracle(cfg: TuneConfig) -> Any:
+    import keras_tuner as kt
+
+    common = {
+        "objective": kt.Objective(cfg.objective, direction="max"),
+        "hyperparameters": search_space(cfg),
+        "allow_new_entries": False,
+        "seed": cfg.seed,
+    }
+    if cfg.algorithm == "hyperband":
+        return kt.oracles.HyperbandOracle(max_epochs=cfg.max_epochs, factor=cfg.factor, **common)
+    if cfg.algorithm == "random":
+        return kt.oracles.RandomSearchOracle(max_trials=cfg.max_trials, **common)
+    return kt.oracles.BayesianOptimizationOracle(max_trials=cfg.max_trials, **common)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from celeba.model import WeightsError
+
+    return (ConfigError, CelebADataError, WeightsError, FileNotFoundError)
+
+
+def make_tuner(cfg: TuneConfig) -> Any:
+    """The KerasTuner tuner of this search: state in `<folder>/tuner`, trials trained under `<folder>/trials`."""
+    import keras
+    import keras_tuner as kt
+
+    from celeba.train import train
+
+    folder = cfg.folder
+    base = cfg.base()
+
+    class CelebATuner(kt.Tuner):
+        """One trial = one `celeba.train.train` run; its run card gives the objective."""
+
+        def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
+            trial_cfg = trial_config(base, trial.hyperparameters.values, folder / "trials", trial.trial_id)
+            # A trial retried after a killed search continues its training from its last completed epoch.
+            trial_cfg = dataclasses.replace(trial_cfg, resume=(folder / "trials" / trial_cfg.run_name).is_dir())
+            log.info("trial %s: %s", trial.trial_id, json.dumps(searched_values(trial_cfg, cfg)))
+            keras.backend.clear_session()
+            started = time.perf_counter()
+            try:
+                card = train(trial_cfg)
+            except _user_errors() as exc:  # bad input fails every trial alike: stop the search, say why
+                raise kt.errors.FatalError(str(exc)) from exc
+            scores = objective_values(card)
+            log.info("trial %s: %s", trial.trial_id, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            return scores | {"seconds": round(time.perf_counter() - started, 1)}
+
+        def on_trial_end(self, trial) -> None:
+            super().on_trial_end(trial)
+            if trial.status not in ("COMPLETED", "RUNNING"):
+                reason = (trial.message or "").strip().splitlines()
+                log.warning("trial %s %s: %s", trial.trial_id, trial.status.lower(), reason[-1] if reason else "?")
+            if not is_worker():
+                write_report(cfg, self.oracle.trials.values())
+
+    quiet = io.StringIO()  # KerasTuner prints "Reloading Tuner from ..." on stdout; the CLI alone prints there
+    with contextlib.redirect_stdout(quiet):
+        tuner = CelebATuner(make_oracle(cfg), directory=str(folder), project_name=PROJECT, overwrite=False)
+    for line in quiet.getvalue().splitlines():
+        log.info("%s", line)
+    if hasattr(tuner.oracle, "_retry_queue"):
+        _retry_orphans(tuner.oracle)
+    return tuner
+
+
+def _retry_orphans(oracle: Any) -> None:
+    """A kill between KerasTuner's writing of a new trial's file and of the oracle's state leaves a trial RUNNING
+    that the oracle does not know as ongoing: it would never finish and would still count against --max-trials.
+    Queue it for a retry as KerasTuner does with the trials it knew were in flight."""
+    queued = set(oracle._retry_queue) | {t.trial_id for t in oracle.ongoing_trials.values()}
+    for trial_id, trial in oracle.trials.items():
+        if trial.status == "RUNNING" and trial_id not in queued:
+            log.info("trial %s was in flight when the search stopped: it runs again", trial_id)
+            oracle._retry_queue.append(trial_id)
+            if trial_id not in oracle.start_order:
+                oracle.start_order.append(trial_id)
+
+
+# --------------------------------------------------------------------------- the search folder
+
+
+@contextlib.contextmanager
+def search_lock(folder: Path) -> Iterator[None]:
+    """One process per search folder (KerasTuner's state is not safe against two); distributed runs share it."""
+    import fcntl
+
+    if "KERASTUNER_ORACLE_IP" in os.environ:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".tune.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise CelebADataError(
+                f"{folder}: another `celeba tune` is running this search (process {handle.read().strip() or '?'}); "
+                "wait for it, or give this one another --name"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def settings(cfg: TuneConfig) -> dict[str, Any]:
+    """What must not change when a search is resumed (--max-trials may grow)."""
+    base = {k: v for k, v in cfg.base().to_json().items() if k not in ("name", "models_dir", "resume")}
+    return {
+        "algorithm": cfg.algorithm,
+        "objective": cfg.objective,
+        "space": search_space(cfg).get_config(),
+        **({"max_epochs": cfg.max_epochs, "factor": cfg.factor} if cfg.algorithm == "hyperband" else {}),
+        "base": base,
+    }
+
+
+def start_or_resume(cfg: TuneConfig) -> None:
+    """`--no-resume` clears the folder's search; a resumed search must have been started with the same settings."""
+    folder = cfg.folder
+    record = folder / "search.json"
+    if not cfg.resume:
+        for name in (PROJECT, "trials"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+        for name in ("trials.csv", "search.png", "best.json", "search.json"):
+            (folder / name).unlink(missing_ok=True)
+    current = json.loads(json.dumps(settings(cfg), default=str))
+    if record.is_file():
+        before = json.loads(record.read_text())
+        old_base = before.get("base", {})
+        changed = sorted(k for k in current.keys() | before.keys() if k != "base" and current.get(k) != before.get(k))
+        changed += sorted(
+            "--" + k.replace("_", "-")
+            for k in current["base"].keys() | old_base.keys()
+            if current["base"].get(k) != old_base.get(k)
+        )
+        if changed:
+            raise ConfigError(
+                f"--resume: {folder} holds a search started with other settings ({', '.join(changed)}); "
+                "run it with the same flags, give this one another --name, or start it over with --no-resume"
+            )
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(record) as tmp:
+            tmp.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def searched_values(trial_cfg: TrainConfig, cfg: TuneConfig) -> dict[str, Any]:
+    """The trial's values of the hyper-parameters the search varies (epochs always: Hyperband's budget)."""
+    names = [n for n in SPACE if n in cfg.searched() or n == "epochs"]
+    return {n: getattr(trial_cfg, n) for n in names}
+
+
+def trial_rows(cfg: TuneConfig, trials: Sequence[Any] | Any) -> Any:
+    """trials.csv's table: one row per trial of the oracle, in trial order."""
+    import pandas as pd
+
+    base = cfg.base()
+    rows = []
+    for trial in sorted(trials, key=lambda t: (len(t.trial_id), t.trial_id)):
+        values = trial.hyperparameters.values
+        trial_cfg = trial_config(base, values, cfg.folder / "trials", trial.trial_id)
+        metrics = {
+            name: trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
+            for name in ("average", "worst", "balanced", "seconds", cfg.objective)
+        }
+        card = Path(trial_cfg.models_dir) / f"{trial_cfg.run_name}.json"
+        row = {
+            "trial": trial.trial_id,
+            "status": trial.status,
+            "objective": metrics[cfg.objective],
+            **{k: metrics[k] for k in ("average", "worst", "balanced", "seconds")},
+            **searched_values(trial_cfg, cfg),
+            **{k.removeprefix("tuner/"): values[k] for k in ("tuner/bracket", "tuner/round") if k in values},
+            "card": str(card) if card.is_file() else "",
+        }
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else list(SCORE_COLUMNS))
+
+
+def best_row(table: Any) -> Any | None:
+    """The completed trial with the highest objective (the first of equals), or None."""
+    done = table[(table["status"] == "COMPLETED") & table["objective"].notna()] if len(table) else table
+    if not len(done):
+        return None
+    return done.loc[done["objective"].astype(float).idxmax()]
+
+
+def best_card(cfg: TuneConfig, row: Any) -> Any:
+    """The best trial's run card, made replayable: `celeba train --config best.json` trains its configuration
+    as `<name>-best` in --models-dir on the full partitions (the search's subset limits are dropped)."""
+    from celeba.runcard import RunCard
+
+    card = RunCard.load(Path(row["card"]))
+    trial_config = dict(card.config)
+    card.config = trial_config | {
+        "name": f"{cfg.run_name}-best",
+        "models_dir": str(cfg.models_dir),
+        "resume": False,
+        **dict.fromkeys(SUBSET_FLAGS),
+    }
+    card.extra["tune"] = {
+        "search": str(cfg.folder),
+        "trial": row["trial"],
+        "objective": cfg.objective,
+        "value": float(row["objective"]),
+        "trial_card": str(row["card"]),
+        "search_subset": {k: trial_config.get(k) for k in SUBSET_FLAGS},
+        "note": "config is the best trial's without the search's subset limits; model, data and validation "
+        "metrics are the trial's",
+    }
+    return card
+
+
+def plot_search(table: Any, path: Path, objective: str, title: str) -> Path:
+    """Objective per trial (dots; failed trials as crosses at the bottom) and the best so far (a step line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from celeba.plots import save
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
+    number = [int(t) for t in table["trial"]] if len(table) else []
+    values = table["objective"].astype(float) if len(table) else []
+    done = [(n, v) for n, v in zip(number, values) if math.isfinite(v)]
+    if done:
+        xs, ys = zip(*done)
+        ax.plot(xs, ys, "o", color="tab:blue", label=f"trial {objective}")
+        best = [max(ys[: i + 1]) for i in range(len(ys))]
+        ax.step(xs, best, where="post", color="tab:orange", label="best so far")
+        failed = [n for n, v in zip(number, values) if not math.isfinite(v)]
+        if failed:
+            ax.plot(failed, [min(ys)] * len(failed), "x", color="tab:red", label="failed")
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no completed trial yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"validation {objective}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if 0 < len(number) <= 20:
+        ax.set_xticks(sorted(set(number)))
+    with atomic_path(path) as tmp:
+        save(fig, tmp)
+    return path
+
+
+def write_report(cfg: TuneConfig, trials: Sequence[Any] | Any) -> dict[str, Any]:
+    """trials.csv, search.png and best.json of the trials so far, each written atomically."""
+    folder = cfg.folder
+    table = trial_rows(cfg, list(trials))
+    with atomic_path(folder / "trials.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    done = int((table["status"] == "COMPLETED").sum()) if len(table) else 0
+    title = f"{cfg.run_name}: {cfg.algorithm} search, {done} of {len(table)} trials completed"
+    plot_search(table, folder / "search.png", cfg.objective, title)
+    row = best_row(table)
+    best = None
+    if row is not None and row["card"]:
+        best = best_card(cfg, row).save(folder / "best.json")
+    elif row is not None:
+        log.warning("trial %s: its run card is not in %s (a worker's folder?): no best.json", row["trial"], folder)
+    return {"table": table, "csv": folder / "trials.csv", "plot": folder / "search.png", "best": best, "row": row}
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class TuneResult:
+    folder: Path
+    table: Any  # pandas.DataFrame: trials.csv
+    csv: Path
+    plot: Path
+    best: Path | None  # best.json
+    best_row: Any | None  # the best trial's row
+    worker: bool = False  # a distributed worker: the chief writes the reports
+
+
+def tune(cfg: TuneConfig) -> TuneResult:
+    """Run (or resume) the search; returns where its reports are."""
+    import keras_tuner as kt
+
+    folder = cfg.folder
+    with search_lock(folder):
+        if not is_worker():
+            start_or_resume(cfg)
+        tuner = make_tuner(cfg)
+        log.info(
+            "search %s: %s over %s, objective %s%s",
+            folder,
+            cfg.algorithm,
+            ", ".join(cfg.searched()),
+            cfg.objective,
+            f", {cfg.max_trials} trials" if cfg.algorithm != "hyperband" else "",
+        )
+        try:
+            tuner.search(verbose=0)
+        except kt.errors.FatalError as exc:
+            if isinstance(exc.__cause__, _user_errors()):
+                raise exc.__cause__ from None
+            raise
+        if is_worker():
+            return TuneResult(folder, None, folder / "trials.csv", folder / "search.png", None, None, worker=True)
+        report = write_report(cfg, tuner.oracle.trials.values())
+    return TuneResult(folder, report["table"], report["csv"], report["plot"], report["best"], report["row"])
