@@ -209,6 +209,12 @@ def _replay(path: Path):
     return RunCard.load(path).replay_config(path)
 
 
+def _check_replay(cfg, card: Path) -> None:
+    from celeba.runcard import check_replay
+
+    check_replay(cfg, card)
+
+
 def _replayed_card(argv: Sequence[str] | None) -> Path | None:
     """The `--config RUN_CARD.json` among the flags, if any."""
     import argparse
@@ -227,6 +233,7 @@ class Command:
     run: Callable[[Any], int]
     replay: Callable[[Path], Any] | None = None
     interrupted: str = "interrupted"
+    replay_check: Callable[[Any, Path], None] | None = None  # refuses a replay's config (cfg, the card it read)
 
 
 COMMANDS: dict[str, Command] = {
@@ -236,6 +243,7 @@ COMMANDS: dict[str, Command] = {
         _train,
         _replay,
         "interrupted: run the same command with --resume to continue from the last completed epoch",
+        _check_replay,
     ),
     "evaluate": Command(
         "per-label and per-cohort metrics of a model on a partition", _config("celeba.config", "EvalConfig"), _evaluate
@@ -302,11 +310,8 @@ def run(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -
     cls = command.config()
     try:
         cfg = parse_config(cls, argv, prog=prog, load_base=command.replay)
-        card = _replayed_card(argv) if command.replay is not None else None
-        if card is not None:
-            from celeba.runcard import check_replay
-
-            check_replay(cfg, card)
+        if command.replay_check is not None and (card := _replayed_card(argv)) is not None:
+            command.replay_check(cfg, card)
     except _user_errors() as exc:  # a ConfigError from the dataclass checks, a missing --config card
         fail(str(exc))
     execute(lambda: command.run(cfg), command.interrupted)
