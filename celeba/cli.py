@@ -411,14 +411,32 @@ repair_main = _entry_point("repair")
 tune_main = _entry_point("tune")
 
 
+TEST_USAGE = """usage: celeba test [PYTEST ARGS ...]   (or: poetry run test [PYTEST ARGS ...])
+
+Run the project's test suite from the repository root, from any working directory. Arguments pass to pytest.
+With several cores and pytest-xdist installed, the tests spread over up to 4 workers (unless -n or single tests
+are given).
+
+examples:
+  celeba test                                  the whole suite
+  celeba test -m "not slow"                    the fast loop: skips the slow tests (exports, the audit report)
+  celeba test tests/test_predict.py -k empty   one file, the tests whose names match
+  celeba test -x -q                            stop at the first failure, quietly
+
+pytest's own options: python -m pytest --help"""
+
+
 def test_main(argv: Sequence[str] | None = None) -> NoReturn:
     """`poetry run test [pytest args]`: the whole suite, from the repository root (`-m "not slow"`: the fast loop)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):  # this command's help, not pytest's hundreds of lines
+        print(TEST_USAGE)
+        sys.exit(0)
     import pytest
 
     os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.chdir(Path(__file__).resolve().parent.parent)
-    args = list(sys.argv[1:] if argv is None else argv)
     sys.exit(pytest.main(parallel_args(args) + args))
 
 

@@ -230,7 +230,8 @@ def parity(model, exported: Sequence[Callable], batches: Iterator[np.ndarray], t
 
 @dataclass
 class ExportConfig:
-    """Export a trained model to TFLite and check it against the Keras model on the shipped sample."""
+    """Export a trained model to TFLite (float16, int8, int16x8) and/or ONNX, and check each file against the Keras
+    model on the shipped sample."""
 
     model: Path = opt(DEFAULT_MODEL, "the saved .keras model (run card beside it) to export")
     format: tuple[Literal["tflite", "onnx"], ...] = opt(

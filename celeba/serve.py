@@ -398,4 +398,6 @@ def serve(cfg: ServeConfig) -> None:
         allowed_hosts(cfg.host, cfg.allowed_host),
     )
     log.info("serving %s on http://%s:%d (OpenAPI page: /docs)", predictor.model_path, cfg.host, cfg.port)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+    # log_config=None: uvicorn's lines (start-up, one per request) reach the project's handler and format
+    # (`celeba.runtime.setup_logging`) instead of uvicorn's own; log_level sets its loggers to INFO.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", log_config=None)

@@ -267,3 +267,39 @@ def test_quantile_bins_keep_every_row_in_order():
     bins = quantile_bins(values, 3)
     assert list(bins.cat.categories) == ["1-2", "3-4", "5-6", "unknown"]
     assert bins.astype(str).tolist() == ["5-6", "1-2", "3-4", "1-2", "5-6", "3-4", "unknown"]
+
+
+def test_a_missing_umap_is_said_once_at_debug_level_and_an_installed_one_is_used(tmp_path, monkeypatch, caplog):
+    import importlib.util
+    import logging
+    import sys
+
+    import numpy as np
+
+    from celeba.analysis import figures
+
+    figures.umap_installed.cache_clear()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "umap" else real(name, *a))
+    with caplog.at_level(logging.DEBUG, logger="celeba"):
+        assert figures.available_projections(["pca", "umap"]) == ["pca"]
+        assert figures.available_projections(["umap", "tsne"]) == ["tsne"]
+    said = [r for r in caplog.records if "umap" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.DEBUG
+    monkeypatch.undo()
+
+    (tmp_path / "umap.py").write_text(  # a stand-in for umap-learn: the projection uses whatever `umap.UMAP` is
+        "import numpy as np\n"
+        "class UMAP:\n"
+        "    def __init__(self, n_components, random_state):\n"
+        "        self.n = n_components\n"
+        "    def fit_transform(self, x):\n"
+        "        return np.full((len(x), self.n), 7.0)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "umap", raising=False)
+    figures.umap_installed.cache_clear()
+    assert figures.available_projections(["pca", "umap"]) == ["pca", "umap"]
+    points = figures.project(np.random.default_rng(0).normal(size=(20, 8)), "umap")
+    assert points.shape == (20, 2) and (points == 7.0).all()
+    figures.umap_installed.cache_clear()

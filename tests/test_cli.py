@@ -175,3 +175,20 @@ def test_measuring_the_face_framing_is_quiet():
     )
     assert result.returncode == 0, result.stderr
     assert "face found in" in result.stdout and result.stderr == "", result.stderr
+
+
+def test_test_help_is_this_commands_not_pytests():
+    result = celeba("test", "--help", timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith("usage: celeba test [PYTEST ARGS ...]") and '-m "not slow"' in result.stdout
+    assert len(result.stdout.splitlines()) < 20 and "--capture" not in result.stdout  # not pytest's own help
+
+
+def test_export_help_names_both_formats(capsys):
+    from celeba.cli import export_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["--help"])
+    assert exit_info.value.code == 0
+    description = " ".join(capsys.readouterr().out.split("\n\n")[1].split())
+    assert description.startswith("Export a trained model to TFLite") and "ONNX" in description

@@ -159,3 +159,39 @@ def test_service_returns_alignment_fields_and_flags_a_tight_crop(server, face_jp
     assert face["method"] == "blazeface+align" and face["partial_face"] is True
     assert set(face["landmarks"]) == {"left_eye", "right_eye", "nose", "mouth"} and abs(face["roll"]) < 10
     assert any(w.startswith("partial_face") for w in face["warnings"])
+
+
+def test_the_command_logs_in_one_format(tiny_model):
+    """`celeba serve` in its own process: uvicorn's start-up and request lines share the project's log format
+    (`HH:MM:SS LEVEL message`), not uvicorn's `INFO:     ...` beside it."""
+    import os
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from celeba.config import REPO_ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "celeba", "serve", "--model", str(tiny_model), "--port", str(port)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, "the service did not start"
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=TIMEOUT).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    assert any("Uvicorn running on" in line for line in lines) and any("GET /health" in line for line in lines), err
+    assert all(re.match(r"\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ", line) for line in lines), err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections.abc import Sequence
@@ -22,12 +23,20 @@ LATENT_GROUPINGS = 4  # at most this many group columns colour the latent space
 
 
 def available_projections(requested: Sequence[str]) -> list[str]:
+    """The requested projections that can run: UMAP only when umap-learn is installed (an optional package)."""
     unknown = [p for p in requested if p not in PROJECTIONS]
     if unknown:
         raise CelebADataError(f"--projections: unknown {unknown}; choose from {PROJECTIONS}")
-    if "umap" in requested and importlib.util.find_spec("umap") is None:
-        log.info("umap-learn is not installed: skipping the UMAP projection")
-    return [p for p in requested if p != "umap" or importlib.util.find_spec("umap") is not None]
+    return [p for p in requested if p != "umap" or umap_installed()]
+
+
+@functools.cache
+def umap_installed() -> bool:
+    """Whether umap-learn can be imported; its absence is said once per process, at debug level (it is optional)."""
+    found = importlib.util.find_spec("umap") is not None
+    if not found:
+        log.debug("umap-learn is not installed: no UMAP projection (pip install umap-learn adds it)")
+    return found
 
 
 def project(embeddings: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
