@@ -319,9 +319,10 @@ def run(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -
 
 def execute(job: Callable[[], int | None], interrupted: str = "interrupted") -> NoReturn:
     """Logging, a quiet TensorFlow and the device line; then the job, its exceptions mapped to exit codes."""
-    from celeba.runtime import device_line, quiet_tensorflow, setup_logging
+    from celeba.runtime import device_line, progress_bars_on_a_terminal_only, quiet_tensorflow, setup_logging
 
     setup_logging()
+    progress_bars_on_a_terminal_only()
     try:
         quiet_tensorflow()
         log.info(device_line())

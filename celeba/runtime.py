@@ -87,6 +87,35 @@ def device_line() -> str:
     return f"device: {len(gpus)} GPU(s): {', '.join(names)}"
 
 
+def progress_bars_on_a_terminal_only() -> None:
+    """Outside a terminal (a log file, a pipe) every tqdm bar of the process prints nothing: its carriage-return
+    frames would fill the log. Covers the bars of every module and library made through `tqdm` or `tqdm.auto`
+    after this call, whatever `disable` they pass; in a terminal nothing changes."""
+    if sys.stderr.isatty():
+        return
+    import tqdm
+    import tqdm.auto
+
+    if getattr(tqdm.auto.tqdm, "silent_outside_a_terminal", False):
+        return
+    for module in (tqdm, tqdm.auto):
+        module.tqdm = _silent(module.tqdm)
+
+
+def _silent(bar: type) -> type:
+    """A subclass of a tqdm class whose bars are always disabled."""
+
+    class Silent(bar):
+        silent_outside_a_terminal = True
+
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    Silent.__name__ = Silent.__qualname__ = bar.__name__
+    return Silent
+
+
 def keras_verbose() -> int:
     """Keras' progress bar on a terminal; one plain line per epoch (no cursor or colour codes) in logs and pipes."""
     return 1 if sys.stdout.isatty() else 2

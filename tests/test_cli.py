@@ -192,3 +192,22 @@ def test_export_help_names_both_formats(capsys):
     assert exit_info.value.code == 0
     description = " ".join(capsys.readouterr().out.split("\n\n")[1].split())
     assert description.startswith("Export a trained model to TFLite") and "ONNX" in description
+
+
+def test_progress_bars_leave_no_carriage_return_frames_in_a_log():
+    """`celeba ... 2> run.log`: tqdm's bars (here the image check of a large partition, in celeba.data) must not
+    write their `\\r` frames into the file. A fresh process, stderr a pipe as in a log."""
+    code = (
+        "from dataclasses import dataclass; from celeba.cli import run_script; from celeba.config import opt\n"
+        "from celeba.data import SAMPLE_DIR, find_bad_images, image_dir\n"
+        "@dataclass\nclass Check:\n    copies: int = opt(7, 'copies')\n"
+        "paths = [str(p) for p in sorted(image_dir(SAMPLE_DIR).glob('*.jpg'))]\n"
+        "run_script(Check, lambda cfg: print(len(find_bad_images(paths * cfg.copies)), len(paths) * cfg.copies))\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "2093"]  # over the 2,000 images from which the check shows its bar
+    assert "\r" not in result.stderr and "checking images" not in result.stderr, repr(result.stderr[-500:])
