@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from celeba.data import SAMPLE_DIR
+from celeba.sources import AGE_BANDS
 
 #: The repository root: defaults that name repository files resolve against it, so commands work from any cwd.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -203,6 +204,10 @@ class PhotoFolderOptions:
     derive: tuple[str, ...] = opt((), "labels from other columns, e.g. 'Young=age<30' 'Male=gender==0'")
     map: tuple[str, ...] = opt((), "names for group values, e.g. 'gender:0=male,1=female'")
     min_slice: int = opt(20, "groups smaller than this are listed but never headlined")
+    age_bands: tuple[int, ...] = opt(
+        tuple(lo for lo, _ in AGE_BANDS),
+        "with --images: the first age of every band an 'age' column is cut into (from 0; children stay visible)",
+    )
 
 
 @dataclass

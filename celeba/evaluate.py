@@ -85,7 +85,7 @@ def evaluate_folder(cfg: EvalConfig, images: Path) -> dict[str, Any]:
     from celeba.analysis.scoring import run_models
 
     population = folder_population(
-        images, cfg.labels_csv, cfg.filename_pattern, cfg.derive, cfg.map, cfg.bins, cfg.limit
+        images, cfg.labels_csv, cfg.filename_pattern, cfg.derive, cfg.map, cfg.bins, cfg.limit, cfg.age_bands
     )
     runs, labels, status = run_models([cfg.model], population.rows, population.detect, cfg.batch_size)
     analysis = compute(

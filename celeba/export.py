@@ -83,7 +83,7 @@ class TFLiteModel:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: TFLite model not found (make one with `poetry run export`)")
+            raise FileNotFoundError(f"{path}: TFLite model not found (make one with `celeba export`)")
         self.path = path
         with warnings.catch_warnings():  # tf.lite.Interpreter works in TF 2.21 but warns it moves to ai-edge-litert
             warnings.simplefilter("ignore", UserWarning)
@@ -122,7 +122,7 @@ class OnnxModel:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: ONNX model not found (make one with `poetry run export --format onnx`)")
+            raise FileNotFoundError(f"{path}: ONNX model not found (make one with `celeba export --format onnx`)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads or os.cpu_count()
         self.path, self.session = path, ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

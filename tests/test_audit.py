@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from celeba.analysis.compute import compute, wilson_interval
-from celeba.analysis.population import folder_population
+from celeba.analysis.population import folder_population, quantile_bins
 from celeba.analysis.scoring import NO_FACE, ONE_FACE, SEVERAL_FACES, UNREADABLE
 from celeba.data import CelebADataError
 
@@ -46,7 +46,7 @@ def test_labels_csv_gives_truth_groups_and_skipped_files(tmp_path):
     assert rows["Male"].isna().sum() == 4  # empty = unknown, never a guess
     assert pop.groups == ("skin_tone", "age", "Male")
     assert rows["group:skin_tone"].astype(str).tolist()[:4] == ["I", "II", "III", "unknown"]
-    assert list(rows["group:age"].cat.categories) == ["20-35", "40-55", "60-75"]  # numeric: quantile bins
+    assert list(rows["group:age"].cat.categories) == ["18-29", "30-44", "45-59", "60+"]  # age: the age bands
     assert rows["group:Male"].astype(str).tolist()[:3] == ["Male", "Not Male", "unknown"]
     assert ("skin_tone", "age") in pop.pairs and pop.detect
     assert pop.derivations == {"Male": "column Male of labels.csv"}
@@ -73,6 +73,25 @@ def test_utkface_style_file_names_with_derived_labels_and_names(tmp_path):
     assert rows["group:race"].astype(str).tolist() == ["Asian", "White", "Others"]
     assert pop.skipped["file"].tolist() == [names[3]]
     assert pop.derivations["Young"] == "derived: Young := age<30"
+    # derived labels are not group columns again: `age` (its bands) and `gender` already are
+    assert pop.groups == ("age", "gender", "race")
+    assert rows["group:age"].astype(str).tolist() == ["18-29", "60+", "5-12"]  # the child keeps a band of its own
+
+
+def test_age_bands_keep_children_visible_where_quantiles_hide_them(tmp_path):
+    """2 children among 40 adults: quantile bins put them in the youngest adults' bin; the bands keep them apart,
+    and `--age-bands` cuts where the user says."""
+    ages = [3, 9] + [20 + i for i in range(40)]
+    folder = _folder(tmp_path, [f"{a}_{i}.jpg" for i, a in enumerate(ages)])
+    quantiles = quantile_bins(pd.Series(ages, dtype=float), 5)
+    assert quantiles.iloc[0] == quantiles.iloc[2]  # the old way: the children share a bin with adults
+    pop = folder_population(folder, filename_pattern="{age}_*.jpg", bins=5)
+    assert list(pop.rows["group:age"].cat.categories) == ["0-4", "5-12", "18-29", "30-44", "45-59"]
+    assert pop.rows["group:age"].astype(str).value_counts()[["0-4", "5-12"]].tolist() == [1, 1]
+    mine = folder_population(folder, filename_pattern="{age}_*.jpg", age_starts=(0, 13, 18, 30, 45, 60))
+    assert list(mine.rows["group:age"].cat.categories) == ["0-12", "18-29", "30-44", "45-59"]
+    with pytest.raises(CelebADataError, match="--age-bands 5 18: the first age of every band, from 0"):
+        folder_population(folder, filename_pattern="{age}_*.jpg", age_starts=(5, 18))
 
 
 @pytest.mark.parametrize(
@@ -248,3 +267,43 @@ def test_evaluate_images_counts_faces_and_reports_groups(audit_folder, tmp_path,
     truth = pd.read_csv(csv)
     young = pd.read_csv(tmp_path / "predictions.csv")["Young"]
     assert young.tolist() == (truth["face_px"] < 300).astype(float).tolist()
+
+
+def test_each_model_caption_says_how_it_was_trained():
+    """The committed balanced-sampling and plain models share loss, init, size and epochs: the caption must still
+    tell them apart (it used to read the same for both)."""
+    from celeba.analysis.scoring import describe
+    from celeba.runcard import RunCard
+
+    plain, balanced = (describe(RunCard.load(ROOT / "models" / f"celeba16k-{n}.json")) for n in ("bce", "balanced"))
+    assert plain.startswith("loss bce, natural sampling, ImageNet init, 96 px") and "train images" in plain
+    assert balanced.startswith("loss bce, balanced sampling, ImageNet init, 96 px")
+    focal = describe(RunCard.load(ROOT / "models" / "celeba16k-focal.json"))
+    assert focal.startswith("loss focal, natural sampling")
+    repaired = RunCard.load(ROOT / "models" / "celeba16k-bce.json")
+    repaired.extra["repair"] = {"method": "dfr (group-balanced last layer)", "labels": ["Male"], "groups": ["race"]}
+    repaired.config = {**repaired.config, "loss": "group-dro", "groups": ["Male", "Young"], "select_by": "worst_group"}
+    text = describe(repaired)
+    assert text.startswith("loss group-dro over Male x Young, natural sampling") and "worst-group" in text
+    assert text.endswith("last layer re-fit for Male by dfr (group-balanced last layer) over race")
+    assert describe(None) == "no run card: how it was trained is unknown"
+
+
+def test_report_names_the_gap_narrowing_threshold_and_the_command_as_typed(tmp_path):
+    from celeba.analysis.report import header, sections
+
+    folder = _folder(tmp_path, [f"{i}.jpg" for i in range(8)])
+    csv = tmp_path / "labels.csv"
+    pd.DataFrame({"file": [f"{i}.jpg" for i in range(8)], "Male": [1, 0] * 4, "site": ["A"] * 4 + ["B"] * 4}).to_csv(
+        csv, index=False
+    )
+    pop = folder_population(folder, labels_csv=csv)
+    p = np.array([[0.9], [0.1], [0.8], [0.3], [0.6], [0.4], [0.45], [0.55]])
+    analysis = compute(pop, ["Male"], {"m": p}, pd.Series([ONE_FACE] * 8), min_slice=2)
+    assert "`celeba analyze`" in header(analysis) and "poetry run" not in header(analysis)
+    title, text, _, tables = sections(analysis, {}, 0.02)[-1]
+    assert title == "Calibration, and the threshold that narrows each label's gap between groups"
+    caption, table = tables[1]
+    assert caption == "gap-narrowing threshold per label"
+    assert table.loc[("m", "Male"), "across"] == "site" and "gap-narrowing threshold" in table.columns
+    assert not any("balanc" in column for column in table.columns)

@@ -199,3 +199,14 @@ def test_default_outputs_are_never_tracked_files():
     assert len(defaults) == 5 * len(models) and "models/exports/celeba16k-bce-float32.onnx" in defaults
     assert not set(defaults) & set(tracked)
     assert sorted(git("check-ignore", "--no-index", *defaults)) == sorted(defaults)
+
+
+def test_a_missing_export_names_the_command_as_typed(tmp_path):
+    from celeba.export import OnnxModel
+
+    with pytest.raises(
+        FileNotFoundError, match=r"none.tflite: TFLite model not found \(make one with `celeba export`\)"
+    ):
+        TFLiteModel(tmp_path / "none.tflite")
+    with pytest.raises(FileNotFoundError, match=r"make one with `celeba export --format onnx`"):
+        OnnxModel(tmp_path / "none.onnx")

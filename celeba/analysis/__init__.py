@@ -77,7 +77,9 @@ def population_for(cfg: AnalyzeConfig) -> Population:
         if cfg.labels_csv or cfg.filename_pattern or cfg.derive or cfg.map:
             raise CelebADataError("--labels-csv, --filename-pattern, --derive and --map need --images DIR")
         return celeba_population(cfg.data_dir, cfg.partition, cfg.limit, parse_pairs(cfg.pairs), cfg.check_images)
-    return folder_population(cfg.images, cfg.labels_csv, cfg.filename_pattern, cfg.derive, cfg.map, cfg.bins, cfg.limit)
+    return folder_population(
+        cfg.images, cfg.labels_csv, cfg.filename_pattern, cfg.derive, cfg.map, cfg.bins, cfg.limit, cfg.age_bands
+    )
 
 
 def run(cfg: AnalyzeConfig) -> Result:

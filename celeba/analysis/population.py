@@ -18,11 +18,17 @@ import pandas as pd
 
 from celeba.data import ATTRIBUTES, CelebADataError, load_index, split
 from celeba.metrics import cohort_names
+from celeba.sources import AGE_BANDS
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 UNKNOWN = "unknown"  # the group of a row whose group value is missing: listed, never dropped
+#: The first age of every band an `age` group column is cut into: the project's age bands (`celeba.sources`, the
+#: ones training and Tensorleap use), fixed so that children stay visible (quantiles of adult-heavy data would
+#: fold them into an `0-25` bin). `--age-bands` gives others.
+AGE_BAND_STARTS = tuple(lo for lo, _ in AGE_BANDS)
+AGE_COLUMN = "age"  # the group column, by name (any case), cut into age bands instead of quantiles
 
 
 @dataclass
@@ -185,14 +191,22 @@ def derive_label(table: pd.DataFrame, expression: str, spec: str) -> pd.Series:
     return result.astype(float).where(frame[used].notna().all(axis=1))
 
 
-def group_column(column: pd.Series, bins: int, mapping: dict[str, str] | None = None) -> pd.Series:
-    """Values -> ordered string categories: mapped names, or quantile bins of a numeric column with more than
-    `bins` distinct values, or the values themselves; missing -> 'unknown'."""
+def group_column(
+    column: pd.Series,
+    bins: int,
+    mapping: dict[str, str] | None = None,
+    age_starts: Sequence[float] | None = None,
+) -> pd.Series:
+    """Values -> ordered string categories: mapped names, or age bands (`age_starts`, for an age column), or
+    quantile bins of a numeric column with more than `bins` distinct values, or the values themselves; missing ->
+    'unknown'."""
     if mapping:
         names = column.map(lambda v: mapping.get(v, v) if v != "" else UNKNOWN)
         order = [*dict.fromkeys(mapping.values()), *sorted(set(names) - set(mapping.values()) - {UNKNOWN}), UNKNOWN]
         return pd.Series(pd.Categorical(names, [o for o in order if o in set(names)], ordered=True), index=column.index)
     numeric = _numeric(column)
+    if numeric is not None and age_starts is not None:
+        return age_bands(numeric, age_starts)
     if numeric is not None and numeric.nunique() > bins:
         return quantile_bins(numeric, bins)
     values = column.replace("", UNKNOWN).astype(str)
@@ -210,6 +224,28 @@ def _is_number(value: str) -> bool:
 
 def _short(x: float) -> str:
     return f"{x:.0f}" if float(x).is_integer() or abs(x) >= 10 else f"{x:.2f}"
+
+
+def check_age_starts(starts: Sequence[float]) -> None:
+    """Band starts must begin at 0 and increase (every age falls in exactly one band)."""
+    if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+        raise CelebADataError(
+            f"--age-bands {' '.join(f'{s:g}' for s in starts)}: the first age of every band, from 0 and "
+            f"increasing, e.g. {' '.join(map(str, AGE_BAND_STARTS))}"
+        )
+
+
+def age_bands(ages: pd.Series, starts: Sequence[float] = AGE_BAND_STARTS) -> pd.Series:
+    """Ages -> ordered bands named by whole years ('0-4', '5-12', ..., '60+'), from each band's first age;
+    bands nobody is in are left out; missing ages -> 'unknown'."""
+    check_age_starts(starts)
+    edges = [*starts, np.inf]
+    names = [f"{lo:g}-{hi - 1:g}" if hi - lo > 1 else f"{lo:g}" for lo, hi in zip(starts, starts[1:])]
+    names.append(f"{starts[-1]:g}+")
+    banded = pd.cut(ages, edges, right=False, labels=names)
+    text = banded.astype(object).where(banded.notna(), UNKNOWN)
+    order = [n for n in names if (text == n).any()] + ([UNKNOWN] if (text == UNKNOWN).any() else [])
+    return pd.Series(pd.Categorical(text, order, ordered=True), index=ages.index)
 
 
 def quantile_bins(values: pd.Series, bins: int) -> pd.Series:
@@ -233,13 +269,16 @@ def folder_population(
     mapping: Sequence[str] = (),
     bins: int = 5,
     limit: int | None = None,
+    age_starts: Sequence[float] = AGE_BAND_STARTS,
 ) -> Population:
     """Any folder of photos with a truth table (CSV or file-name pattern): labels, derived labels and groups.
 
     Label columns are the columns named like a CelebA attribute (Male, Young, ...); every other column is a group
-    (numeric ones with more than `bins` values are binned into quantiles). The known labels are groups too, so that
-    e.g. Young is also reported per Male / Not Male.
+    (an `age` column is cut into the age bands starting at `age_starts`; other numeric ones with more than `bins`
+    values into quantiles). The labels given as columns are groups too, so that e.g. Young is also reported per
+    Male / Not Male; a derived label is not (its column, e.g. the age bands, already is).
     """
+    check_age_starts(age_starts)
     images = Path(images)
     if (labels_csv is None) == (filename_pattern is None):
         raise CelebADataError("--images needs exactly one of --labels-csv FILE or --filename-pattern PATTERN")
@@ -279,7 +318,10 @@ def folder_population(
     derivations |= {name: f"derived: {name} := {expr}" for name, expr in derived.items()}
 
     group_names = [c for c in table.columns if c != "file" and c not in ATTRIBUTES]
-    groups = {c: group_column(table[c], bins, maps.get(c)) for c in group_names}
+    groups = {
+        c: group_column(table[c], bins, maps.get(c), age_starts if c.lower() == AGE_COLUMN else None)
+        for c in group_names
+    }
     groups |= {
         c: pd.Series(
             pd.Categorical(
@@ -288,7 +330,7 @@ def folder_population(
                 ordered=True,
             )
         ).cat.remove_unused_categories()
-        for c in truth
+        for c in given
     }
     frame = pd.concat(
         [

@@ -41,14 +41,42 @@ class ModelRun:
 
 
 def describe(card: RunCard | None) -> str:
-    """'bce, from scratch, 96 px, 20 epochs, 4000 train images': said next to every figure."""
-    cfg = card.config if card else {}
+    """How a model was trained, said next to every figure: 'loss bce, balanced sampling, ImageNet init, 96 px,
+    6 epochs, 15979 train images' (and the DFR repair, photo folder, Group DRO groups or epoch choice if any), so
+    two models of one architecture are told apart."""
+    if card is None:
+        return "no run card: how it was trained is unknown"
+    cfg = card.config
     weights = str(cfg.get("weights", "?"))
-    init = {"none": "from scratch", "imagenet": "ImageNet init"}.get(weights.lower(), f"init {Path(weights).name}")
-    return (
-        f"{cfg.get('loss', '?')}, {init}, {cfg.get('image_size', '?')} px, {cfg.get('epochs', '?')} epochs, "
-        f"{card.data.get('train', '?') if card else '?'} train images"
+    init = (
+        "from scratch"
+        if weights.lower() == "none"
+        else "ImageNet init"
+        if "imagenet" in weights.lower()
+        else f"init {Path(weights).name}"
     )
+    loss = str(cfg.get("loss", "?"))
+    if loss == "group-dro":
+        loss += f" over {' x '.join(cfg.get('groups', []))}"
+    parts = [
+        f"loss {loss}",
+        f"{cfg.get('sampling', 'natural')} sampling",
+        init,
+        f"{cfg.get('image_size', '?')} px",
+        f"{cfg.get('epochs', '?')} epochs",
+        f"{card.data.get('train', '?')} train images",
+    ]
+    if cfg.get("photos"):
+        parts.append(f"with photos of {Path(cfg['photos']).name}")
+    if cfg.get("select_by") == "worst_group":
+        parts.append("epoch kept by worst-group accuracy")
+    repair = card.extra.get("repair")
+    if isinstance(repair, dict):
+        parts.append(
+            f"last layer re-fit for {', '.join(repair.get('labels', []))} by "
+            f"{repair.get('method', 'repair')} over {' x '.join(repair.get('groups', []))}"
+        )
+    return ", ".join(parts)
 
 
 def unique_names(paths: Sequence[Path]) -> list[str]:
