@@ -62,3 +62,16 @@ def test_docs_use_models_that_are_committed_or_made_by_a_documented_command():
     assert ("deployment.md", "models/celeba16k-bce-float32.onnx") in named
     missing = [(doc, m) for doc, m in named if not (REPO_ROOT / m).is_file() and not m.startswith(made)]
     assert not missing, missing
+
+
+def test_readme_shows_the_designs_own_commands_first():
+    """Set up and Train your own: `poetry run test` / `poetry run train` are the commands shown, and the text names
+    `celeba ...` as the same."""
+    text = (REPO_ROOT / "README.md").read_text()
+    for section, command in (("## Set up", "test"), ("## Train your own", "train")):
+        body = text.split(section, 1)[1].split("\n## ", 1)[0]
+        block = body.split("```bash\n", 1)[1].split("```", 1)[0]
+        commands = [line for line in block.splitlines() if line and not line.startswith(" ")]
+        assert any(line.startswith(f"poetry run {command} ") for line in commands), block
+        assert not any(line.startswith("celeba ") for line in commands), block
+        assert f"`celeba {command}" in body or "`celeba <command>" in body, body
