@@ -196,7 +196,7 @@ def make_loss(
         return GroupDROLoss(group_labels, dro_step, adjustment)
     if masked and name in ("bce", "focal"):
         return MaskedBinaryCrossentropy(gamma=2.0 if name == "focal" else 0.0)
-    if masked and name == "weighted-bce":
+    if masked and name == "weighted-bce" and y_train is not None:
         return MaskedBinaryCrossentropy(*class_balanced_weights(y_train))
     if name == "bce":
         return keras.losses.BinaryCrossentropy(name="bce")

@@ -778,14 +778,14 @@ def _train(
     train_seconds = time.perf_counter() - started
     probs = dataset_probabilities(model, rows["validation"], labels, cfg.image_size, batch)
     metrics = label_metrics(y_val, probs, labels)
-    by_group = validation_groups(y_val, probs, labels, cfg.groups)
+    group_accuracy = validation_groups(y_val, probs, labels, cfg.groups)
     # The saved model keeps its loss but not the optimizer state (a third of the size); resuming uses the backup.
     with strategy.scope():
         compile_for(model, Phase("saved", 1, cfg.learning_rate, True, False), loss, steps, masked=masked)
     save_atomic(model, model_path, cfg.labels)
 
     card = make_run_card(cfg, model_path, rows, y_train, loss, metrics, throughputs, train_seconds, policy)
-    card.extra["validation_groups"] = by_group
+    card.extra["validation_groups"] = group_accuracy
     card.save(card_path(model_path))
     log.info(
         "saved %s (%.0f s); validation accuracy: %s",
