@@ -353,10 +353,10 @@ def describe_os_error(exc: OSError) -> str:
     named = re.search(r"filename = '([^']+)'", text)
     filename = exc.filename or (named[1] if named else None)
     if is_disk_full(exc):
-        return (
-            f"{filename or 'output'}: no space left on device (the last complete model and backup are kept; "
-            f"free space, then run the same command with --resume)"
+        kept = getattr(exc, "kept", None) or (  # a DiskFullError says what it kept; training's default
+            "the last complete model and backup are kept; free space, then run the same command with --resume"
         )
+        return f"{filename or 'output'}: no space left on device ({kept})"
     if filename is not None and exc.strerror:
         return f"{filename}: {' '.join(exc.strerror.split())}"
     return text

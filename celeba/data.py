@@ -616,10 +616,11 @@ def is_prepared(folder: Path | str) -> bool:
 def load_prepared_index(folder: Path | str) -> pd.DataFrame:
     """`load_index` of a prepared folder: the same columns, `path` naming each row's shard file."""
     meta = json.loads(read_text(join(folder, PREPARED_FILE)))
+    index = join(folder, meta.get("index", INDEX_FILE))  # `index.<tag>.csv`; `index.csv` in older folders
     try:
-        frame = pd.read_csv(io.StringIO(read_text(join(folder, INDEX_FILE))), dtype={"image_id": str})
+        frame = pd.read_csv(io.StringIO(read_text(index)), dtype={"image_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, FileNotFoundError) as exc:
-        raise CelebADataError(f"{join(folder, INDEX_FILE)}: unreadable index of a prepared folder ({exc})") from None
+        raise CelebADataError(f"{index}: unreadable index of a prepared folder ({exc})") from None
     frame.insert(1, "path", [join(folder, name) for name in frame.pop("shard")])
     frame[list(ATTRIBUTES)] = frame[list(ATTRIBUTES)].astype(np.int8)
     frame.attrs["image_size"] = int(meta["image_size"])

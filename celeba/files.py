@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,3 +37,11 @@ def remove_stale_temporaries(folder: Path, stem: str = "*") -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+class DiskFullError(OSError):
+    """No space left while writing `path`; `kept` says what is still there and what to do (the CLI's one line)."""
+
+    def __init__(self, path: str | os.PathLike[str], kept: str) -> None:
+        super().__init__(errno.ENOSPC, "no space left on device", os.fspath(path))
+        self.kept = kept
