@@ -9,12 +9,15 @@ Prints what it checked (data folders, model, settings, image files excluded as u
 the samples' results; exits 1 on any failure.
 
     python leap_test.py [--samples N] [--model PATH.onnx] [--data-dir DIR] [--photos-dir DIR] [--volume]
+                        [--latent-space PNG [--latent-limit N]]
 
 CelebA: `--data-dir`, else CELEBA_DATA_DIR, else (in a repository checkout, unless `--volume`) the embedded
 sample `data/celeba-sample/`, else `data_root` of project_config.yaml on the data volume, as on the platform.
 Photos (the `additional` subset, where project_config.yaml sets `photos`): `--photos-dir`, else CELEBA_PHOTOS_DIR,
 else (in a checkout, unless `--volume`) the embedded `data/photos-sample/`, else `photos.root` on the data volume.
 Model: `--model`, else CELEBA_LEAP_MODEL, else `model` of project_config.yaml.
+`--latent-space PNG` (local only: onnx, matplotlib) also draws the photo subset's latent space from the model's
+`embedding` layer, coloured by gender, race and right/wrong, and prints accuracy per race x gender.
 """
 
 import argparse
@@ -210,6 +213,60 @@ def choose_folder(given: Path | None, variable: str, sample: Path, volume: bool,
     return f"{setting} of project_config.yaml, found on the data volume"
 
 
+def embedding_session(path: Path) -> Any:
+    """An onnxruntime session over the ONNX model with the `embedding` layer (the pooled backbone output the
+    platform's latent space is built from) as a second output."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    name = next(out for node in model.graph.node for out in node.output if "/embedding" in out)
+    model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def photo_embeddings(binder: dict, limit: int | None, batch: int = 256) -> tuple[Any, Any, Any]:
+    """(the photo subset's rows, predictions, embeddings) through the binder's input encoder and the model."""
+    import numpy as np
+
+    photos = next(r for r in binder["preprocess"]() if r.state.value == "additional")
+    ids = photos.sample_ids[:limit]
+    session = embedding_session(binder["model_path"]())
+    outputs = []
+    for start in range(0, len(ids), batch):
+        images = np.stack([binder["input_image"](i, photos) for i in ids[start : start + batch]])
+        prediction, embedding = session.run(None, {session.get_inputs()[0].name: images})
+        outputs.append((prediction, embedding.reshape(len(images), -1)))
+    rows = photos.data.rows.set_index("image_id").loc[ids].reset_index()
+    return rows, np.concatenate([p for p, _ in outputs]), np.concatenate([e for _, e in outputs])
+
+
+def latent_space_figure(binder: dict, path: Path, limit: int | None) -> None:
+    """The photo subset's latent space, as the platform draws it from `embedding` (here t-SNE of the first 50
+    principal components), coloured by gender, race and whether Male is right; prints Male accuracy per race x
+    gender, the gap the figure shows (for the first label: Male)."""
+    import numpy as np
+
+    from celeba import plots
+    from celeba.analysis.figures import project
+
+    rows, prediction, embedding = photo_embeddings(binder, limit)
+    label = binder["LABELS"][0]
+    right = (prediction[:, 0] >= 0.5) == (rows[label].to_numpy() >= 0.5)
+    order = np.argsort(~right, kind="stable")  # the mistakes drawn last, on top
+    rows, right, embedding = rows.iloc[order].reset_index(drop=True), right[order], embedding[order]
+    points = project(embedding, "tsne")
+    groups = {
+        "gender": rows["gender"].fillna("unknown").to_numpy(),
+        "race": rows["race"].fillna("unknown").to_numpy(),
+        f"{label} prediction": np.where(right, "right", "wrong"),
+    }
+    model = Path(binder["model_path"]()).name
+    plots.latent_by_group(points, groups, f"{len(rows)} photos of {rows['dataset'].iat[0]}, {model}", path)
+    table = rows.assign(right=right).groupby(["race", "gender"])["right"].agg(["size", "mean"])
+    print(f"\nlatent space: {path}\n{label} accuracy by race x gender:\n{table.round(3).to_string()}")
+
+
 def describe_data(binder: dict, sources: dict[str, str]) -> None:
     """Print where the data comes from, the subsets' sizes and the image files screening excluded."""
     config = binder["CONFIG"]
@@ -237,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--volume", action="store_true", help="folders not given: look them up on the data volume, as the platform"
     )
+    parser.add_argument("--latent-space", type=Path, metavar="PNG", help="also draw the photo subset's latent space")
+    parser.add_argument("--latent-limit", type=int, help="with --latent-space: the first N photos (default: all)")
     args = parser.parse_args(argv)
 
     sources = {
@@ -259,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(rows)
     for values in samples:
         print_sample(values)
+    if binder and args.latent_space:
+        latent_space_figure(binder, args.latent_space, args.latent_limit)
     ok = valid and bool(binder) and all(passed for _, passed, _ in rows)
     print(f"\n{'OK' if ok else 'FAILED'}: {sum(p for _, p, _ in rows)}/{len(rows)} checks passed")
     return 0 if ok else 1

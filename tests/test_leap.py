@@ -308,9 +308,10 @@ def test_requirements_txt_lists_only_what_the_bundle_imports(bundle_run):
 
 @pytest.mark.slow
 def test_leap_test_passes_out_of_the_box_with_the_committed_model(tmp_path):
-    """No flag, no variable: both embedded samples (the face crops land in ~/.cache, here a fresh home)."""
+    """No flag, no variable: both embedded samples (the face crops land in ~/.cache, here a fresh home); and the
+    latent-space figure of the photo subset."""
     result = subprocess.run(
-        [sys.executable, "leap_test.py", "--samples", "1"],
+        [sys.executable, "leap_test.py", "--samples", "1", "--latent-space", str(tmp_path / "latent.png")],
         cwd=ROOT,
         env=clean_env(HOME=str(tmp_path)),
         capture_output=True,
@@ -326,6 +327,8 @@ def test_leap_test_passes_out_of_the_box_with_the_committed_model(tmp_path):
     assert "\nadditional sample " in result.stdout and "population_race=" in result.stdout
     assert result.stdout.count("Successful!") == 0
     assert (tmp_path / sources.default_crops_dir(PHOTOS_DIR / "images").relative_to(Path.home())).is_dir()
+    assert Image.open(tmp_path / "latent.png").size[0] > 800
+    assert "Male accuracy by race x gender:" in result.stdout and "Asian  female     2" in result.stdout
 
 
 @pytest.mark.slow
