@@ -30,14 +30,13 @@ from celeba.data import labels_array, load_index, make_dataset, split
 from celeba.groups import GroupReport, group_of, group_report
 from celeba.sources import PhotoSource, age_band, photo_rows
 
-LABELS = ("Male", "Young")
 COLLATERAL = 0.02  # a group may not fall more than this below the reference, beyond its interval
 
 
-def probabilities(model_path: Path, rows: pd.DataFrame, what: str, cache: Path) -> np.ndarray:
+def probabilities(model_path: Path, rows: pd.DataFrame, what: str, cache: Path, wanted: tuple[str, ...]) -> np.ndarray:
     """The model's probabilities for the rows (cached by model file content and row list)."""
     key = hashlib.sha1(model_path.read_bytes() + "|".join(rows["path"]).encode()).hexdigest()[:16]
-    file = cache / f"{model_path.stem}-{what}-{key}.npy"
+    file = cache / f"{model_path.stem}-{what}-{'-'.join(wanted)}-{key}.npy"
     if file.is_file():
         return np.load(file)
     from celeba.model import load_model, model_image_size
@@ -45,16 +44,17 @@ def probabilities(model_path: Path, rows: pd.DataFrame, what: str, cache: Path) 
     model, labels = load_model(model_path)
     filled = rows.assign(**{label: rows[label].fillna(0) for label in labels})
     probs = model.predict(make_dataset(filled, labels, model_image_size(model), 64), verbose=0)
-    probs = probs[:, [labels.index(label) for label in LABELS]]
+    probs = probs[:, [labels.index(label) for label in wanted]]
     cache.mkdir(parents=True, exist_ok=True)
     np.save(file, probs)
     return probs
 
 
-def celeba_reports(rows: pd.DataFrame, probs: np.ndarray) -> dict[str, GroupReport]:
-    groups = group_of(rows, ["Male", "Young"])
-    y = labels_array(rows, LABELS)
-    return {f"celeba {label}": group_report(label, y[:, j], probs[:, j], groups) for j, label in enumerate(LABELS)}
+def celeba_reports(rows: pd.DataFrame, probs: np.ndarray, labels: tuple[str, ...]) -> dict[str, GroupReport]:
+    """Each label's accuracy per group of all the labels' values (Male x Young: 4 groups)."""
+    groups = group_of(rows, labels)
+    y = labels_array(rows, labels)
+    return {f"celeba {label}": group_report(label, y[:, j], probs[:, j], groups) for j, label in enumerate(labels)}
 
 
 def photo_reports(rows: pd.DataFrame, probs: np.ndarray) -> dict[str, GroupReport]:
@@ -101,6 +101,41 @@ def apply_thresholds(probs: np.ndarray, label: int, side: np.ndarray, chosen: di
     return out
 
 
+def load_photos(folder: Path, split_file: Path) -> pd.DataFrame:
+    """The evaluation part of a labelled folder (faces found and cached), with age, gender, race and age band."""
+    source = PhotoSource(folder / "images", folder / "labels.csv", None, ("Young=age<30",), split_file, None)
+    photos = photo_rows(source, ("Male", "Young"), ["evaluation"])
+    raw = pd.read_csv(folder / "labels.csv").set_index("file")
+    photos = photos.join(raw[["age", "gender", "race"]], on="image_id")
+    photos["age_band"] = age_band(photos["age"]).astype(str)
+    return photos
+
+
+def threshold_rows(
+    name: str,
+    labels: tuple[str, ...],
+    val_y: np.ndarray,
+    val_p: np.ndarray,
+    test: pd.DataFrame,
+    photos: pd.DataFrame | None,
+    scores: dict[str, np.ndarray],
+) -> dict[str, dict]:
+    """Rows for one label's threshold per value of the other: known (CelebA only, a bound) and predicted."""
+    out: dict[str, dict] = {}
+    test_p = scores["test"]
+    for label, other in ((1, 0), (0, 1)):
+        for known in (True, False):
+            chosen, _ = thresholds_by_other(val_y, val_p, label, other, known)
+            row = f"{name} + {labels[label]} threshold per {labels[other]} ({'known' if known else 'predicted'})"
+            side = labels_array(test, labels)[:, other] if known else test_p[:, other] >= 0.5
+            out[row] = dict(celeba_reports(test, apply_thresholds(test_p, label, side, chosen), labels))
+            if not known and photos is not None:
+                photo_p = scores["photos"]
+                out[row] |= photo_reports(photos, apply_thresholds(photo_p, label, photo_p[:, other] >= 0.5, chosen))
+            out[row]["thresholds"] = chosen
+    return out
+
+
 def collateral(reference: dict[str, GroupReport], other: dict[str, GroupReport]) -> list[str]:
     """Groups that fall more than COLLATERAL below the reference with the whole interval below it."""
     found = []
@@ -116,57 +151,68 @@ def fmt(report: GroupReport) -> str:
     return f"{100 * report.average:.1f} / {100 * report.worst:.1f} / {100 * report.balanced:.1f}"
 
 
+def plot(summary: dict[str, dict], tables: list[str], path: Path) -> None:
+    """Average against worst-group accuracy, one panel per table, one point per model or row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 4.4))
+    names = list(summary)
+    colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    for ax, table in zip(axes, tables):
+        for i, name in enumerate(names):
+            row = summary[name].get(table)
+            if isinstance(row, dict):
+                ax.scatter(100 * row["average"], 100 * row["worst"], color=colours(i), s=40, label=name)
+        ax.set_title(table, fontsize=9)
+        ax.set_xlabel("average accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("worst-group accuracy (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(names) // 3), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--photos", type=Path, required=True, help="folder with images/, labels.csv")
+    parser.add_argument("--photos", type=Path, help="folder with images/, labels.csv (Male and Young labels only)")
     parser.add_argument("--split-file", type=Path, default=Path("data/utkface/split.csv"))
+    parser.add_argument("--labels", nargs=2, default=["Male", "Young"], help="two labels; each is grouped by both")
     parser.add_argument("--model", type=Path, action="append", required=True, help="the first is the reference")
     parser.add_argument("--thresholds-of", type=Path, help="add per-other-attribute threshold rows for this model")
     parser.add_argument("--out", type=Path, default=Path("docs/study"))
     parser.add_argument("--cache", type=Path, default=Path("reports/study-cache"))
+    parser.add_argument("--figure", type=Path, help="average against worst group, per table (a PNG)")
+    parser.add_argument("--figure-tables", nargs="+", help="the tables the figure shows (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from celeba.runtime import quiet_tensorflow
 
     quiet_tensorflow()
-
+    labels = tuple(args.labels)
+    if args.photos is not None and labels != ("Male", "Young"):
+        parser.error("--photos: the photo tables are for --labels Male Young")
     index = load_index(args.data_dir)
     test, val = split(index, "test"), split(index, "validation")
-    source = PhotoSource(
-        args.photos / "images", args.photos / "labels.csv", None, ("Young=age<30",), args.split_file, None
-    )
-    photos = photo_rows(source, LABELS, ["evaluation"])
-    raw = pd.read_csv(args.photos / "labels.csv").set_index("file")
-    photos = photos.join(raw[["age", "gender", "race"]], on="image_id")
-    photos["age_band"] = age_band(photos["age"]).astype(str)
+    photos = None
+    if args.photos is not None:
+        photos = load_photos(args.photos, args.split_file)
 
     rows: dict[str, dict[str, GroupReport]] = {}
     for path in args.model:
-        name = path.stem
-        rows[name] = celeba_reports(test, probabilities(path, test, "test", args.cache)) | photo_reports(
-            photos, probabilities(path, photos, "photos", args.cache)
-        )
+        scores = {"test": probabilities(path, test, "test", args.cache, labels)}
+        rows[path.stem] = celeba_reports(test, scores["test"], labels)
+        if photos is not None:
+            scores["photos"] = probabilities(path, photos, "photos", args.cache, labels)
+            rows[path.stem] |= photo_reports(photos, scores["photos"])
         if args.thresholds_of is not None and path == args.thresholds_of:
-            val_y, val_p = labels_array(val, LABELS), probabilities(path, val, "validation", args.cache)
-            test_p, photo_p = (
-                probabilities(path, test, "test", args.cache),
-                probabilities(path, photos, "photos", args.cache),
-            )
-            for label, other in ((1, 0), (0, 1)):
-                for known in (True, False):
-                    chosen, _ = thresholds_by_other(val_y, val_p, label, other, known)
-                    how = "known" if known else "predicted"
-                    row = f"{name} + {LABELS[label]} threshold per {LABELS[other]} ({how})"
-                    if known:  # needs the other attribute's truth at inference: CelebA only, as a bound
-                        side = labels_array(test, LABELS)[:, other]
-                        rows[row] = celeba_reports(test, apply_thresholds(test_p, label, side, chosen))
-                    else:
-                        rows[row] = celeba_reports(
-                            test, apply_thresholds(test_p, label, test_p[:, other] >= 0.5, chosen)
-                        ) | photo_reports(photos, apply_thresholds(photo_p, label, photo_p[:, other] >= 0.5, chosen))
-                    rows[row]["thresholds"] = chosen  # type: ignore[assignment]
-
+            val_p = probabilities(path, val, "validation", args.cache, labels)
+            rows |= threshold_rows(path.stem, labels, labels_array(val, labels), val_p, test, photos, scores)
     reference = rows[args.model[0].stem]
     args.out.mkdir(parents=True, exist_ok=True)
     tables = list(reference)
@@ -191,8 +237,11 @@ def main() -> None:
             if t in reports:
                 table = reports[t].table[["n", "accuracy", "low", "high", "tpr", "fpr"]]
                 detail.append(f"\n{t} (average {fmt(reports[t])} avg / worst / balanced)\n\n" + markdown_table(table))
-    counts = f"CelebA test: {len(test)} images; photos evaluation part: {len(photos)} with a face"
+    counts = f"CelebA test: {len(test)} images" + (
+        f"; photos evaluation part: {len(photos)} with a face" if photos is not None else ""
+    )
     (args.out / "study.md").write_text(
+        f"Made by `python scripts/population_study.py {' '.join(sys.argv[1:])}`.\n\n"
         f"Cells: average / worst group / group-balanced accuracy, in %. {counts}.\n\n"
         + "\n".join(lines)
         + "\n"
@@ -201,6 +250,8 @@ def main() -> None:
         + "\n"
     )
     (args.out / "study.json").write_text(json.dumps(summary, indent=2, default=float))
+    if args.figure is not None:
+        plot(summary, args.figure_tables or tables, args.figure)
     print("\n".join(lines))
 
 
