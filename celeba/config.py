@@ -142,6 +142,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        literal_choices(self)  # loss, select_by, sampling, strategy
         at_least(self, 1, "batch_size", "epochs", "dense_units", "limit", "train_limit", "val_limit")
         at_least(self, 0, "freeze_epochs", "seed")
         at_least(self, 32, "image_size")  # MobileNetV2's smallest input
@@ -177,13 +178,19 @@ class TrainConfig:
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
         """A config from a run card's "config" (older cards lack newer fields); also the keys it did not know."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"config: must be a JSON object, got {type(values).__name__}")
         hints = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}  # JSON values, each converted to its field's type below
+        kwargs: dict[str, Any] = {}  # JSON values, each checked and converted to its field's type below
         for key, value in values.items():
             if key not in known:
                 continue
             kind, many = _base_type(hints[key])
+            if value is not None or not _optional(hints[key]):
+                for item in value if many and isinstance(value, list) else [value]:
+                    if not _json_fits(item, kind) or (many and not isinstance(value, list)):
+                        raise ConfigError(f"config.{key}: {value!r} is not {_json_kind(hints[key])}")
             kwargs[key] = tuple(value) if many else Path(value) if kind is Path and value is not None else value
         return cls(**kwargs), sorted(set(values) - known)
 
@@ -232,6 +239,53 @@ class EvalConfig(PhotoFolderOptions):
 
 
 # --------------------------------------------------------------------------- dataclass -> argparse
+
+
+def _optional(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation
+    )
+
+
+def _json_fits(value: Any, kind: Any) -> bool:
+    """Whether a JSON value is one of `kind` (a scalar type of the configs, or a Literal)."""
+    if typing.get_origin(kind) is Literal:
+        return value in typing.get_args(kind)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind in (str, Path):
+        return isinstance(value, str)
+    return True
+
+
+def _json_kind(annotation: Any) -> str:
+    """What a config field holds, in words: "an int", "a list of str", "one of 'bce', 'focal'"."""
+    kind, many = _base_type(annotation)
+    if typing.get_origin(kind) is Literal:
+        words = "one of " + ", ".join(repr(a) for a in typing.get_args(kind))
+    else:
+        name = {Path: "path", str: "string", int: "integer", float: "number", bool: "true/false"}.get(kind, str(kind))
+        words = f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+    words = f"a list of {words.removeprefix('a ').removeprefix('an ')}s" if many else words
+    return f"{words} or null" if _optional(annotation) else words
+
+
+def literal_choices(cfg: Any) -> None:
+    """Each Literal field of a config dataclass holds one of its choices (argparse checks flags; this checks
+    configs built in code or from a run card)."""
+    for name, annotation in typing.get_type_hints(type(cfg)).items():
+        kind, many = _base_type(annotation)
+        value = getattr(cfg, name, None)
+        if typing.get_origin(kind) is not Literal or value is None:
+            continue
+        choices = typing.get_args(kind)
+        for item in value if many else [value]:
+            if item not in choices:
+                raise ConfigError(f"{_flag(name)}: {item!r} is not one of {', '.join(map(repr, choices))}")
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:

@@ -124,15 +124,22 @@ class RunCard:
     def replay_config(self, card: Path):
         """`train_config` as a replay from the card file `card`: named `<name>-replay` unless a flag renames it
         (`check_replay` then refuses a name whose card would be `card`)."""
-        cfg = self.train_config()
+        from celeba.config import ConfigError
+
+        try:
+            cfg = self.train_config()
+        except ConfigError as exc:  # a tampered card: a string image size, an unknown loss, a list for config
+            raise RunCardError(f"{card}: cannot replay this run card: {exc}") from None
         return dataclasses.replace(cfg, name=f"{cfg.run_name}{REPLAY_SUFFIX}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunCard:
+        if not isinstance(values, dict):
+            raise ValueError(f"not a run card: a JSON {type(values).__name__}, not an object")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in values.items() if k in names}
         extra = {k: v for k, v in values.items() if k not in names}
-        if "config" not in known or "labels" not in known["config"]:
+        if "config" not in known or not isinstance(known["config"], dict) or "labels" not in known["config"]:
             raise ValueError("not a run card: it has no config.labels")
         known.setdefault("model", "")
         return cls(**known, extra=extra)

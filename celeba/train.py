@@ -689,6 +689,15 @@ def _train(
 
     run_dir = models_dir / cfg.run_name
     model_path = models_dir / f"{cfg.run_name}.keras"
+    policy = set_precision(cfg.mixed_precision)
+    with strategy.scope():
+        model = build_model(len(labels), cfg.image_size, cfg.weights, cfg.dense_units, cfg.dropout)
+        trainer = with_augmentation(model, cfg.seed) if cfg.augment else model
+        if cfg.strategy == "multiworker":
+            fit_on_several_workers(trainer)
+        loss = make_loss(cfg.loss, y_train, group_index, cfg.dro_step, cfg.dro_adjustment)
+
+    # Data, model and loss are ready: only now may an earlier run of this name go (a failure above keeps it).
     if not cfg.resume and run_dir.exists():
         log.info("fresh run: clearing %s (use --resume to continue it)", run_dir)
         shutil.rmtree(run_dir)
@@ -698,14 +707,6 @@ def _train(
     remove_stale_temporaries(models_dir, cfg.run_name)
     if run_dir.exists():
         remove_stale_temporaries(run_dir)
-
-    policy = set_precision(cfg.mixed_precision)
-    with strategy.scope():
-        model = build_model(len(labels), cfg.image_size, cfg.weights, cfg.dense_units, cfg.dropout)
-        trainer = with_augmentation(model, cfg.seed) if cfg.augment else model
-        if cfg.strategy == "multiworker":
-            fit_on_several_workers(trainer)
-        loss = make_loss(cfg.loss, y_train, group_index, cfg.dro_step, cfg.dro_adjustment)
     run_dir.mkdir(parents=True, exist_ok=True)  # after the model: a failed weights download leaves no empty folder
 
     batch = cfg.batch_size * strategy.num_replicas_in_sync

@@ -148,3 +148,71 @@ def test_replaying_a_card_in_its_own_folder_writes_a_new_model_beside_it(tiny_mo
         json.loads(replayed.read_text()) == card and (tmp_path / "tiny.keras").read_bytes() == tiny_model.read_bytes()
     )
     assert RunCard.load(tmp_path / "tiny-replay.json").config["name"] == "tiny-replay"
+
+
+def _card_of(tmp_path: Path, models: Path, **config) -> Path:
+    """A training card replaying a one-epoch run named `x` (it writes `x-replay` in `models`), with `config` set."""
+    card = json.loads((REPO_ROOT / "models" / "celeba8k-bce.json").read_text())
+    card.get("provenance", {}).pop("data_dir", None)
+    card["config"].update(name="x", models_dir=str(models), data_dir=str(SAMPLE_DIR), weights="none", limit=8)
+    card["config"].update({"image_size": 32, "epochs": 1, "check_images": False, "run_eagerly": True, **config})
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(card))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"image_size": "96"}, "config.image_size: '96' is not an integer"),
+        ({"loss": "hinge"}, "config.loss: 'hinge' is not one of 'bce', 'weighted-bce', 'focal', 'group-dro'"),
+        ({"labels": "Male"}, "config.labels: 'Male' is not a list of strings"),
+        ({"augment": "yes"}, "config.augment: 'yes' is not a true/false"),
+        ({"dropout": None}, "config.dropout: None is not a number"),
+    ],
+)
+def test_a_tampered_card_is_refused_naming_the_card_and_the_field(tmp_path, change, why):
+    card = _card_of(tmp_path, tmp_path / "models", **change)
+    with pytest.raises(RunCardError) as caught:
+        _replay(card)
+    assert str(caught.value) == f"{card}: cannot replay this run card: {why}"
+
+
+def test_a_card_that_is_a_json_list_is_refused_naming_the_card(tmp_path):
+    card = tmp_path / "x.json"
+    card.write_text("[1, 2]")
+    with pytest.raises(
+        RunCardError, match=r"x.json: unreadable run card \(not a run card: a JSON list, not an object\)"
+    ):
+        _replay(card)
+
+
+@pytest.mark.slow
+def test_a_bad_replay_deletes_nothing_and_says_one_line(tmp_path):
+    """`train --config` with an unknown loss used to log `fresh run: clearing <models>/<name>`, delete the earlier
+    run of that name, and only then fail with a traceback."""
+    models = tmp_path / "models"
+    (models / "x-replay").mkdir(parents=True)
+    (models / "x-replay" / "history.csv").write_text("epoch,loss\n0,1.0\n")  # the earlier run's files
+    result = _celeba("train", "--config", str(_card_of(tmp_path, models, loss="hinge")))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'x.json'}: cannot replay this run card: config.loss: 'hinge' is not one of "
+        "'bce', 'weighted-bce', 'focal', 'group-dro'"
+    ]
+    assert (models / "x-replay" / "history.csv").read_text() == "epoch,loss\n0,1.0\n"
+
+
+def test_a_run_that_fails_to_start_keeps_the_earlier_run_of_its_name(tmp_path):
+    """Data, model and loss are made before the earlier run folder is cleared: a weights file that is not there
+    (found only when the model is built, after the data is read) leaves it as it was."""
+    from conftest import tiny_config
+
+    from celeba.model import WeightsError
+    from celeba.train import train
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    with pytest.raises(WeightsError, match="missing.h5: weights file not found"):
+        train(tiny_config(tmp_path, "r", weights=str(tmp_path / "missing.h5"), image_size=32, limit=8))
+    assert (tmp_path / "r" / "history.csv").read_text() == "epoch,loss\n0,1.0\n"
