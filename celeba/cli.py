@@ -30,7 +30,8 @@ def _train(cfg) -> int:
 
     card = train(cfg)
     accuracy = ", ".join(
-        f"{label} {m['accuracy']:.3f} (ROC-AUC {m['roc_auc']:.3f})" for label, m in card.validation_metrics.items()
+        f"{label} {_number(m['accuracy'])} (ROC-AUC {_number(m['roc_auc'], 'n/a: one class in validation')})"
+        for label, m in card.validation_metrics.items()
     )
     print(f"saved {card.model} and its run card {Path(card.model).with_suffix('.json')}")
     print(
@@ -38,6 +39,12 @@ def _train(cfg) -> int:
         f"{card.train_images_per_s} training images/s"
     )
     return 0
+
+
+def _number(value: float | None, missing: str = "n/a") -> str:
+    """A metric with 3 decimals; `missing` for one a card holds as null (NaN in JSON: e.g. the ROC-AUC of a
+    label with one class)."""
+    return missing if value is None or value != value else f"{value:.3f}"
 
 
 def _evaluate(cfg) -> int:

@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -279,3 +280,38 @@ def test_a_full_disk_ends_training_with_one_error_line_and_keeps_the_last_backup
     with h5py.File(backup / "epoch-0001.weights.h5") as f:  # complete and readable
         assert len(f.keys()) > 0
     assert not (models / "k.keras").exists()
+
+
+# --------------------------------------------------------------------------- a label with one class
+
+
+def test_a_label_with_one_class_trains_and_prints_its_summary(tmp_path, capsys):
+    """Bald is 0 on the first 8 validation images: its validation ROC-AUC is undefined (null in the card). The
+    summary line used to crash on it (`TypeError ... NoneType.__format__`, exit 1) after the model was saved."""
+    from celeba.cli import train_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(
+            [
+                *TINY_TRAIN[:4],
+                "--limit",
+                "8",
+                "--batch-size",
+                "8",
+                *TINY_TRAIN[8:],
+                "--epochs",
+                "1",
+                "--labels",
+                "Bald",
+                "--loss",
+                "weighted-bce",
+                "--models-dir",
+                str(tmp_path),
+                "--name",
+                "one",
+            ]
+        )
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0, err[-3000:]
+    assert json.loads((tmp_path / "one.json").read_text())["validation_metrics"]["Bald"]["roc_auc"] is None
+    assert re.search(r"validation: Bald \d\.\d{3} \(ROC-AUC n/a: one class in validation\);", out), out
