@@ -594,7 +594,7 @@ def load_model():
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: ONNX model not found (make it with `poetry run export --model "
-            f"models/<model>.keras --format onnx`)"
+            f"models/<model>.keras --format onnx --out {path}`)"
         )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     check_model(session, CONFIG, path)

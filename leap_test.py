@@ -32,6 +32,7 @@ from typing import Any
 
 os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")  # code-loader otherwise sends usage events (stalls offline)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+__import__("celeba.runtime").runtime.quiet_tensorflow()  # TensorFlow's start-up lines filtered, whatever the level
 
 ROOT = Path(__file__).resolve().parent
 ENTRY_FILE = "leap_binder.py"

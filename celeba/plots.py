@@ -254,7 +254,7 @@ def reliability(
 def threshold_curves(
     curves: Mapping[str, Mapping[str, pd.DataFrame]], thresholds: pd.DataFrame, path: Path, note: str = ""
 ) -> Path:
-    """Cohort accuracy vs decision threshold; dotted: the default, solid: the cohort-balancing threshold."""
+    """Cohort accuracy vs decision threshold; dotted: the default, solid: the gap-narrowing threshold."""
     labels = list(next(iter(curves.values())))
     fig, axes = _grid(len(curves), len(labels), (4.2, 3.0))
     for r, (model, per_label) in enumerate(curves.items()):
@@ -280,7 +280,7 @@ def threshold_curves(
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=7, loc="best")
-    fig.suptitle("Accuracy per cohort vs threshold (dotted: default, solid: cohort-balancing; reported, not applied)")
+    fig.suptitle("Accuracy per cohort vs threshold (dotted: default, solid: gap-narrowing threshold; reported, not applied)")
     return save(fig, path, note)
 
 

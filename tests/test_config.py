@@ -87,7 +87,7 @@ def test_help_text_comes_from_the_field_metadata(capsys):
         train_main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--resume, --no-resume continue an interrupted run from its last completed epoch (default: off)" in text
-    assert "--loss {bce,weighted-bce,focal}" in text and "(default: data/celeba-sample)" in text
+    assert "--loss {bce,weighted-bce,focal,group-dro}" in text and "(default: data/celeba-sample)" in text
     assert "--config RUN_CARD.json" in text
 
 
