@@ -135,6 +135,9 @@ class TrainConfig:
     strategy: Literal["auto", "mirrored", "multiworker"] = opt(
         "auto", "auto: mirrored over the local GPUs if there are several; multiworker: the machines of TF_CONFIG"
     )
+    startup_timeout: float = opt(
+        300.0, "multiworker: seconds to wait for every task of TF_CONFIG to join before giving up"
+    )
     run_eagerly: bool = opt(
         False,
         "run the training step eagerly instead of tracing a graph: tiny runs (tests, debugging) start in seconds,"
@@ -143,6 +146,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         literal_choices(self)  # loss, select_by, sampling, strategy
+        positive(self, "startup_timeout")
         at_least(self, 1, "batch_size", "epochs", "dense_units", "limit", "train_limit", "val_limit")
         at_least(self, 0, "freeze_epochs", "seed")
         at_least(self, 32, "image_size")  # MobileNetV2's smallest input

@@ -10,7 +10,10 @@ import logging
 import os
 import platform
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 import time
 import types
 from collections.abc import Iterator, Sequence
@@ -23,7 +26,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from celeba.config import TrainConfig
+from celeba.config import ConfigError, TrainConfig
 from celeba.data import CelebADataError, check_labels, labels_array, load_index, make_augmenter, make_dataset, split
 from celeba.files import atomic_path, remove_stale_temporaries
 from celeba.losses import MaskedAUC, MaskedBinaryAccuracy, WeightedBinaryCrossentropy, make_loss
@@ -305,14 +308,105 @@ def distribution_strategy() -> tf.distribute.Strategy:
 STRATEGIES = ("auto", "mirrored", "multiworker")
 
 
-def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+def read_tf_config(raw: str | None = None) -> dict[str, Any] | None:
+    """The `TF_CONFIG` environment variable (or `raw`), checked: None when it is unset or names no cluster.
+
+    TensorFlow waits forever on a malformed one (`[]`) or fails with a traceback that does not say where the
+    problem is; here a ConfigError names TF_CONFIG and what is wrong (the CLI prints it, exit 2).
+    """
+    raw = os.environ.get("TF_CONFIG") if raw is None else raw
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"TF_CONFIG: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f'TF_CONFIG: must be a JSON object with "cluster" and "task", got a {type(value).__name__}')
+    cluster = value.get("cluster")
+    if not cluster:
+        return None
+    if not isinstance(cluster, dict) or not all(
+        isinstance(addresses, list) and all(isinstance(a, str) and ":" in a for a in addresses)
+        for addresses in cluster.values()
+    ):
+        raise ConfigError('TF_CONFIG: "cluster" must map task types to lists of "host:port" addresses')
+    task = value.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise ConfigError('TF_CONFIG: "task" must give this process\'s "type" and "index"')
+    kind, index = task["type"], task["index"]
+    if kind not in cluster:
+        raise ConfigError(f"TF_CONFIG: task type {kind!r} is not in the cluster (which has {', '.join(cluster)})")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise ConfigError(
+            f"TF_CONFIG: task index {index!r} is out of range: the cluster has {len(cluster[kind])} {kind} "
+            f"task(s), 0 to {len(cluster[kind]) - 1}"
+        )
+    return value
+
+
+def wait_for_peers(tf_config: dict[str, Any], timeout: float, poll: float = 0.5) -> None:
+    """Wait until every other task of TF_CONFIG accepts connections on its port; ConfigError after `timeout` s.
+
+    TensorFlow's own wait (inside `MultiWorkerMirroredStrategy()`) has no limit, holds the GIL in C++ and
+    installs a SIGTERM handler of its own: a peer that never starts used to hang the process, deaf to SIGTERM.
+    This wait runs in Python, so SIGINT and SIGTERM end it. Meanwhile this task listens on its own port (closed
+    before TensorFlow's server takes it), so that the peers, waiting the same way, see it too.
+    """
+    me = tf_config["task"]
+    own = tf_config["cluster"][me["type"]][me["index"]]
+    others = {
+        f"{kind} {i} ({address})": address
+        for kind, addresses in tf_config["cluster"].items()
+        for i, address in enumerate(addresses)
+        if (kind, i) != (me["type"], me["index"])
+    }
+    try:
+        listener = socket.create_server(("", int(own.rsplit(":", 1)[1])), reuse_port=False)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(
+            f"TF_CONFIG: {me['type']} {me['index']}'s own address {own}: cannot listen ({reason})"
+        ) from None
+    with listener:
+        waiting = dict(others)
+        log.info("multiworker: waiting up to %g s for %s (TF_CONFIG)", timeout, ", ".join(waiting) or "no other task")
+        deadline = time.monotonic() + timeout
+        while waiting:
+            for name, address in list(waiting.items()):
+                host, port = address.rsplit(":", 1)
+                with contextlib.suppress(OSError, ValueError), socket.create_connection((host, int(port)), poll):
+                    del waiting[name]
+            if waiting and time.monotonic() > deadline:
+                raise ConfigError(
+                    f"TF_CONFIG: {', '.join(waiting)} did not start within {timeout:g} s (--startup-timeout): "
+                    "start it, or check its address"
+                )
+            if waiting:
+                time.sleep(poll)
+    log.info("multiworker: every task of TF_CONFIG is up")
+
+
+def make_strategy(name: str = "auto", startup_timeout: float = 300.0) -> tf.distribute.Strategy:
     """auto: mirrored over the local GPUs when there are several, else one device; mirrored: every local GPU;
     multiworker: synchronous data-parallel training over the machines of the standard `TF_CONFIG`.
 
-    TensorFlow wants a multi-worker strategy created before any other TensorFlow work in the process.
+    TensorFlow wants a multi-worker strategy created before any other TensorFlow work in the process. For one,
+    TF_CONFIG is checked first and every other task is awaited for at most `startup_timeout` seconds.
     """
     if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        tf_config = read_tf_config()
+        if tf_config is None:
+            log.warning("--strategy multiworker without a TF_CONFIG cluster: training as one worker")
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        main = threading.current_thread() is threading.main_thread()
+        if main:  # SIGTERM stops the wait and the training like Ctrl-C (the CLI: "interrupted", exit 130)
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+        wait_for_peers(tf_config, startup_timeout)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        if main:  # TensorFlow's own SIGTERM handler only notes a preemption, and the run went on
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+        return strategy
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "auto":
@@ -660,7 +754,8 @@ def source_weights(cfg: TrainConfig, train_rows: pd.DataFrame) -> list[float] | 
 
 def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> RunCard:
     """Train, keep the best model by validation loss, save it under models/ with its run card."""
-    strategy = make_strategy(cfg.strategy)  # first: a multi-worker strategy must precede other TensorFlow work
+    # First: a multi-worker strategy must precede other TensorFlow work.
+    strategy = make_strategy(cfg.strategy, cfg.startup_timeout)
     models_dir = output_dir(cfg, strategy)  # the chief's --models-dir, or a worker's own temporary folder
     with run_lock(models_dir, cfg.run_name):
         return _train(cfg, extra_callbacks, strategy, models_dir)

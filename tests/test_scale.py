@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -156,3 +158,107 @@ def test_only_one_task_is_the_chief(cluster, task, chief):
         tf.train.ClusterSpec(cluster), task_type=task[0], task_id=task[1]
     )
     assert is_chief(SimpleNamespace(cluster_resolver=resolver)) is chief
+
+
+# --------------------------------------------------------------------------- TF_CONFIG problems, a missing peer
+
+
+@pytest.mark.parametrize(
+    "raw,why",
+    [
+        ("[]", 'must be a JSON object with "cluster" and "task", got a list'),
+        ("{cluster", "not JSON (Expecting property name enclosed in double quotes"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}', "task index 1 is out of range"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}', "task type 'chief' is not in"),
+        ('{"cluster": {"worker": ["a:1"]}}', '"task" must give'),
+        ('{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}', '"cluster" must map task types'),
+    ],
+)
+def test_a_malformed_tf_config_is_named(raw, why):
+    from celeba.config import ConfigError
+    from celeba.train import read_tf_config
+
+    with pytest.raises(ConfigError) as caught:
+        read_tf_config(raw)
+    assert str(caught.value).startswith(f"TF_CONFIG: {why}")
+
+
+def test_no_cluster_is_one_worker():
+    from celeba.train import read_tf_config
+
+    assert read_tf_config("") is None and read_tf_config('{"cluster": {}}') is None
+
+
+def _multiworker(tmp_path, tf_config: str | None, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"} | {
+        "CUDA_VISIBLE_DEVICES": "",
+        "TMPDIR": str(tmp_path),
+    }
+    if tf_config is not None:
+        env["TF_CONFIG"] = tf_config
+    command = [
+        *(sys.executable, "-m", "celeba", "train", "--strategy", "multiworker", "--weights", "none"),
+        *("--image-size", "32", "--limit", "8", "--batch-size", "8", "--epochs", "1", "--no-check-images"),
+        *("--run-eagerly", "--models-dir", str(tmp_path / "models"), "--name", "mw", *extra),
+    ]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _two_workers(index: int) -> str:
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", [0, 1])  # the coordination leader, and a worker waiting for it
+def test_a_peer_that_never_starts_ends_the_start_with_one_line_naming_it(tmp_path, index):
+    """It used to wait forever, silently."""
+    tf_config = _two_workers(index)
+    peer = json.loads(tf_config)["cluster"]["worker"][1 - index]
+    proc = _multiworker(tmp_path, tf_config, "--startup-timeout", "3")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    assert f"multiworker: waiting up to 3 s for worker {1 - index} ({peer}) (TF_CONFIG)" in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: TF_CONFIG: worker {1 - index} ({peer}) did not start within 3 s (--startup-timeout): "
+        "start it, or check its address"
+    )
+    assert "Traceback" not in err and not (tmp_path / "models" / "mw").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_worker_waiting_for_its_peer_stops_on_sigterm_and_sigint(tmp_path, sig):
+    """It used to ignore SIGTERM (TensorFlow's preemption handler), still running 24 minutes later."""
+    proc = _multiworker(tmp_path, _two_workers(0))
+    try:
+        waited = ""
+        while "multiworker: waiting up to 300 s" not in waited:  # the start-up wait has begun
+            line = proc.stderr.readline()
+            assert line, "the worker ended before waiting"
+            waited += line
+        time.sleep(1)
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert time.monotonic() - sent < 30
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted: run the same command with --resume")
+
+
+@pytest.mark.slow
+def test_multiworker_without_tf_config_warns_and_trains_as_one_worker(tmp_path):
+    proc = _multiworker(tmp_path, None)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "WARNING --strategy multiworker without a TF_CONFIG cluster: training as one worker" in err
+
+
+def test_a_malformed_tf_config_is_one_error_line_from_the_cli(tmp_path):
+    proc = _multiworker(tmp_path, "[]")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert errors == ['error: TF_CONFIG: must be a JSON object with "cluster" and "task", got a list']
