@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import inspect
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -20,6 +21,10 @@ from celeba.sources import AGE_BANDS
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The model every model-consuming command uses by default (relative to the repository root).
 DEFAULT_MODEL = Path("models/celeba16k-bce.keras")  # ImageNet-pretrained, 96 px, Male/Young (docs/results.md)
+
+
+#: A run name: one file name (`models/<name>.keras`, `models/<name>/`), never a path (`../x`) or a hidden file.
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 class ConfigError(ValueError):
@@ -158,6 +163,12 @@ class TrainConfig:
             raise ConfigError("--photos-split: needed with --photos (which photos train, tune and evaluate)")
         if self.photos is not None and (self.photos_labels_csv is None) == (self.photos_pattern is None):
             raise ConfigError("--photos: give exactly one of --photos-labels-csv FILE or --photos-pattern PATTERN")
+        one_rule_per_label(self, "photos_derive")
+        if self.name is not None and not RUN_NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"--name {self.name!r}: a run name is one file name of letters, digits, '.', '_' and '-', "
+                "not starting with '.' (it names models/<name>.keras and the folder models/<name>/)"
+            )
         if self.photos is None and self.photos_weight is not None:
             raise ConfigError("--photos-weight: only with --photos")
 
@@ -220,6 +231,20 @@ class PhotoFolderOptions:
         "with --images: the first age of every band an 'age' column is cut into (from 0; children stay visible)",
     )
 
+    def __post_init__(self) -> None:
+        at_least(self, 0, "min_slice")
+        one_rule_per_label(self, "derive")
+
+
+def one_rule_per_label(cfg: Any, name: str) -> None:
+    """`--derive` rules (LABEL=EXPRESSION) give each label once: a repeated one used to keep the last silently."""
+    seen: dict[str, str] = {}
+    for spec in getattr(cfg, name):
+        label = spec.partition("=")[0].strip()
+        if label in seen:
+            raise ConfigError(f"{_flag(name)}: {label} is derived twice ({seen[label]!r} and {spec!r}); give one rule")
+        seen[label] = spec
+
 
 @dataclass
 class EvalConfig(PhotoFolderOptions):
@@ -238,6 +263,7 @@ class EvalConfig(PhotoFolderOptions):
     bins: int = opt(5, "quantile bins of numeric group columns")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         at_least(self, 1, "limit", "batch_size")
         fraction(self, "threshold")
 

@@ -86,8 +86,11 @@ def read_text(path: Path | str) -> str:
     """A whole text file, from any file system TensorFlow knows (annotation files are a few MB)."""
     import tensorflow as tf
 
-    with tf.io.gfile.GFile(fs_path(path), "rb") as f:
-        return f.read().decode("utf-8")
+    try:
+        with tf.io.gfile.GFile(fs_path(path), "rb") as f:
+            return f.read().decode("utf-8")
+    except tf.errors.PermissionDeniedError:
+        raise _error(path, "cannot read it (permission denied)") from None
 
 
 # --------------------------------------------------------------------------- annotation files

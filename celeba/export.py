@@ -85,11 +85,19 @@ class TFLiteModel:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: TFLite model not found (make one with `celeba export`)")
         self.path = path
-        with warnings.catch_warnings():  # tf.lite.Interpreter works in TF 2.21 but warns it moves to ai-edge-litert
-            warnings.simplefilter("ignore", UserWarning)
-            self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count())
-        with native_noise_filtered():  # the process's first allocation prints TFLite's XNNPACK delegate line to fd 2
-            self.interpreter.allocate_tensors()
+        try:
+            with warnings.catch_warnings():  # tf.lite.Interpreter works in TF 2.21 but warns it moves to ai-edge-litert
+                warnings.simplefilter("ignore", UserWarning)
+                self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count())
+            with native_noise_filtered():  # the process's first allocation prints TFLite's XNNPACK delegate line
+                self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError, UnicodeDecodeError) as exc:  # random bytes, a truncated or foreign file
+            from celeba.model import ModelFileError
+
+            why = " ".join(str(exc).split())[:200]
+            raise ModelFileError(
+                f"{path}: not a TFLite model, or a truncated one ({type(exc).__name__}: {why})"
+            ) from None
         self._input = self.interpreter.get_input_details()[0]["index"]
         self._output = self.interpreter.get_output_details()[0]["index"]
         self.image_size = int(self.interpreter.get_input_details()[0]["shape"][1])
@@ -125,7 +133,14 @@ class OnnxModel:
             raise FileNotFoundError(f"{path}: ONNX model not found (make one with `celeba export --format onnx`)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads or os.cpu_count()
-        self.path, self.session = path, ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...): not an ONNX model
+            from celeba.model import ModelFileError
+
+            why = " ".join(str(exc).split())[:200]
+            raise ModelFileError(f"{path}: not an ONNX model, or a truncated one ({why})") from None
+        self.path, self.session = path, session
         self._input = self.session.get_inputs()[0].name
         self.image_size = int(self.session.get_inputs()[0].shape[1])
         inside = self.session.get_modelmeta().custom_metadata_map.get("labels")

@@ -27,6 +27,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a failed write() names no file: say which one
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -49,6 +49,17 @@ def check_replay(cfg: Any, card: Path) -> None:
         )
 
 
+def check_card_labels(labels: Any) -> None:
+    """config.labels is a list of CelebA attribute names (a string such as "MY" would read as the labels M, Y)."""
+    from celeba.data import ATTRIBUTES
+
+    if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
+        raise ValueError(f"config.labels must be a list of CelebA attribute names, got {labels!r}")
+    unknown = [label for label in labels if label not in ATTRIBUTES]
+    if unknown:
+        raise ValueError(f"config.labels: {unknown} are not CelebA attributes (e.g. Male, Young)")
+
+
 #: The keys of every training card since the first (the committed models' cards have exactly these).
 TRAINING_KEYS = (
     "data",
@@ -141,6 +152,7 @@ class RunCard:
         extra = {k: v for k, v in values.items() if k not in names}
         if "config" not in known or not isinstance(known["config"], dict) or "labels" not in known["config"]:
             raise ValueError("not a run card: it has no config.labels")
+        check_card_labels(known["config"]["labels"])
         known.setdefault("model", "")
         return cls(**known, extra=extra)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from celeba.cli import evaluate_main, export_main, predict_main, serve_main, train_main
@@ -317,3 +319,109 @@ def test_save_atomic_leaves_no_temporary_file_when_saving_fails(tmp_path, monkey
     with pytest.raises(OSError):
         save_atomic(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), tmp_path / "m.keras")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- #27: analyze inputs, run names, rules
+
+
+def test_a_labels_csv_that_is_empty_or_has_a_wide_row_is_named(tmp_path):
+    from celeba.analysis.population import read_labels_csv
+    from celeba.data import CelebADataError
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(CelebADataError, match=rf"^{empty}: empty file \(a labels CSV starts with a header row"):
+        read_labels_csv(empty)  # was pandas' EmptyDataError, exit 1
+    wide = tmp_path / "wide.csv"
+    wide.write_text("file,age\na.jpg,20,extra\nb.jpg,30\n")
+    with pytest.raises(CelebADataError, match=rf"^{wide}: line 2 has 3 fields, the header 2$"):
+        read_labels_csv(wide)  # was "file '20' has more than one row" or a shifted table
+
+
+@pytest.mark.parametrize("rule", ["Young=age<30 if age else 0", "Young=(age<<1)<30"])
+def test_a_derive_rule_pandas_cannot_evaluate_is_named(rule):
+    import pandas as pd
+
+    from celeba.analysis.population import derive_label
+    from celeba.data import CelebADataError
+
+    table = pd.DataFrame({"file": ["a.jpg", "b.jpg"], "age": ["20", "40"]})
+    with pytest.raises(CelebADataError, match=rf"^--derive {re.escape(repr(rule))}: cannot evaluate"):
+        derive_label(table, rule.partition("=")[2], rule)  # was NotImplementedError: 'IfExp' nodes
+
+
+def test_analyze_numbers_and_repeated_rules_are_refused(capsys):
+    from celeba.cli import analyze_main
+
+    _refused(capsys, lambda: analyze_main(["--min-slice", "-5"]), "--min-slice: must be at least 0, got -5")
+    _refused(
+        capsys,
+        lambda: analyze_main(["--derive", "Young=age<30", "--derive", "Young=age<40"]),
+        "--derive: Young is derived twice ('Young=age<30' and 'Young=age<40'); give one rule",
+    )
+    _refused(
+        capsys,
+        lambda: evaluate_main(["--derive", "Young=age<30", "Young=age<40"]),
+        "--derive: Young is derived twice ('Young=age<30' and 'Young=age<40'); give one rule",
+    )
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", ""])
+def test_run_names_are_one_file_name(capsys, name):
+    _refused(
+        capsys,
+        lambda: train_main(["--name", name]) if name else train_main(["--name", "x y"]),
+        f"--name {name or 'x y'!r}: a run name is one file name of letters, digits, '.', '_' and '-', not "
+        "starting with '.' (it names models/<name>.keras and the folder models/<name>/)",
+    )
+
+
+@pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
+def test_an_export_of_random_bytes_is_one_line(tmp_path, sample_dir, capsys, suffix):
+    model = tmp_path / f"random{suffix}"
+    model.write_bytes(np.random.default_rng(0).bytes(5000))
+    (tmp_path / "random.json").write_text(json.dumps({"model": model.name, "config": {"labels": ["Male"]}}))
+    photo = sorted((sample_dir / "img_align_celeba").glob("*.jpg"))[0]
+    with pytest.raises(SystemExit) as caught:
+        predict_main(["--model", str(model), str(photo)])  # was a UnicodeDecodeError traceback for the .tflite
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    kind = "TFLite" if suffix == ".tflite" else "ONNX"
+    assert len(err) == 1 and err[0].startswith(f"error: {model}: not a{'n' * (kind == 'ONNX')} {kind} model, or a")
+
+
+@pytest.mark.slow
+def test_an_annotation_file_without_read_permission_is_one_line(tmp_path, sample_dir, request):
+    """As root every file is readable: the command runs as the `nobody` user (setpriv) to meet the refusal."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the command as another user (a non-root user could not test it)")
+    base = Path(tempfile.mkdtemp(prefix="celeba-perm-"))  # pytest's own folders are closed to other users
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    data = base / "celeba"
+    shutil.copytree(sample_dir, data)
+    for path in [base, *base.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (data / "list_attr_celeba.txt").chmod(0)
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "HOME": str(base), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    run = subprocess.run(
+        [
+            *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "celeba"),
+            *("analyze", "--data-dir", str(data), "--limit", "8", "--out", str(base / "out")),
+        ],
+        env=env,
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"error: {data / 'list_attr_celeba.txt'}: cannot read it (permission denied)"
+    )  # was tensorflow's PermissionDeniedError traceback

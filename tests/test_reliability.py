@@ -315,3 +315,26 @@ def test_a_label_with_one_class_trains_and_prints_its_summary(tmp_path, capsys):
     assert exit_info.value.code == 0, err[-3000:]
     assert json.loads((tmp_path / "one.json").read_text())["validation_metrics"]["Bald"]["roc_auc"] is None
     assert re.search(r"validation: Bald \d\.\d{3} \(ROC-AUC n/a: one class in validation\);", out), out
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_names_the_file_it_was_writing(tmp_path):
+    """On a real 6 MB tmpfs the first model save fails; the line used to say `output:` instead of the file."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a real full file system needs a tmpfs mount, which needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        run = _run(_train_cmd(disk / "models", "--epochs", "2"), tmp_path)
+        assert run.returncode == 2, run.stderr[-3000:]
+        errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+        assert re.match(
+            rf"error: {re.escape(str(disk / 'models'))}/\S+\.tmp\.\S+: no space left on device \(", errors[0]
+        )
+        assert not [p for p in (disk / "models").rglob(".*.tmp*")]  # no temporary file left
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

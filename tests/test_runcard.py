@@ -166,7 +166,6 @@ def _card_of(tmp_path: Path, models: Path, **config) -> Path:
     [
         ({"image_size": "96"}, "config.image_size: '96' is not an integer"),
         ({"loss": "hinge"}, "config.loss: 'hinge' is not one of 'bce', 'weighted-bce', 'focal', 'group-dro'"),
-        ({"labels": "Male"}, "config.labels: 'Male' is not a list of strings"),
         ({"augment": "yes"}, "config.augment: 'yes' is not a true/false"),
         ({"dropout": None}, "config.dropout: None is not a number"),
     ],
@@ -216,3 +215,20 @@ def test_a_run_that_fails_to_start_keeps_the_earlier_run_of_its_name(tmp_path):
     with pytest.raises(WeightsError, match="missing.h5: weights file not found"):
         train(tiny_config(tmp_path, "r", weights=str(tmp_path / "missing.h5"), image_size=32, limit=8))
     assert (tmp_path / "r" / "history.csv").read_text() == "epoch,loss\n0,1.0\n"
+
+
+@pytest.mark.parametrize(
+    ("labels", "why"),
+    [
+        ("MY", "config.labels must be a list of CelebA attribute names, got 'MY'"),
+        (["M", "Y"], "config.labels: ['M', 'Y'] are not CelebA attributes"),
+        ([], "config.labels must be a list of CelebA attribute names, got []"),
+    ],
+)
+def test_the_labels_of_a_card_are_celeba_attributes(tmp_path, labels, why):
+    """An older model takes its labels from its card: "MY" used to load as the labels M and Y."""
+    card = tmp_path / "old.json"
+    card.write_text(json.dumps({"model": "old.keras", "config": {"labels": labels}}))
+    with pytest.raises(RunCardError) as caught:
+        RunCard.load(tmp_path / "old.keras")
+    assert str(caught.value).startswith(f"{card}: unreadable run card ({why}")

@@ -7,6 +7,7 @@ aligned like `predict` does it and the groups are the user's own columns. Readin
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from collections.abc import Sequence
@@ -130,9 +131,20 @@ def read_labels_csv(path: Path) -> pd.DataFrame:
     if not Path(path).is_file():
         raise CelebADataError(f"{path}: labels CSV not found")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        with open(path, encoding="utf-8", newline="") as f:
+            widths = [len(row) for row in csv.reader(f)]
+        # index_col=False: pandas would take a first row with an extra field as a sign that the first column
+        # is an index, and read every row shifted by one column.
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
+    except pd.errors.EmptyDataError:
+        raise CelebADataError(f"{path}: empty file (a labels CSV starts with a header row: file,...)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as exc:
         raise CelebADataError(f"{path}: not a readable CSV ({exc})") from None
+    except OSError as exc:  # no read permission, a folder
+        raise CelebADataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    wide = [(line, n) for line, n in enumerate(widths, 1) if n > widths[0]]
+    if wide:
+        raise CelebADataError(f"{path}: line {wide[0][0]} has {wide[0][1]} fields, the header {widths[0]}")
     if "file" not in table.columns:
         raise CelebADataError(f"{path}: no 'file' column (columns: {', '.join(table.columns)})")
     duplicated = table["file"][table["file"].duplicated()]
@@ -184,6 +196,11 @@ def derive_label(table: pd.DataFrame, expression: str, spec: str) -> pd.Series:
         raise CelebADataError(f"--derive {spec!r}: names no column of the table ({', '.join(table.columns)})")
     try:
         result = frame.eval(expression)
+    except NotImplementedError as exc:  # pandas' eval lacks some Python syntax: `a if b else c`, `<<`
+        raise CelebADataError(
+            f"--derive {spec!r}: cannot evaluate ({exc}); use comparisons (< <= == != >= >), arithmetic, "
+            "and & | ~ for and, or, not"
+        ) from None
     except (SyntaxError, ValueError, TypeError, NameError, KeyError, AttributeError) as exc:  # bad user input
         raise CelebADataError(f"--derive {spec!r}: cannot evaluate ({type(exc).__name__}: {exc})") from None
     if not isinstance(result, pd.Series) or result.dtype != bool:
