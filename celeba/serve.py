@@ -11,7 +11,9 @@ import ctypes
 import ipaddress
 import json
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -85,6 +87,8 @@ class Health(BaseModel):
     max_megapixels: float
     ready: bool = True
     max_concurrent: int = 2
+    max_queue: int = 8
+    request_timeout: float = 30.0
 
 
 class ErrorBody(BaseModel):
@@ -97,6 +101,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "empty upload"},
     413: {"model": ErrorBody, "description": "upload over the byte limit, or image over the megapixel limit"},
     415: {"model": ErrorBody, "description": "not an image, or an image that cannot be decoded"},
+    503: {"model": ErrorBody, "description": "busy: the queue is full or no slot came free in time (see Retry-After)"},
     422: {"description": "no `file` field in the multipart form, or a bad query parameter"},
 }
 
@@ -184,6 +189,73 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+async def send_json(send, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """A complete JSON error answer `{"detail": ...}` through a raw ASGI `send`; the connection closes after it."""
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Load:
+    """What the service is doing: requests admitted to POST /predict (running or waiting for a slot) and the
+    recent time one takes to score (an exponential average), for Retry-After."""
+
+    def __init__(self, max_concurrent: int, max_queue: int):
+        self.max_concurrent, self.max_queue = max_concurrent, max_queue
+        self.admitted = 0  # changed on the event loop only
+        self.seconds = 1.0  # per request, until measured
+        self._lock = threading.Lock()
+
+    def scored(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds = 0.8 * self.seconds + 0.2 * seconds
+
+    def retry_after(self) -> int:
+        """Seconds until a retry would likely find room: the admitted requests' work over the slots."""
+        return max(1, math.ceil(self.seconds * max(self.admitted, 1) / self.max_concurrent))
+
+
+class Admission:
+    """ASGI middleware: at most max_concurrent + max_queue POST /predict requests in the service at once.
+
+    One more is answered 503 with Retry-After at once, before its body is read: waiting requests, each holding
+    its upload, are bounded, and a client learns that the service is busy instead of waiting without end.
+    """
+
+    def __init__(self, app, load: Load):
+        self.app, self.load = app, load
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/predict":
+            return await self.app(scope, receive, send)
+        load = self.load
+        if load.admitted >= load.max_concurrent + load.max_queue:
+            return await send_json(
+                send,
+                503,
+                f"busy: all {load.max_concurrent} slot(s) are scoring photos and the queue of {load.max_queue} is "
+                "full (--max-queue); retry later",
+                [(b"retry-after", str(load.retry_after()).encode())],
+            )
+        load.admitted += 1
+        scope.setdefault("state", {})["admitted_at"] = time.monotonic()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            load.admitted -= 1
+
+
 def same_origin(origin: str, host: str) -> bool:
     """A browser's Origin header names the page's site; it is the service itself when host:port match."""
     from urllib.parse import urlsplit
@@ -215,10 +287,14 @@ def create_app(
     allow_origins: Sequence[str] = (),
     allowed_hosts: Sequence[str] | None = None,
     warm_up: bool = True,
+    max_queue: int = 8,
+    request_timeout: float = 30.0,
 ):
     """The FastAPI app around one loaded model (a Predictor, or a model path to load).
 
-    Memory is bounded: at most `max_concurrent` photos are decoded and scored at once (the others wait),
+    Memory is bounded: at most `max_concurrent` photos are decoded and scored at once, at most `max_queue`
+    more wait for a slot, each at most `request_timeout` seconds (further or timed-out requests get 503 with
+    Retry-After),
     JPEGs over `decode_megapixels` are downscaled while decoding, and no upload is read past `max_bytes`.
     Browsers: a cross-origin POST (a web page posting to this service) is refused with 403 unless its origin is
     in `allow_origins` (those get CORS headers). `allowed_hosts` (None: any) refuses other Host headers.
@@ -228,6 +304,7 @@ def create_app(
     if warm_up:
         predictor.warm_up()
     decoding = threading.BoundedSemaphore(max_concurrent)
+    load = Load(max_concurrent, max_queue)
     app = FastAPI(
         title="CelebA attributes",
         docs_url=None,
@@ -260,6 +337,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
         )
+    app.add_middleware(Admission, load=load)
     app.add_middleware(BodyLimit, limit=max_bytes + MULTIPART_OVERHEAD, max_bytes=max_bytes)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
@@ -275,11 +353,14 @@ def create_app(
             max_bytes=max_bytes,
             max_megapixels=max_megapixels,
             max_concurrent=max_concurrent,
+            max_queue=max_queue,
+            request_timeout=request_timeout,
         )
 
     # A plain `def`: FastAPI runs it in its thread pool, so decoding and inference never block the event loop.
     @app.post("/predict", responses=ERRORS)
     def predict(
+        request: Request,
         file: UploadFile,
         detect: bool = Query(True, description="false: the image already is a CelebA-style aligned crop"),
     ) -> Prediction:
@@ -287,7 +368,15 @@ def create_app(
         data = file.file.read(max_bytes + 1)  # never read more than the limit allows
         rgb: np.ndarray | None = None
         found: list[FaceCrop] | None = None
-        with decoding:  # bounds the decoded pixels in memory at once
+        admitted = request.scope.get("state", {}).get("admitted_at", time.monotonic())
+        if not decoding.acquire(timeout=max(0.0, admitted + request_timeout - time.monotonic())):
+            raise HTTPException(
+                503,
+                f"busy: no free slot within {request_timeout:g} s (--request-timeout); retry later",
+                headers={"Retry-After": str(load.retry_after())},
+            )
+        started = time.monotonic()
+        try:  # the slot bounds the decoded pixels in memory at once
             try:
                 try:
                     rgb, scale = decode_photo_bounded(data, name, max_bytes, max_megapixels, decode_megapixels)
@@ -304,6 +393,9 @@ def create_app(
             finally:
                 rgb = found = None  # a 116 KB PNG can decode to 120 MB: give it back now, not "some day"
                 release_memory()
+        finally:
+            decoding.release()
+            load.scored(time.monotonic() - started)
 
     return app
 
@@ -326,6 +418,8 @@ class ServeConfig:
         "blazeface", "blazeface: landmarks + CelebA alignment (Haar as fallback); haar: framing only"
     )
     max_concurrent: int = opt(2, "photos decoded and scored at once (bounds memory); further requests wait")
+    max_queue: int = opt(8, "requests that may wait for a slot; further ones get 503 with Retry-After at once")
+    request_timeout: float = opt(30.0, "seconds a request may wait for a slot; then 503 with Retry-After")
     decode_megapixels: float = opt(DECODE_MEGAPIXELS, "larger JPEGs are downscaled while decoding")
     allow_origin: tuple[str, ...] = opt(
         (), "web origins whose pages may POST here (CORS), e.g. https://app.example; * for any", none="none"
@@ -338,7 +432,8 @@ class ServeConfig:
         from celeba.config import ConfigError, at_least, fraction, positive
 
         at_least(self, 1, "max_bytes", "max_faces", "max_concurrent")
-        positive(self, "max_megapixels", "decode_megapixels")
+        at_least(self, 0, "max_queue")
+        positive(self, "max_megapixels", "decode_megapixels", "request_timeout")
         fraction(self, "threshold")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port: must be in 0..65535, got {self.port}")
@@ -396,6 +491,8 @@ def serve(cfg: ServeConfig) -> None:
         cfg.decode_megapixels,
         cfg.allow_origin,
         allowed_hosts(cfg.host, cfg.allowed_host),
+        max_queue=cfg.max_queue,
+        request_timeout=cfg.request_timeout,
     )
     log.info("serving %s on http://%s:%d (OpenAPI page: /docs)", predictor.model_path, cfg.host, cfg.port)
     # log_config=None: uvicorn's lines (start-up, one per request) reach the project's handler and format

@@ -181,3 +181,64 @@ def test_the_model_is_warmed_up_before_the_app_exists(model_path):
     create_app(predictor)
     assert calls, "no model call before the first request"
     assert np.all(np.isfinite(infer(np.zeros((1, 32, 32, 3), np.float32))))
+
+
+# --------------------------------------------------------------------------- a bounded queue, a time limit
+
+
+@pytest.fixture
+def slow_decodes(monkeypatch):
+    """Every decode takes 2 s: the slots stay busy long enough to fill the queue."""
+    real = serve.decode_photo_bounded
+
+    def slow(*args, **kwargs):
+        time.sleep(2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serve, "decode_photo_bounded", slow)
+
+
+def _timed_post(url: str, photo: bytes) -> tuple[requests.Response, float]:
+    started = time.monotonic()
+    response = requests.post(f"{url}/predict", files={"file": ("me.jpg", photo)}, timeout=TIMEOUT)
+    return response, time.monotonic() - started
+
+
+def test_beyond_the_queue_requests_get_503_with_retry_after_at_once(model_path, face_jpeg, slow_decodes):
+    """16 uploads against 2 slots used to all wait (the last 49 s), without 429/503 or a time limit."""
+    app = create_app(Predictor(model_path), max_concurrent=1, max_queue=1, request_timeout=30, warm_up=False)
+    with loopback_server(app) as url, ThreadPoolExecutor(6) as pool:
+        assert requests.get(f"{url}/health", timeout=TIMEOUT).json()["max_queue"] == 1
+        results = list(pool.map(lambda _: _timed_post(url, face_jpeg), range(6)))
+    ok = [seconds for r, seconds in results if r.status_code == 200]
+    busy = [(r, seconds) for r, seconds in results if r.status_code == 503]
+    assert len(ok) == 2 and len(busy) == 4, [r.status_code for r, _ in results]  # one scored, one waited
+    for response, seconds in busy:
+        assert response.json()["detail"] == (
+            "busy: all 1 slot(s) are scoring photos and the queue of 1 is full (--max-queue); retry later"
+        )
+        assert int(response.headers["retry-after"]) >= 1
+        assert seconds < 1.5  # at once, not after the 2 s decodes
+    assert max(ok) < 6  # the admitted two: 2 s each, one after the other
+
+
+def test_a_request_waiting_past_the_time_limit_gets_503(model_path, face_jpeg, slow_decodes):
+    app = create_app(Predictor(model_path), max_concurrent=1, max_queue=4, request_timeout=0.5, warm_up=False)
+    with loopback_server(app) as url, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_timed_post, url, face_jpeg)
+        time.sleep(0.3)  # the first holds the slot for 2 s
+        second, seconds = _timed_post(url, face_jpeg)
+        assert first.result()[0].status_code == 200
+    assert second.status_code == 503 and seconds < 1.8
+    assert second.json()["detail"] == "busy: no free slot within 0.5 s (--request-timeout); retry later"
+    assert int(second.headers["retry-after"]) >= 1
+
+
+def test_queue_and_time_limit_flags_are_checked():
+    from celeba.config import ConfigError
+    from celeba.serve import ServeConfig
+
+    with pytest.raises(ConfigError, match="--max-queue: must be at least 0, got -1"):
+        ServeConfig(max_queue=-1)
+    with pytest.raises(ConfigError, match="--request-timeout: must be a finite number > 0, got 0"):
+        ServeConfig(request_timeout=0)
