@@ -32,9 +32,10 @@ from typing import Any
 
 os.environ.setdefault("TL_DISABLE_ANALYTICS", "true")  # code-loader otherwise sends usage events (stalls offline)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-__import__("celeba.runtime").runtime.quiet_tensorflow()  # TensorFlow's start-up lines filtered, whatever the level
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))  # what LeapLoader does for the binder; the bundle's own celeba/ package, also under -I
+__import__("celeba.runtime").runtime.quiet_tensorflow()  # TensorFlow's start-up lines filtered, whatever the level
 ENTRY_FILE = "leap_binder.py"
 SAMPLE_DIR = ROOT / "data" / "celeba-sample"  # absent in a pushed bundle: there the volume is used
 PHOTOS_SAMPLE_DIR = ROOT / "data" / "photos-sample"  # the same, for the photo subset

@@ -21,11 +21,12 @@ PHOTO_FLAGS = {
 
 def test_sources_are_drawn_by_their_weights(sample_dir):
     rows = split(load_index(sample_dir), "train").iloc[:40]
+    rows = pd.concat([rows] * 5, ignore_index=True)  # 200 rows a source: the share is measured on 400 draws
     a = rows.assign(source="celeba")
     b = rows.assign(source="photos", Male=np.nan)  # the second source does not know Male
     mixed = pd.concat([a, b], ignore_index=True)
     for weights, share in (([0.9, 0.1], 0.1), ([0.3, 0.7], 0.7)):
-        ds = make_dataset(mixed, ("Male", "Young"), 32, 80, training=True, seed=1, source_weights=weights)
+        ds = make_dataset(mixed, ("Male", "Young"), 32, 100, training=True, seed=1, source_weights=weights)
         y = np.concatenate([labels.numpy() for _, labels in ds])
         assert len(y) == len(mixed)  # an epoch keeps the rows' count
         assert np.isnan(y[:, 0]).mean() == pytest.approx(share, abs=0.08)
