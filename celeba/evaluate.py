@@ -13,7 +13,15 @@ import numpy as np
 import pandas as pd
 
 from celeba.config import EvalConfig
-from celeba.data import CelebADataError, find_bad_images, labels_array, load_index, make_dataset, split
+from celeba.data import (
+    CelebADataError,
+    find_bad_images,
+    is_records,
+    labels_array,
+    load_index,
+    make_dataset,
+    split,
+)
 from celeba.metrics import cohort_accuracy, label_metrics
 from celeba.model import load_model, model_image_size
 from celeba.runtime import keras_verbose
@@ -31,7 +39,10 @@ def dataset_probabilities(
 
 def readable_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """The rows whose image decodes; each one that does not is logged and skipped. Only the rows to be scored are
-    decoded (a partition, or its first --limit images), not every image of the folder."""
+    decoded (a partition, or its first --limit images), not every image of the folder. A prepared folder's rows
+    name TFRecord shards, not images: `prepare` checked its images when it wrote them."""
+    if is_records(rows["path"].tolist()):
+        return rows
     problems = find_bad_images(rows["path"].tolist())
     for path, problem in problems.items():
         log.warning("skipping %s: %s", path, problem)
