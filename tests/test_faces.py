@@ -103,9 +103,10 @@ def test_aligning_an_aligned_image_changes_little(few):
     assert np.median(diffs) < 25  # the same face, slightly moved; a different face differs by ~50
 
 
-def test_tight_crop_is_found_aligned_and_flagged_partial(few):
+def test_tight_crop_is_one_complete_face_aligned_and_warned_tight(few):
     """A crop in which the face fills 90% of the frame: one face (no mirror face from the padding), aligned so
-    its landmarks land on CelebA's, flagged partial_face with a warning, and close to the aligned original.
+    its landmarks land on CelebA's, not partial (the whole face is in the photo) but warned `tight_crop` (hair
+    and background were filled by reflection), and close to the aligned original.
     A detection the detector is unsure of (one sample image, face turned down) must at least say so."""
     from celeba.faces import CELEBA_LANDMARKS, MIN_SCORE, alignment_matrix, find_faces
     from celeba.framings import tight
@@ -120,7 +121,8 @@ def test_tight_crop_is_found_aligned_and_flagged_partial(few):
             assert any(w.startswith("low_score") for w in face.warnings)
             continue
         sure += 1
-        assert face.partial_face and any(w.startswith("partial_face") for w in face.warnings)
+        assert not face.partial_face and not any(w.startswith("partial_face") for w in face.warnings)
+        assert any(w.startswith("tight_crop") for w in face.warnings)
         matrix = alignment_matrix(face.landmarks)
         mapped = face.landmarks @ matrix[:, :2].T + matrix[:, 2]
         assert np.abs(mapped - CELEBA_LANDMARKS).max() < 12
@@ -128,6 +130,71 @@ def test_tight_crop_is_found_aligned_and_flagged_partial(few):
         diffs = [np.abs(face.crop.astype(float) - other)[60:170, 45:135].mean() for other in few]
         close += int(np.argmin(diffs)) == next(i for i, other in enumerate(few) if other is rgb)
     assert sure >= 11 and close >= 10
+
+
+def test_box_outside_partial_and_mirror_rules_on_known_boxes():
+    from celeba.faces import Detection, box_outside, drop_mirror_faces, is_partial
+
+    shape = (200, 200, 3)
+    assert box_outside(Box(0, 0, 200, 200), shape) == 0 and box_outside(Box(-50, 0, 100, 100), shape) == 0.5
+    eyes_in = np.array([[60, 80], [140, 80], [100, 110], [100, 140]], np.float32)
+    assert not is_partial(Detection(Box(-30, 0, 100, 100), 0.9, eyes_in), shape)  # 30% of the box outside
+    assert is_partial(Detection(Box(-40, 0, 100, 100), 0.9, eyes_in), shape)  # 40%
+    assert is_partial(Detection(Box(10, 10, 180, 180), 0.9, eyes_in - [70, 0]), shape)  # an eye outside
+    assert is_partial(Detection(Box(-40, 0, 100, 100)), shape)  # Haar: the box alone decides
+
+    face, phantom = Detection(Box(20, 20, 160, 160), 0.9), Detection(Box(-80, 20, 150, 150), 0.55)  # 53% outside
+
+    def never() -> list:
+        raise AssertionError("no detection without mirror images is needed here")
+
+    assert drop_mirror_faces([face], shape, never) == [face]
+    assert drop_mirror_faces([phantom], shape, never) == [phantom]  # nothing else: a face cut by the edge
+    assert drop_mirror_faces([face, phantom], shape, lambda: []) == [face]
+    assert drop_mirror_faces([face, phantom], shape, lambda: [face]) == [face]  # the grey look finds only the face
+    again = Detection(Box(0, 30, 75, 130), 0.8)  # the grey look finds the cut face too (smaller: no mirror half)
+    assert drop_mirror_faces([face, phantom], shape, lambda: [face, again]) == [face, phantom]
+
+
+def _sample(sample_dir, name: str) -> np.ndarray:
+    from pathlib import Path
+
+    return np.asarray(Image.open(Path(image_dir(sample_dir)) / name).convert("RGB"))
+
+
+def test_a_phantom_in_the_reflected_border_is_dropped(sample_dir, monkeypatch):
+    """Tight crops of these sample images made BlazeFace find a second face half in the mirrored border (for
+    089932 the phantom is even the largest face): only the real face is left, complete, not partial."""
+    import celeba.faces as faces
+    from celeba.framings import tight
+
+    for name in ("089932.jpg", "127501.jpg"):
+        rgb = tight(_sample(sample_dir, name), 0.9)
+        found = faces.find_faces(rgb)
+        assert len(found) == 1, name
+        assert not found[0].partial_face and faces.box_outside(found[0].box, rgb.shape) < 0.1
+    with monkeypatch.context() as patch:  # the test exercises the rule: without it, the phantom is there
+        patch.setattr(faces, "drop_mirror_faces", lambda found, shape, without_mirror: found)
+        assert len(faces.find_faces(tight(_sample(sample_dir, "089932.jpg"), 0.9))) == 2
+
+
+@pytest.mark.parametrize("i", [1, 2])
+def test_a_face_cut_by_the_photo_edge_is_partial_and_kept_beside_another(few, i):
+    """The left 45% of a tight crop cut away: the face really runs past the photo edge, so it is flagged
+    partial_face with the warning. Beside a complete face, that cut face is a real second face (half in the
+    mirrored border, like a phantom, but found without the mirror too): kept, and the only partial one."""
+    from celeba.faces import find_faces
+    from celeba.framings import tight
+
+    a, b = tight(few[i], 0.9), tight(few[i + 3], 0.9)
+    keep = int(224 * 0.55)
+    cut = find_faces(np.ascontiguousarray(a[:, 224 - keep :]))
+    assert len(cut) == 1 and cut[0].partial_face
+    assert any(w.startswith("partial_face") for w in cut[0].warnings)
+    pair = np.ascontiguousarray(np.concatenate([a, b[:, :keep]], axis=1))  # b's right 45% is cut off
+    found = sorted(find_faces(pair), key=lambda f: f.box.x)
+    assert len(found) == 2
+    assert not found[0].partial_face and found[1].partial_face and found[1].box.x > 224
 
 
 @pytest.mark.parametrize("degrees", [30.0, -30.0])
@@ -228,12 +295,12 @@ def test_cli_json_and_csv_carry_the_face_fields(tiny_model, few, tmp_path, capsy
     main([str(tmp_path / "tight.png"), "--model", str(tiny_model), "--json"])
     captured = capsys.readouterr()
     face = json.loads(captured.out)[0]["faces"][0]
-    assert face["method"] == "blazeface+align" and face["partial_face"] is True
+    assert face["method"] == "blazeface+align" and face["partial_face"] is False  # complete, though tight
     assert set(face["landmarks"]) == {"left_eye", "right_eye", "nose", "mouth"} and 0 < face["score"] <= 1
-    assert any(w.startswith("partial_face") for w in face["warnings"])
+    assert any(w.startswith("tight_crop") for w in face["warnings"])
     assert "outside what the model was trained on" in captured.err
     main([str(tmp_path / "tight.png"), "--model", str(tiny_model), "--csv"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "file,face,x,y,w,h,Male,Young,labels,method,partial_face,warnings"
     fields = lines[1].split(",")
-    assert fields[-3:-1] == ["blazeface+align", "True"] and "partial_face" in fields[-1].split()
+    assert fields[-3:-1] == ["blazeface+align", "False"] and "tight_crop" in fields[-1].split()

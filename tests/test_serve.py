@@ -156,9 +156,9 @@ def test_service_returns_alignment_fields_and_flags_a_tight_crop(server, face_jp
     )
     assert r.status_code == 200, r.text
     face = r.json()["faces"][0]
-    assert face["method"] == "blazeface+align" and face["partial_face"] is True
+    assert face["method"] == "blazeface+align" and face["partial_face"] is False  # complete, though tight
     assert set(face["landmarks"]) == {"left_eye", "right_eye", "nose", "mouth"} and abs(face["roll"]) < 10
-    assert any(w.startswith("partial_face") for w in face["warnings"])
+    assert any(w.startswith("tight_crop") for w in face["warnings"])
 
 
 def test_the_command_logs_in_one_format(tiny_model):
