@@ -262,3 +262,32 @@ def test_a_malformed_tf_config_is_one_error_line_from_the_cli(tmp_path):
     assert proc.returncode == 2, err[-3000:]
     errors = [line for line in err.splitlines() if line.startswith("error:") or "Traceback" in line]
     assert errors == ['error: TF_CONFIG: must be a JSON object with "cluster" and "task", got a list']
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_training_worker(tmp_path):
+    """Once the strategy exists TensorFlow's SIGTERM handler (a preemption notice) is replaced: the worker stops."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    workers = []
+    for index in range(2):
+        (tmp_path / f"w{index}").mkdir()
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(_multiworker(tmp_path / f"w{index}", tf_config, "--epochs", "200", "--batch-size", "4"))
+    try:
+        log = ""
+        while "phase 'full'" not in log:  # training has begun
+            line = workers[0].stderr.readline()
+            assert line, f"worker 0 ended before training:\n{log[-3000:]}"
+            log += line
+        time.sleep(2)
+        sent = time.monotonic()
+        workers[0].send_signal(signal.SIGTERM)
+        _, err = workers[0].communicate(timeout=120)
+        assert time.monotonic() - sent < 60
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.communicate()
+    assert workers[0].returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted: run the same command with --resume")
