@@ -150,10 +150,14 @@ def test_box_outside_partial_and_mirror_rules_on_known_boxes():
 
     assert drop_mirror_faces([face], shape, never) == [face]
     assert drop_mirror_faces([phantom], shape, never) == [phantom]  # nothing else: a face cut by the edge
+    small = Detection(Box(-10, 20, 30, 30), 0.5)  # two faces partly outside: the more confident one stays
+    assert drop_mirror_faces([phantom, small], shape, lambda: []) == [phantom]
     assert drop_mirror_faces([face, phantom], shape, lambda: []) == [face]
     assert drop_mirror_faces([face, phantom], shape, lambda: [face]) == [face]  # the grey look finds only the face
     again = Detection(Box(0, 30, 75, 130), 0.8)  # the grey look finds the cut face too (smaller: no mirror half)
     assert drop_mirror_faces([face, phantom], shape, lambda: [face, again]) == [face, phantom]
+    big = Detection(Box(-60, -20, 220, 220), 0.9)  # a face larger than the photo (34% outside), and its phantom
+    assert drop_mirror_faces([big, phantom], shape, lambda: [big]) == [big]
 
 
 def _sample(sample_dir, name: str) -> np.ndarray:
