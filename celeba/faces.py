@@ -60,12 +60,12 @@ CELEBA_MAX_YAW = 0.65
 TIGHT_OUTSIDE = 0.25
 # partial_face: the face itself runs past the photo edge: a landmark lies outside the photo, or more than this
 # fraction of the face box does. Complete faces in tight crops (299 sample images, the face filling 90% of the
-# width): median 0.5%, 99th percentile 16%, maximum 27%; faces cut through an eye by the photo edge: >= 44%.
+# width): median 0.5%, 99th percentile 16%, maximum 27%; faces cut in half by the photo edge: 44-53%.
 PARTIAL_BOX_OUTSIDE = 0.35
 # A detection with more than this fraction of its box in the reflected border, beside a more confident face, may be
 # a phantom made of that face and its mirror image: it is kept only where the detector finds it on a grey border
-# too (phantoms: 26-74% outside, in 153 of 8,000 UTKFace crops and 5 of 299 tight sample crops, none found on the
-# grey border; real faces cut in half by the photo edge, 50% outside: found there).
+# too (phantoms: 26-74% outside, in about 150 of 8,000 UTKFace crops and 5 of 299 tight sample crops, none found
+# on the grey border; real faces cut in half by the photo edge, 50% outside: found there).
 PHANTOM_OUTSIDE = 0.25
 MIN_EYE_DISTANCE = 20.0  # photo pixels; CelebA's aligned eyes are 39 px apart, the model's 96 px input sees 21
 MAX_ROLL = 25.0  # degrees of eye-line tilt in the photo; alignment levels it, but CelebA's sources were upright
