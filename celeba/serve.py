@@ -62,7 +62,9 @@ class FaceResult(BaseModel):
         None, description="left_eye, right_eye, nose, mouth as [x, y] photo pixels (null: Haar fallback)"
     )
     roll: float | None = Field(None, description="eye-line angle in the photo, degrees")
-    partial_face: bool = Field(False, description="the CelebA window ran past the photo edge; the border was reflected")
+    partial_face: bool = Field(
+        False, description="the face itself runs past the photo edge (a landmark or over 35% of its box)"
+    )
     warnings: list[str] = Field(
         default_factory=list, description="where the face is outside the training distribution (docs/faces.md)"
     )
