@@ -250,6 +250,7 @@ def repair(cfg: RepairConfig) -> RepairResult:
     out = cfg.models_dir / f"{cfg.out_name}.keras"
     if out.resolve() == path.resolve():
         raise CelebADataError(f"{out}: the repaired model would overwrite the model it repairs; pass --name")
+    model.compile(loss=model.loss)  # a fresh, unbuilt optimizer: the file keeps the loss, not training state
     save_atomic(model, out, labels)
     source = RunCard.load(path) if card_path(path).is_file() else None
     card = RunCard(
