@@ -20,7 +20,7 @@ from celeba.sources import AGE_BANDS
 #: The repository root: defaults that name repository files resolve against it, so commands work from any cwd.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The model every model-consuming command uses by default (relative to the repository root).
-DEFAULT_MODEL = Path("models/celeba16k-bce.keras")  # ImageNet-pretrained, 96 px, Male/Young (docs/results.md)
+DEFAULT_MODEL = Path("models/multisource16k-bce-128-dfr-utkface.keras")  # CelebA + UTKFace, 128 px (docs/populations.md)
 
 
 #: A run name: one file name (`models/<name>.keras`, `models/<name>/`), never a path (`../x`) or a hidden file.
