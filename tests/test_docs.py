@@ -59,7 +59,7 @@ def test_docs_use_models_that_are_committed_or_made_by_a_documented_command():
         for path in DOCS
         for model in re.findall(r"--model (models/[\w./-]+\.(?:keras|tflite|onnx))", path.read_text())
     }
-    assert ("deployment.md", "models/celeba16k-bce-float32.onnx") in named
+    assert ("deployment.md", "models/multisource16k-bce-128-dfr-utkface-float32.onnx") in named
     missing = [(doc, m) for doc, m in named if not (REPO_ROOT / m).is_file() and not m.startswith(made)]
     assert not missing, missing
 
