@@ -280,7 +280,7 @@ def threshold_curves(
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=7, loc="best")
-    fig.suptitle("Accuracy per cohort vs threshold (dotted: default, solid: gap-narrowing threshold; reported, not applied)")
+    fig.suptitle("Accuracy per cohort vs threshold (dotted: default, solid: gap-narrowing; reported, not applied)")
     return save(fig, path, note)
 
 
