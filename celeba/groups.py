@@ -99,6 +99,24 @@ class GroupReport:
         }
 
 
+def auc_within(y_true: np.ndarray, y_prob: np.ndarray, groups: pd.Series) -> dict[str, float]:
+    """ROC-AUC of one label inside each group (e.g. Young within each sex), rows with unknown truth left out.
+
+    Threshold-free: it says whether the features separate the label inside a group at all, which no threshold or
+    last-layer refit can raise. NaN for a group that holds one class only.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.asarray(y_true, np.float64)
+    known = np.isfinite(y_true)
+    t, p, g = y_true[known] >= 0.5, np.asarray(y_prob)[known], np.asarray(groups)[known]
+    out = {}
+    for group in sorted(set(g)):
+        rows = g == group
+        out[str(group)] = float(roc_auc_score(t[rows], p[rows])) if len(set(t[rows])) == 2 else float("nan")
+    return out
+
+
 def group_report(
     label: str, y_true: np.ndarray, y_prob: np.ndarray, groups: pd.Series, threshold: float = 0.5, seed: int = 0
 ) -> GroupReport:

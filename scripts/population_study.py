@@ -27,7 +27,7 @@ import pandas as pd
 
 from celeba.analysis.tables import markdown_table
 from celeba.data import labels_array, load_index, make_dataset, split
-from celeba.groups import GroupReport, group_of, group_report
+from celeba.groups import GroupReport, auc_within, group_of, group_report
 from celeba.sources import PhotoSource, age_band, photo_rows
 
 COLLATERAL = 0.02  # a group may not fall more than this below the reference, beyond its interval
@@ -73,6 +73,40 @@ def photo_reports(rows: pd.DataFrame, probs: np.ndarray) -> dict[str, GroupRepor
             "Young", young[over40], probs[over40.to_numpy(), 1], group_of(rows[over40], ["gender"])
         ),
     }
+
+
+def auc_rows(
+    rows: pd.DataFrame,
+    probs: np.ndarray,
+    labels: tuple[str, ...],
+    photos: pd.DataFrame | None,
+    photo_p: np.ndarray | None,
+) -> dict[str, dict[str, float]]:
+    """ROC-AUC of each label within each value of the other label on CelebA test (and Young within each gender on
+    the photos): the ranking inside a group, which thresholds and last-layer refits cannot change."""
+    y = labels_array(rows, labels)
+    out = {
+        f"celeba {label} within {other}": auc_within(y[:, j], probs[:, j], group_of(rows, [other]))
+        for j, label in enumerate(labels)
+        for other in labels
+        if other != label
+    }
+    if photos is not None and photo_p is not None:
+        young = photos["Young"].to_numpy(float)
+        out["photos Young within gender"] = auc_within(young, photo_p[:, 1], group_of(photos, ["gender"]))
+    return out
+
+
+def auc_lines(aucs: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """A markdown table: one row per model, one column per (table, group)."""
+    first = next(iter(aucs.values()))
+    columns = [(table, group) for table, groups in first.items() for group in groups]
+    head = "| model | " + " | ".join(f"{table}: {group}" for table, group in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1)]
+    for name, tables in aucs.items():
+        cells = [f"{tables.get(t, {}).get(g, float('nan')):.3f}" for t, g in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def thresholds_by_other(
@@ -204,12 +238,14 @@ def main() -> None:
         photos = load_photos(args.photos, args.split_file)
 
     rows: dict[str, dict[str, GroupReport]] = {}
+    aucs: dict[str, dict[str, dict[str, float]]] = {}
     for path in args.model:
         scores = {"test": probabilities(path, test, "test", args.cache, labels)}
         rows[path.stem] = celeba_reports(test, scores["test"], labels)
         if photos is not None:
             scores["photos"] = probabilities(path, photos, "photos", args.cache, labels)
             rows[path.stem] |= photo_reports(photos, scores["photos"])
+        aucs[path.stem] = auc_rows(test, scores["test"], labels, photos, scores.get("photos"))
         if args.thresholds_of is not None and path == args.thresholds_of:
             val_p = probabilities(path, val, "validation", args.cache, labels)
             rows |= threshold_rows(path.stem, labels, labels_array(val, labels), val_p, test, photos, scores)
@@ -228,6 +264,8 @@ def main() -> None:
         )
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'; '.join(damage) or 'none'} |")
         summary[name] = {t: reports[t].summary() for t in tables if t in reports} | {"collateral": damage}
+        if name in aucs:
+            summary[name]["auc_within"] = aucs[name]
         if "thresholds" in reports:
             summary[name]["thresholds"] = reports["thresholds"]
     detail = []
@@ -244,6 +282,10 @@ def main() -> None:
         f"Made by `python scripts/population_study.py {' '.join(sys.argv[1:])}`.\n\n"
         f"Cells: average / worst group / group-balanced accuracy, in %. {counts}.\n\n"
         + "\n".join(lines)
+        + "\n"
+        + "\n## ROC-AUC within groups\n\nEach label's ROC-AUC inside each value of the other label (threshold-free; "
+        "threshold rows share their model's).\n\n"
+        + "\n".join(auc_lines(aucs))
         + "\n"
         + "\n## Per group (95% bootstrap intervals)\n"
         + "\n".join(detail)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from celeba.data import CelebADataError
-from celeba.groups import group_of, group_report, parse_groups
+from celeba.groups import auc_within, group_of, group_report, parse_groups
 
 
 def test_group_specs_parse_and_bad_ones_are_clear():
@@ -43,3 +43,15 @@ def test_report_gives_worst_balanced_rates_and_intervals():
     assert report.balanced == pytest.approx(0.75) and report.average == pytest.approx((79 + 10) / 99)
     assert table.loc["b", "tpr"] == 0.0 and table.loc["b", "fpr"] == 0.0
     assert table.loc["b", "low"] < 0.5 < table.loc["b", "high"]  # a bootstrap interval around it
+
+
+def test_auc_within_ranks_inside_each_group_not_across_them():
+    """Young perfectly ranked among men, reversed among women: the pooled AUC would hide the women's 0.0;
+    a group with one class only has no AUC."""
+    groups = pd.Series(["men"] * 4 + ["women"] * 4 + ["kids"] * 2)
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 1, 1, np.nan])
+    p = np.array([0.1, 0.2, 0.8, 0.9, 0.9, 0.8, 0.2, 0.1, 0.5, 0.5])
+    aucs = auc_within(y, p, groups)
+    assert aucs["men"] == 1.0
+    assert aucs["women"] == 0.0
+    assert np.isnan(aucs["kids"])
