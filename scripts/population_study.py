@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -279,7 +280,7 @@ def main() -> None:
         f"; photos evaluation part: {len(photos)} with a face" if photos is not None else ""
     )
     (args.out / "study.md").write_text(
-        f"Made by `python scripts/population_study.py {' '.join(sys.argv[1:])}`.\n\n"
+        f"Made by `python scripts/population_study.py {shlex.join(sys.argv[1:])}`.\n\n"
         f"Cells: average / worst group / group-balanced accuracy, in %. {counts}.\n\n"
         + "\n".join(lines)
         + "\n"
