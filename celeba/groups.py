@@ -99,6 +99,17 @@ class GroupReport:
         }
 
 
+def worst_and_balanced(accuracy: pd.Series) -> tuple[float, str, float]:
+    """Per-group accuracies (index: group) -> the worst group's accuracy and name, and the group-balanced accuracy
+    (their mean, so a small group counts as much as a large one). Groups without a row (NaN) are left out.
+
+    The one definition behind every table: repair's and the study's reports and analyze's summary."""
+    known = accuracy.dropna()
+    if known.empty:
+        raise CelebADataError("no group with a known truth")
+    return float(known.min()), str(known.idxmin()), float(known.mean())
+
+
 def auc_within(y_true: np.ndarray, y_prob: np.ndarray, groups: pd.Series) -> dict[str, float]:
     """ROC-AUC of one label inside each group (e.g. Young within each sex), rows with unknown truth left out.
 
@@ -151,11 +162,12 @@ def group_report(
     table.insert(2, "low", low["accuracy"].astype(float))
     table.insert(3, "high", high["accuracy"].astype(float))
     table = table.sort_values("accuracy")
+    worst, worst_group, balanced = worst_and_balanced(table["accuracy"])
     return GroupReport(
         label=label,
         table=table,
         average=float((t == p).mean()),
-        worst=float(table["accuracy"].iloc[0]),
-        worst_group=str(table.index[0]),
-        balanced=float(table["accuracy"].mean()),
+        worst=worst,
+        worst_group=worst_group,
+        balanced=balanced,
     )

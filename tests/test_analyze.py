@@ -155,6 +155,19 @@ def test_delta_of_a_model_with_itself_is_zero(report):
     assert (thresholds["gap_balanced"] <= thresholds["gap"] + 1e-9).all()  # 0.5 is on the search grid
 
 
+def test_summary_gives_the_worst_group_and_the_group_balanced_accuracy(report):
+    """analyze's summary carries, per label, the worst group's and the group-balanced accuracy of its cohorts:
+    the min and the mean of the per-cohort rows (the definition repair and the study use, celeba.groups)."""
+    summary = pd.read_csv(report / "summary.csv", index_col="metric")["tiny"]
+    for label in ("Male", "Young"):
+        cohorts = summary[[i for i in summary.index if i.startswith(f"{label} accuracy | ")]]
+        assert len(cohorts) == 4
+        worst = summary[[i for i in summary.index if i.startswith(f"{label} worst group over ")]]
+        balanced = summary[[i for i in summary.index if i.startswith(f"{label} group-balanced accuracy over ")]]
+        assert worst.item() == pytest.approx(cohorts.min())
+        assert balanced.item() == pytest.approx(cohorts.mean())
+
+
 def test_balancing_threshold_recovers_a_shifted_cohort():
     # Women's scores run low: at 0.5 every young woman is missed; anything in (0.2, 0.45] is perfect for all.
     frame = pd.DataFrame({"Male": [1, 1, 1, 1, 0, 0, 0, 0], "Young": [1, 1, 0, 0, 1, 1, 0, 0]})

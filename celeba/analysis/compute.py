@@ -17,6 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from celeba.analysis.population import Population, group_values
 from celeba.analysis.scoring import NO_FACE, SEVERAL_FACES, UNREADABLE
+from celeba.groups import worst_and_balanced
 from celeba.metrics import cohort_accuracy, cohort_names, label_metrics
 
 SPLIT_BY = "Male"  # confusion matrices of the other labels are also split by gender (women falsely called Young)
@@ -357,6 +358,9 @@ def summary(
         for group, acc in column.items():
             values[f"{label} accuracy | {group}"] = acc
         values[f"{label} gap (max - min) over {grouping}"] = column.max() - column.min()
+        worst, _, balanced = worst_and_balanced(column) if column.notna().any() else (np.nan, "", np.nan)
+        values[f"{label} worst group over {grouping}"] = worst
+        values[f"{label} group-balanced accuracy over {grouping}"] = balanced
     return pd.Series(values)
 
 
