@@ -262,11 +262,14 @@ class EvalConfig(PhotoFolderOptions):
     )
     check_images: bool = opt(True, "decode every image to be scored once up front and skip unreadable ones")
     bins: int = opt(5, "quantile bins of numeric group columns")
+    tta: bool = opt(False, "flip test-time augmentation: average each image with its mirror image (2x the compute)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         at_least(self, 1, "limit", "batch_size")
         fraction(self, "threshold")
+        if self.tta and self.images is not None:
+            raise ConfigError("--tta: for a CelebA partition; on a photo folder use `celeba predict --tta`")
 
 
 # --------------------------------------------------------------------------- dataclass -> argparse

@@ -23,7 +23,7 @@ from celeba.data import (
     split,
 )
 from celeba.metrics import cohort_accuracy, label_metrics
-from celeba.model import load_model, model_image_size
+from celeba.model import flip_averaged, load_model, model_image_size
 from celeba.runtime import keras_verbose
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.images is not None:
         return evaluate_folder(cfg, cfg.images)
     model, labels = load_model(cfg.model)
+    if cfg.tta:
+        model = flip_averaged(model)
     rows = split(load_index(cfg.data_dir), cfg.partition, cfg.limit)
     if cfg.check_images:
         rows = readable_rows(rows)
@@ -81,6 +83,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "partition": cfg.partition,
         "n": len(rows),
         "threshold": cfg.threshold,
+        "tta": cfg.tta,
         "labels": json.loads(metrics.to_json(orient="index")),
         "cohorts": json.loads(cohorts.to_json(orient="index")),
     }

@@ -91,6 +91,18 @@ def set_backbone_trainable(model: keras.Model, trainable: bool, freeze_batchnorm
         layer.trainable = trainable and not (is_bn and freeze_batchnorm)
 
 
+def flip_averaged(model: keras.Model) -> keras.Model:
+    """Flip test-time augmentation: the mean of the model's probabilities for an image and its mirror image.
+
+    Faces are close to mirror-symmetric and training flips them at random, so both views are in-distribution;
+    averaging them costs a second forward pass (`--tta` in evaluate and predict; docs/results.md measures it).
+    """
+    inputs = keras.Input(model.input_shape[1:])
+    mirrored = keras.ops.flip(inputs, axis=2)
+    outputs = keras.ops.divide(keras.ops.add(model(inputs), model(mirrored)), 2.0)
+    return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")
+
+
 def embedding_model(model: keras.Model) -> keras.Model:
     """Image -> pooled backbone embedding (for latent-space analysis)."""
     return keras.Model(model.inputs, model.get_layer("embedding").output)

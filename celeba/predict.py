@@ -175,19 +175,30 @@ def face_crops(
 # --------------------------------------------------------------------------- the model
 
 
-def load_predictor_model(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], int]:
-    """(batch of [0,255] float32 images -> probabilities, labels, image size) for a .keras, .tflite or .onnx file."""
+def load_predictor_model(
+    path: Path, tta: bool = False
+) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], int]:
+    """(batch of [0,255] float32 images -> probabilities, labels, image size) for a .keras, .tflite or .onnx file;
+    with `tta`, each image's probabilities are averaged with its mirror image's."""
     path = resolve_model(path)
     if path.suffix in (".tflite", ".onnx"):
         from celeba.export import load_exported
 
         lite = load_exported(path)
+        if tta:
+            return (
+                (lambda batch: (lite(batch) + lite(np.ascontiguousarray(batch[:, :, ::-1]))) / 2),
+                lite.labels,
+                lite.image_size,
+            )
         return lite, lite.labels, lite.image_size
     import tensorflow as tf
 
-    from celeba.model import load_model, model_image_size
+    from celeba.model import flip_averaged, load_model, model_image_size
 
     model, labels = load_model(path)
+    if tta:
+        model = flip_averaged(model)
     size = model_image_size(model)
     # One trace for every batch size (predict_on_batch retraces per shape: seconds per new face count).
     call = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3])])
@@ -224,8 +235,15 @@ class Face:
 class Predictor:
     """A loaded model plus the photo -> faces -> probabilities path; shared by the CLI and the service."""
 
-    def __init__(self, model_path: Path, threshold: float = 0.5, max_faces: int = 10, detector: Detector = "blazeface"):
-        self.infer, self.labels, self.image_size = load_predictor_model(model_path)
+    def __init__(
+        self,
+        model_path: Path,
+        threshold: float = 0.5,
+        max_faces: int = 10,
+        detector: Detector = "blazeface",
+        tta: bool = False,
+    ):
+        self.infer, self.labels, self.image_size = load_predictor_model(model_path, tta)
         self.model_path, self.threshold, self.max_faces = resolve_model(model_path), threshold, max_faces
         self.detector = detector
 
@@ -304,6 +322,9 @@ class PredictConfig:
     csv: bool = opt(False, "shorthand for --format csv")
     max_bytes: int = opt(MAX_BYTES, "larger files are refused before they are read")
     max_megapixels: float = opt(MAX_MEGAPIXELS, "larger images are refused before they are decoded")
+    tta: bool = opt(
+        False, "flip test-time augmentation: average each face with its mirror image (2x the model's compute)"
+    )
 
     @property
     def output_format(self) -> str:
@@ -327,7 +348,7 @@ def run_predict(cfg: PredictConfig) -> tuple[list[dict[str, Any]], list[str], tu
     files, errors = image_files(cfg.paths)
     if not files:
         raise FileNotFoundError("; ".join(errors))
-    predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces, cfg.detector)
+    predictor = Predictor(cfg.model, cfg.threshold, cfg.max_faces, cfg.detector, cfg.tta)
     results: list[dict[str, Any]] = []
     with tqdm(
         total=len(files), unit="img", desc="predict", file=sys.stderr, disable=len(files) < 2 or not sys.stderr.isatty()

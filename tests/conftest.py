@@ -89,3 +89,22 @@ def face_jpeg(sample_dir) -> bytes:
     from celeba.data import image_dir
 
     return sorted(image_dir(sample_dir).glob("*.jpg"))[1].read_bytes()
+
+
+@pytest.fixture(scope="session")
+def lopsided_model(tmp_path_factory) -> Path:
+    """A 64 px model whose outputs depend on where things are in the image (a random, untrained conv + dense), so
+    it is not mirror-invariant; labels embedded, no run card. For checks that the tiny trained model, whose
+    outputs hardly move from image to image, cannot fail."""
+    import keras
+
+    from celeba.model import embed_labels
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Conv2D(4, 5, strides=4, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    outputs = keras.layers.Dense(2, activation="sigmoid")(keras.layers.Flatten()(x))
+    path = tmp_path_factory.mktemp("lopsided") / "lopsided.keras"
+    keras.Model(inputs, outputs).save(path)
+    embed_labels(path, ("Male", "Young"))
+    return path

@@ -49,3 +49,25 @@ def test_only_the_images_it_scores_are_checked(tiny_model, tmp_path, monkeypatch
     monkeypatch.setattr(celeba.data, "_image_problem", lambda path: checked.append(path) or decode(path))
     result = evaluate(EvalConfig(model=tiny_model, limit=8, out=tmp_path))
     assert result["n"] == 8 and len(checked) == 8
+
+
+def test_tta_averages_each_image_with_its_mirror(lopsided_model, tmp_path):
+    """--tta: the probabilities are the mean of the plain model's for the image and for its mirror image, recomputed
+    here by hand; a folder of photos is refused with a pointer to predict --tta."""
+
+    from celeba.data import load_index, make_dataset, split
+    from celeba.model import load_model, model_image_size
+
+    plain = evaluate(EvalConfig(model=lopsided_model, limit=16, out=tmp_path / "plain", check_images=False))
+    tta = evaluate(EvalConfig(model=lopsided_model, limit=16, out=tmp_path / "tta", check_images=False, tta=True))
+    assert tta["tta"] and not plain["tta"]
+    model, labels = load_model(lopsided_model)
+    rows = split(load_index(EvalConfig().data_dir), "test", 16)
+    images = np.concatenate([x for x, _ in make_dataset(rows, labels, model_image_size(model), 16, training=False)])
+    by_hand = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)) / 2
+    got = pd.read_csv(tmp_path / "tta" / "predictions.csv")[["Male_prob", "Young_prob"]].to_numpy()
+    np.testing.assert_allclose(got, by_hand, atol=1e-5)
+    before = pd.read_csv(tmp_path / "plain" / "predictions.csv")[["Male_prob", "Young_prob"]].to_numpy()
+    assert np.abs(got - before).max() > 1e-4  # the mirror changed something: not the plain model again
+    with pytest.raises(ValueError, match="--tta: for a CelebA partition"):
+        EvalConfig(images=tmp_path, tta=True)

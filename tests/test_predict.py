@@ -221,3 +221,17 @@ def test_cli_missing_model_is_one_clear_line(tmp_path, sample_paths, capsys):
         predict_main([str(sample_paths[0]), "--model", str(tmp_path / "none.keras")])
     assert exit_info.value.code == 2
     assert "none.keras: model file not found" in capsys.readouterr().err
+
+
+def test_predict_tta_averages_a_face_with_its_mirror(lopsided_model):
+    """Predictor(tta=True): each crop's probabilities are the mean of the plain model's for it and its mirror;
+    a mirrored crop then scores the same as the crop itself."""
+    rng = np.random.default_rng(5)
+    crop = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)
+    mirror = np.ascontiguousarray(crop[:, ::-1])
+    tta = Predictor(lopsided_model, tta=True)
+    plain = Predictor(lopsided_model).probabilities([crop, mirror])
+    both = tta.probabilities([crop, mirror])
+    np.testing.assert_allclose(both[0], plain.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(both[0], both[1], atol=1e-5)
+    assert np.abs(plain[0] - plain[1]).max() > 1e-4  # the plain model is not mirror-invariant, so the test can fail
