@@ -85,3 +85,12 @@ def test_readme_shows_the_designs_own_commands_first():
         assert any(line.startswith(f"poetry run {command} ") for line in commands), block
         assert not any(line.startswith("celeba ") for line in commands), block
         assert f"`celeba {command}" in body or "`celeba <command>" in body, body
+
+
+def test_a_users_training_leaves_git_status_clean():
+    """What `poetry run train` writes (model, run card, run folder, lock) is ignored; committed models stay tracked."""
+    made = ["models/smoke-sample-bce.keras", "models/smoke-sample-bce.json", "models/my-model/best.keras"]
+    ignored = subprocess.run(["git", "check-ignore", *made], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == made
+    tracked = subprocess.run(["git", "ls-files", "models"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
+    assert "models/multisource16k-bce-128-dfr-utkface.json" in tracked.split()
