@@ -49,6 +49,22 @@ def near_limit_images(megapixels: float = 39.9) -> dict[str, bytes]:
     return out
 
 
+def wait_healthy(server: subprocess.Popen, url: str, timeout: float = 600) -> None:
+    """Block until the served /health answers 200; a server that exits or never answers is an error."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("serve did not start")
+        time.sleep(0.5)
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -86,16 +102,7 @@ def load_test(model: Path, max_concurrent: int, images: dict[str, bytes], reques
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("serve did not start")
-            time.sleep(0.5)
+        wait_healthy(server, url)
         idle = rss_mb(server.pid)
         samples, stop = [], threading.Event()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.serve_load import free_port, near_limit_images, rss_mb
+from benchmarks.serve_load import free_port, near_limit_images, rss_mb, wait_healthy
 from celeba.config import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,8 +90,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_queue.json")
     args = parser.parse_args()
 
-    import requests
-
     photo = near_limit_images(args.megapixels)["jpeg"]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "TL_DISABLE_ANALYTICS": "true"}
@@ -107,16 +105,7 @@ def main() -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("serve did not start")
-            time.sleep(0.5)
+        wait_healthy(server, url)
         idle = rss_mb(server.pid)
         levels = []
         for m in args.levels:
