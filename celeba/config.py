@@ -107,10 +107,25 @@ class TrainConfig:
     batch_size: int = opt(32, "images per batch and replica")
     epochs: int = opt(3, "total epochs, frozen-backbone epochs included")
     freeze_epochs: int = opt(1, "head-only epochs before fine-tuning (none with --weights none)")
-    learning_rate: float = opt(1e-3, "peak of the cosine schedule (head phase; fine-tuning uses a tenth)")
+    learning_rate: float = opt(1e-3, "peak learning rate of the head phase (the whole run with --weights none)")
+    finetune_learning_rate: float | None = opt(
+        None, "peak learning rate of the fine-tuning phase", none="a tenth of --learning-rate"
+    )
+    unfreeze: int | None = opt(
+        None, "fine-tuning trains only the backbone's last N layers, the rest stay frozen", none="the whole backbone"
+    )
+    schedule: Literal["cosine", "one-cycle"] = opt(
+        "cosine",
+        "per phase: cosine decays from the peak; one-cycle warms up linearly over the first 30% of the phase, then"
+        " decays",
+    )
+    label_smoothing: float = opt(0.0, "targets move this far towards 0.5: y(1-s) + s/2 (soft targets for noisy labels)")
     dense_units: int = opt(128, "width of the head's hidden layer")
     dropout: float = opt(0.3, "dropout rate before the sigmoid layer")
     augment: bool = opt(True, "flip, rotation, shift, scale, brightness and contrast on training batches")
+    augment_strength: float = opt(
+        1.0, "scales the augmentation ranges (rotation, shift, scale, brightness, contrast); 1: the tested defaults"
+    )
     cache: bool = opt(False, "keep decoded images in memory after the first epoch")
     check_images: bool = opt(True, "decode every image once up front and skip unreadable ones")
     limit: int | None = opt(None, "at most N images from every partition (quick runs)", none="all")
@@ -156,7 +171,9 @@ class TrainConfig:
         at_least(self, 1, "batch_size", "epochs", "dense_units", "limit", "train_limit", "val_limit")
         at_least(self, 0, "freeze_epochs", "seed")
         at_least(self, 32, "image_size")  # MobileNetV2's smallest input
-        positive(self, "learning_rate", "dro_step")
+        positive(self, "learning_rate", "finetune_learning_rate", "dro_step", "augment_strength")
+        at_least(self, 1, "unfreeze")
+        fraction(self, "label_smoothing", below_one=True)
         positive(self, "dro_adjustment", "weight_decay", zero=True)
         fraction(self, "dropout", below_one=True)
         fraction(self, "photos_weight", below_one=True)

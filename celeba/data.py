@@ -681,29 +681,34 @@ def records_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, 
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def make_augmenter(seed: int = 0, framing: bool = True):
+def make_augmenter(seed: int = 0, framing: bool = True, strength: float = 1.0):
     """Small, label-preserving augmentations for training batches (a flipped face keeps its gender and age).
 
     `framing` adds shift (up to 12% of the side) and scale (0.8-1.2) jitter, so that a face framed a little
     differently from CelebA's alignment (a phone photo, another detector's crop) is still scored well.
+    `strength` scales every range (rotation, shift, scale, brightness, contrast), capped where a layer's range ends;
+    the flip is always on.
     """
     import keras
 
+    def scaled(value: float, cap: float = 0.95) -> float:
+        return min(value * strength, cap)
+
     framing_layers = (
         [
-            keras.layers.RandomTranslation(0.12, 0.12, fill_mode="reflect", seed=seed),
-            keras.layers.RandomZoom((-0.2, 0.2), fill_mode="reflect", seed=seed),
+            keras.layers.RandomTranslation(scaled(0.12), scaled(0.12), fill_mode="reflect", seed=seed),
+            keras.layers.RandomZoom((-scaled(0.2), scaled(0.2)), fill_mode="reflect", seed=seed),
         ]
         if framing
-        else [keras.layers.RandomZoom(0.08, fill_mode="reflect", seed=seed)]
+        else [keras.layers.RandomZoom(scaled(0.08), fill_mode="reflect", seed=seed)]
     )
     return keras.Sequential(
         [
             keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(0.03, fill_mode="reflect", seed=seed),
+            keras.layers.RandomRotation(scaled(0.03, cap=0.5), fill_mode="reflect", seed=seed),
             *framing_layers,
-            keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
-            keras.layers.RandomContrast(0.1, seed=seed),
+            keras.layers.RandomBrightness(scaled(0.1, cap=1.0), value_range=(0, 255), seed=seed),
+            keras.layers.RandomContrast(scaled(0.1), seed=seed),
         ],
         name="augment",
     )

@@ -38,28 +38,47 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
     """
 
     def __init__(
-        self, pos_weights: Sequence[float], neg_weights: Sequence[float], name: str = "weighted_bce", **kwargs
+        self,
+        pos_weights: Sequence[float],
+        neg_weights: Sequence[float],
+        label_smoothing: float = 0.0,
+        name: str = "weighted_bce",
+        **kwargs,
     ):
         super().__init__(name=name, **kwargs)
         self.pos_weights = [float(w) for w in pos_weights]
         self.neg_weights = [float(w) for w in neg_weights]
+        self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
-        per_element = ops.binary_crossentropy(y_true, y_pred)
+        per_element = ops.binary_crossentropy(smoothed(y_true, self.label_smoothing), y_pred)
         weights = y_true * ops.convert_to_tensor(self.pos_weights, y_pred.dtype) + (
             1.0 - y_true
         ) * ops.convert_to_tensor(self.neg_weights, y_pred.dtype)
         return ops.mean(per_element * weights, axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "pos_weights": self.pos_weights, "neg_weights": self.neg_weights}
+        return {
+            **super().get_config(),
+            "pos_weights": self.pos_weights,
+            "neg_weights": self.neg_weights,
+            "label_smoothing": self.label_smoothing,
+        }
 
 
-def masked_bce(y_true, y_pred, gamma: float = 0.0):
-    """(per-element BCE, mask): NaN labels are unknown, their BCE is 0 and their mask 0. `gamma` > 0: focal."""
+def smoothed(y, label_smoothing: float):
+    """Targets moved towards 0.5 (Keras' own rule, as in `BinaryCrossentropy(label_smoothing=...)`)."""
+    return y * (1.0 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else y
+
+
+def masked_bce(y_true, y_pred, gamma: float = 0.0, label_smoothing: float = 0.0):
+    """(per-element BCE, mask): NaN labels are unknown, their BCE is 0 and their mask 0. `gamma` > 0: focal.
+
+    `label_smoothing` softens the targets as Keras' own BCE and focal losses do (the focal factor included).
+    """
     known = ops.logical_not(ops.isnan(ops.cast(y_true, y_pred.dtype)))
-    y = ops.where(known, ops.cast(y_true, y_pred.dtype), ops.zeros_like(y_pred))
+    y = smoothed(ops.where(known, ops.cast(y_true, y_pred.dtype), ops.zeros_like(y_pred)), label_smoothing)
     bce = ops.binary_crossentropy(y, y_pred)
     if gamma:
         p_true = y * y_pred + (1.0 - y) * (1.0 - y_pred)
@@ -81,6 +100,7 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         pos_weights: Sequence[float] | None = None,
         neg_weights: Sequence[float] | None = None,
         gamma: float = 0.0,
+        label_smoothing: float = 0.0,
         name: str = "masked_bce",
         **kwargs,
     ):
@@ -88,9 +108,10 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         self.pos_weights = None if pos_weights is None else [float(w) for w in pos_weights]
         self.neg_weights = None if neg_weights is None else [float(w) for w in neg_weights]
         self.gamma = float(gamma)
+        self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true, y_pred):
-        per_element, mask = masked_bce(y_true, y_pred, self.gamma)
+        per_element, mask = masked_bce(y_true, y_pred, self.gamma, self.label_smoothing)
         if self.pos_weights is not None and self.neg_weights is not None:
             y = ops.where(mask > 0, ops.cast(y_true, y_pred.dtype), ops.zeros_like(y_pred))
             per_element = per_element * (
@@ -105,6 +126,7 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
             "pos_weights": self.pos_weights,
             "neg_weights": self.neg_weights,
             "gamma": self.gamma,
+            "label_smoothing": self.label_smoothing,
         }
 
 
@@ -125,12 +147,14 @@ class GroupDROLoss(keras.losses.Loss):
         group_labels: Sequence[int],
         step: float = 0.01,
         adjustment: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
         name: str = "group_dro",
         **kwargs,
     ):
         super().__init__(name=name, reduction="sum", **kwargs)
         self.group_labels = [int(i) for i in group_labels]
         self.step = float(step)
+        self.label_smoothing = float(label_smoothing)
         n = 2 ** len(self.group_labels)
         self.adjustment = [0.0] * n if adjustment is None else [float(a) for a in adjustment]
         self.q = keras.Variable(np.full(n, 1.0 / n, np.float32), trainable=False, name="group_dro_q")
@@ -140,7 +164,7 @@ class GroupDROLoss(keras.losses.Loss):
         return ops.sum(y * ops.convert_to_tensor([1 << i for i in range(len(self.group_labels))], "int32"), axis=-1)
 
     def call(self, y_true, y_pred):
-        per_element, mask = masked_bce(y_true, y_pred)
+        per_element, mask = masked_bce(y_true, y_pred, label_smoothing=self.label_smoothing)
         per_sample = ops.sum(per_element, axis=-1) / ops.maximum(ops.sum(mask, axis=-1), 1.0)
         onehot = ops.one_hot(self.group_ids(y_true), len(self.adjustment), dtype=y_pred.dtype)  # (batch, groups)
         counts = ops.sum(onehot, axis=0)
@@ -158,6 +182,7 @@ class GroupDROLoss(keras.losses.Loss):
             "group_labels": self.group_labels,
             "step": self.step,
             "adjustment": self.adjustment,
+            "label_smoothing": self.label_smoothing,
         }
 
     @classmethod
@@ -183,29 +208,32 @@ def make_loss(
     group_labels: Sequence[int] = (),
     dro_step: float = 0.01,
     dro_c: float = 0.0,
+    label_smoothing: float = 0.0,
 ) -> keras.losses.Loss:
     """The training loss by its CLI name; weighted BCE needs the training labels, Group DRO its group labels.
 
-    Training labels with unknown values (NaN: several sources) get the masked form of the loss.
+    Training labels with unknown values (NaN: several sources) get the masked form of the loss. Every loss
+    smooths its targets by `label_smoothing` the same way (towards 0.5).
     """
     masked = y_train is not None and bool(np.isnan(np.asarray(y_train, np.float32)).any())
+    ls = label_smoothing
     if name == "group-dro":
         if not group_labels:
             raise ValueError("group-dro needs --groups: the labels whose combinations are the groups")
         adjustment = dro_adjustment(y_train, group_labels, dro_c) if y_train is not None else None
-        return GroupDROLoss(group_labels, dro_step, adjustment)
+        return GroupDROLoss(group_labels, dro_step, adjustment, label_smoothing=ls)
     if masked and name in ("bce", "focal"):
-        return MaskedBinaryCrossentropy(gamma=2.0 if name == "focal" else 0.0)
+        return MaskedBinaryCrossentropy(gamma=2.0 if name == "focal" else 0.0, label_smoothing=ls)
     if masked and name == "weighted-bce" and y_train is not None:
-        return MaskedBinaryCrossentropy(*class_balanced_weights(y_train))
+        return MaskedBinaryCrossentropy(*class_balanced_weights(y_train), label_smoothing=ls)
     if name == "bce":
-        return keras.losses.BinaryCrossentropy(name="bce")
+        return keras.losses.BinaryCrossentropy(label_smoothing=ls, name="bce")
     if name == "weighted-bce":
         if y_train is None:
             raise ValueError("weighted-bce needs the training labels to compute class weights")
-        return WeightedBinaryCrossentropy(*class_balanced_weights(y_train))
+        return WeightedBinaryCrossentropy(*class_balanced_weights(y_train), label_smoothing=ls)
     if name == "focal":  # down-weights easy examples, so the hard (often minority-cohort) ones drive training
-        return keras.losses.BinaryFocalCrossentropy(gamma=2.0, name="focal")
+        return keras.losses.BinaryFocalCrossentropy(gamma=2.0, label_smoothing=ls, name="focal")
     raise ValueError(f"unknown loss {name!r}; choose from {LOSSES}")
 
 

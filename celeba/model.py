@@ -84,11 +84,19 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
     ]
 
 
-def set_backbone_trainable(model: keras.Model, trainable: bool, freeze_batchnorm: bool = True) -> None:
-    """Freeze the backbone for the head phase; when fine-tuning pretrained weights keep BatchNorm frozen."""
-    for layer in backbone_layers(model):
+def set_backbone_trainable(
+    model: keras.Model, trainable: bool, freeze_batchnorm: bool = True, last: int | None = None
+) -> None:
+    """Freeze the backbone for the head phase; when fine-tuning pretrained weights keep BatchNorm frozen.
+
+    `last`: only the backbone's last N layers become trainable (shallow fine-tuning keeps the early, generic
+    ImageNet filters as they are); None: all of them.
+    """
+    layers = backbone_layers(model)
+    first_trainable = 0 if last is None else max(0, len(layers) - last)
+    for i, layer in enumerate(layers):
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = trainable and not (is_bn and freeze_batchnorm)
+        layer.trainable = trainable and i >= first_trainable and not (is_bn and freeze_batchnorm)
 
 
 def flip_averaged(model: keras.Model) -> keras.Model:

@@ -282,19 +282,21 @@ class Phase:
     learning_rate: float
     backbone_trainable: bool
     freeze_batchnorm: bool
+    unfreeze: int | None = None  # fine-tuning: only the backbone's last N layers train (None: all)
 
 
 def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    """Head first on a frozen pretrained backbone, then fine-tune everything at a tenth of the rate.
+    """Head first on a frozen pretrained backbone, then fine-tune (by default everything, at a tenth of the rate).
 
     A random backbone (--weights none) has nothing worth freezing, so that run is one phase.
     """
     if cfg.weights.lower() == "none":
         return [Phase("full", cfg.epochs, cfg.learning_rate, True, False)]
     head = min(cfg.freeze_epochs, cfg.epochs)
+    finetune_lr = cfg.finetune_learning_rate or cfg.learning_rate / 10
     phases = [
         Phase("head", head, cfg.learning_rate, False, True),
-        Phase("finetune", cfg.epochs - head, cfg.learning_rate / 10, True, True),
+        Phase("finetune", cfg.epochs - head, finetune_lr, True, True, cfg.unfreeze),
     ]
     return [p for p in phases if p.epochs > 0]
 
@@ -525,15 +527,33 @@ def set_precision(mixed: bool) -> str:
     return keras.mixed_precision.global_policy().name
 
 
-def with_augmentation(model: keras.Model, seed: int) -> keras.Model:
+def with_augmentation(model: keras.Model, seed: int, strength: float = 1.0) -> keras.Model:
     """The model to fit: random augmentation of whole batches, then the model.
 
     The augmentation runs in the training graph (on the GPU when there is one) and is inactive at
     inference; only the bare `model` is ever saved, so exported models carry none of it.
     """
+    augment = make_augmenter(seed, strength=strength)
     return keras.Sequential(
-        [keras.Input(model.input_shape[1:], name="image"), make_augmenter(seed), model], name="train_with_augmentation"
+        [keras.Input(model.input_shape[1:], name="image"), augment, model], name="train_with_augmentation"
     )
+
+
+ONE_CYCLE_WARMUP = 0.3  # share of a phase's steps spent warming up (Smith & Topin's one-cycle policy)
+
+
+def learning_rate_schedule(name: str, peak: float, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """One phase's schedule, both from Keras' CosineDecay: down from the peak (cosine), or up to it first (one-cycle).
+
+    One-cycle starts at a 25th of the peak, rises linearly for 30% of the steps, then follows the cosine down; both
+    end at 1% of the peak.
+    """
+    if name == "one-cycle":
+        warmup = max(1, round(total_steps * ONE_CYCLE_WARMUP))
+        return keras.optimizers.schedules.CosineDecay(
+            peak / 25, decay_steps=max(1, total_steps - warmup), alpha=0.01, warmup_target=peak, warmup_steps=warmup
+        )
+    return keras.optimizers.schedules.CosineDecay(peak, decay_steps=total_steps, alpha=0.01)
 
 
 def compile_for(
@@ -545,16 +565,15 @@ def compile_for(
     run_eagerly: bool = False,
     weight_decay: float = 0.0,
     masked: bool = False,
+    schedule_name: str = "cosine",
 ) -> None:
     """Set the phase's trainable layers on `model`, then compile `trainer` (the model, or its augmented wrapper).
 
     `masked`: labels may be unknown (NaN, several sources): the metrics skip them like the loss does.
     """
-    set_backbone_trainable(model, phase.backbone_trainable, phase.freeze_batchnorm)
+    set_backbone_trainable(model, phase.backbone_trainable, phase.freeze_batchnorm, phase.unfreeze)
     model = trainer or model
-    schedule = keras.optimizers.schedules.CosineDecay(
-        phase.learning_rate, decay_steps=max(1, steps * phase.epochs), alpha=0.01
-    )
+    schedule = learning_rate_schedule(schedule_name, phase.learning_rate, max(1, steps * phase.epochs))
     n = model.output_shape[-1]
     optimizer = (
         keras.optimizers.AdamW(schedule, weight_decay=weight_decay) if weight_decay else keras.optimizers.Adam(schedule)
@@ -787,10 +806,10 @@ def _train(
     policy = set_precision(cfg.mixed_precision)
     with strategy.scope():
         model = build_model(len(labels), cfg.image_size, cfg.weights, cfg.dense_units, cfg.dropout)
-        trainer = with_augmentation(model, cfg.seed) if cfg.augment else model
+        trainer = with_augmentation(model, cfg.seed, cfg.augment_strength) if cfg.augment else model
         if cfg.strategy == "multiworker":
             fit_on_several_workers(trainer)
-        loss = make_loss(cfg.loss, y_train, group_index, cfg.dro_step, cfg.dro_adjustment)
+        loss = make_loss(cfg.loss, y_train, group_index, cfg.dro_step, cfg.dro_adjustment, cfg.label_smoothing)
 
     # Data, model and loss are ready: only now may an earlier run of this name go (a failure above keeps it).
     if not cfg.resume and run_dir.exists():
@@ -827,7 +846,7 @@ def _train(
         done_path = run_dir / f"phase-{phase.name}.weights.h5"
         throughput = throughputs[phase.name] = Throughput()
         with strategy.scope():
-            compile_for(model, phase, loss, steps, trainer, cfg.run_eagerly, cfg.weight_decay, masked)
+            compile_for(model, phase, loss, steps, trainer, cfg.run_eagerly, cfg.weight_decay, masked, cfg.schedule)
         if cfg.resume and done_path.is_file():
             log.info("resume: phase %r already done, loading %s", phase.name, done_path)
             with without_optimizer_warnings():

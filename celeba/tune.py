@@ -42,10 +42,32 @@ OBJECTIVES = {
     "balanced": "group-balanced validation accuracy (the mean over the groups)",
 }
 #: The TrainConfig fields the search can vary (`--space` picks among them).
-SPACE = ("learning_rate", "epochs", "freeze_epochs", "dropout", "weight_decay", "image_size", "augment", "loss")
+SPACE = (
+    "learning_rate",
+    "finetune_learning_rate",
+    "epochs",
+    "freeze_epochs",
+    "unfreeze",
+    "schedule",
+    "dropout",
+    "weight_decay",
+    "label_smoothing",
+    "image_size",
+    "augment",
+    "augment_strength",
+    "loss",
+)
+#: Need a pretrained backbone: with --weights none there is no frozen phase and no fine-tuning phase.
+PRETRAINED_ONLY = ("freeze_epochs", "finetune_learning_rate", "unfreeze")
 LOSSES: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainConfig)["loss"])
+SCHEDULES: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainConfig)["schedule"])
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
 LEARNING_RATES = (1e-4, 1e-2)  # log-uniform
+FINETUNE_LEARNING_RATES = (1e-5, 1e-3)  # log-uniform
+#: Backbone layers fine-tuned (MobileNetV2 has 154 below the head: 30 is the last two blocks); 0: all of them.
+UNFREEZE_DEPTHS = (30, 60, 100, 0)
+LABEL_SMOOTHINGS = (0.0, 0.05, 0.1, 0.2)
+AUGMENT_STRENGTHS = (0.5, 1.0, 1.5, 2.0)
 DROPOUTS = (0.0, 0.5, 0.1)  # min, max, step
 PROJECT = "tuner"  # KerasTuner's project folder inside the search folder
 #: The base config's flags that choose a subset to search on; best.json leaves them out (see `best_card`).
@@ -123,7 +145,7 @@ class TuneConfig(TrainConfig):
     def searched(self) -> list[str]:
         """The hyper-parameters actually searched: epochs are Hyperband's budget there; freezing needs weights."""
         names = [n for n in self.space if not (n == "epochs" and self.algorithm == "hyperband")]
-        return [n for n in names if not (n == "freeze_epochs" and self.weights.lower() == "none")]
+        return [n for n in names if not (n in PRETRAINED_ONLY and self.weights.lower() == "none")]
 
 
 _SEARCH_DEFAULTS = {"name": None, "resume": True}
@@ -148,21 +170,31 @@ def search_space(cfg: TuneConfig) -> Any:
     names = cfg.searched()
     if "learning_rate" in names:
         hp.Float("learning_rate", *LEARNING_RATES, sampling="log")
+    if "finetune_learning_rate" in names:
+        hp.Float("finetune_learning_rate", *FINETUNE_LEARNING_RATES, sampling="log")
     if "epochs" in names and cfg.max_epochs > 1:
         hp.Int("epochs", 1, cfg.max_epochs)
     elif "epochs" in names:
         hp.Fixed("epochs", 1)
     if "freeze_epochs" in names:
         hp.Int("freeze_epochs", 0, max(1, cfg.max_epochs // 2))
+    if "unfreeze" in names:
+        hp.Choice("unfreeze", list(UNFREEZE_DEPTHS))
+    if "schedule" in names:
+        hp.Choice("schedule", list(SCHEDULES))
     if "dropout" in names:
         low, high, step = DROPOUTS
         hp.Float("dropout", low, high, step=step)
     if "weight_decay" in names:
         hp.Choice("weight_decay", list(WEIGHT_DECAYS))
+    if "label_smoothing" in names:
+        hp.Choice("label_smoothing", list(LABEL_SMOOTHINGS))
     if "image_size" in names:
         hp.Choice("image_size", sorted(set(cfg.image_sizes)))
     if "augment" in names:
         hp.Boolean("augment")
+    if "augment_strength" in names:
+        hp.Choice("augment_strength", list(AUGMENT_STRENGTHS))
     if "loss" in names:
         hp.Choice("loss", list(dict.fromkeys(cfg.loss_choices)))
     if not hp.space:
@@ -177,6 +209,8 @@ def trial_config(base: TrainConfig, values: Mapping[str, Any], trials_dir: Path,
     changes = {name: values[name] for name in SPACE if name in values}
     if "dropout" in changes:
         changes["dropout"] = round(float(changes["dropout"]), 6)  # 0.1 steps without float noise
+    if "unfreeze" in changes:
+        changes["unfreeze"] = int(changes["unfreeze"]) or None  # 0: the whole backbone
     if "tuner/epochs" in values:  # Hyperband's budget; each trial trains from scratch
         changes["epochs"] = int(values["tuner/epochs"])
     return dataclasses.replace(base, **changes, name=f"trial-{trial_id}", models_dir=trials_dir, resume=False)

@@ -220,6 +220,26 @@ def test_augmenter_jitters_framing_but_keeps_shape():
     assert {"RandomTranslation", "RandomZoom", "RandomFlip"} <= names
 
 
+def test_augmentation_strength_scales_every_range():
+    def span(value) -> float:  # a Keras factor is a number or a (low, high) pair
+        return max(abs(v) for v in value) if isinstance(value, list | tuple) else abs(value)
+
+    def ranges(strength: float) -> dict[str, float]:
+        augmenter = data.make_augmenter(strength=strength)
+        layers = {layer.__class__.__name__: layer.get_config() for layer in augmenter.layers}
+        return {
+            "rotation": span(layers["RandomRotation"]["factor"]),
+            "shift": span(layers["RandomTranslation"]["height_factor"]),
+            "zoom": span(layers["RandomZoom"]["height_factor"]),
+            "brightness": span(layers["RandomBrightness"]["factor"]),
+            "contrast": span(layers["RandomContrast"]["factor"]),
+        }
+
+    default, double, half = ranges(1.0), ranges(2.0), ranges(0.5)
+    for name, value in default.items():
+        assert double[name] == pytest.approx(2 * value) and half[name] == pytest.approx(value / 2), name
+
+
 def test_cached_dataset_yields_the_same_images(sample_dir):
     rows = data.split(data.load_index(sample_dir), "test", limit=6)
     plain = np.concatenate([x for x, _ in data.make_dataset(rows, ["Male"], 32, 4)])

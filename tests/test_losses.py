@@ -35,6 +35,35 @@ def test_weighted_value_matches_numpy():
     np.testing.assert_allclose(float(WeightedBinaryCrossentropy(pos, neg)(Y, P)), expected, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["bce", "weighted-bce", "focal"])
+def test_label_smoothing_is_keras_rule_for_every_loss_and_every_form(name):
+    """Plain and masked (several sources) forms smooth alike: y(1-s) + s/2, the rule of Keras' own BCE."""
+    plain = make_loss(name, Y, label_smoothing=0.2)
+    with_unknown = Y.copy()
+    with_unknown[0, 1] = np.nan
+    masked = make_loss(name, with_unknown, label_smoothing=0.2)
+    masked_none = make_loss(name, with_unknown)
+    if name != "weighted-bce":  # (its class weights are counted over the known labels, so they differ)
+        rows = slice(1, None)  # rows without an unknown label: the masked loss equals the plain one there
+        np.testing.assert_allclose(float(masked(Y[rows], P[rows])), float(plain(Y[rows], P[rows])), rtol=1e-5)
+    assert float(masked(with_unknown, P)) != pytest.approx(float(masked_none(with_unknown, P)))
+    if name == "bce":
+        soft = Y * 0.8 + 0.1
+        expected = -(soft * np.log(P) + (1 - soft) * np.log(1 - P)).mean()
+        np.testing.assert_allclose(float(plain(Y, P)), expected, rtol=1e-4)
+    if name == "weighted-bce":  # the class weights read the true labels, only the targets are softened
+        pos, neg = class_balanced_weights(Y)
+        soft = Y * 0.8 + 0.1
+        bce = -(soft * np.log(P) + (1 - soft) * np.log(1 - P))
+        expected = (bce * (Y * np.array(pos) + (1 - Y) * np.array(neg))).mean()
+        np.testing.assert_allclose(float(plain(Y, P)), expected, rtol=1e-4)
+
+
+def test_smoothed_group_dro_round_trips_its_config():
+    loss = make_loss("group-dro", Y, group_labels=[0, 1], label_smoothing=0.1)
+    assert type(loss).from_config(loss.get_config()).label_smoothing == 0.1
+
+
 def test_make_loss_validates():
     assert isinstance(make_loss("weighted-bce", Y), WeightedBinaryCrossentropy)
     with pytest.raises(ValueError, match="needs the training labels"):

@@ -37,6 +37,14 @@ def test_freezing_leaves_only_the_head_trainable(small):
     assert "Conv1" in trainable and "bn_Conv1" not in trainable
 
 
+def test_unfreezing_the_last_layers_leaves_the_early_ones_frozen(small):
+    backbone = model_lib.backbone_layers(small)
+    set_backbone_trainable(small, True, freeze_batchnorm=False, last=10)
+    assert [layer.trainable for layer in backbone] == [False] * (len(backbone) - 10) + [True] * 10
+    set_backbone_trainable(small, True, freeze_batchnorm=False, last=len(backbone) + 5)  # more than there are
+    assert all(layer.trainable for layer in backbone)
+
+
 def test_local_weights_file_is_loaded(tmp_path):
     source = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None)
     path = tmp_path / "backbone.weights.h5"

@@ -45,6 +45,25 @@ def test_phases():
     assert [(p.name, p.epochs, p.backbone_trainable) for p in phases] == [("head", 2, False), ("finetune", 3, True)]
     assert phases[1].learning_rate == pytest.approx(1e-4)
     assert [p.name for p in plan_phases(TrainConfig(weights="x.h5", epochs=1, freeze_epochs=1))] == ["head"]
+    assert phases[1].unfreeze is None  # the whole backbone by default
+    tuned = plan_phases(
+        TrainConfig(weights="x.h5", epochs=3, freeze_epochs=1, finetune_learning_rate=3e-5, unfreeze=40)
+    )
+    assert (tuned[1].learning_rate, tuned[1].unfreeze) == (3e-5, 40)
+    assert tuned[0].unfreeze is None  # the head phase freezes the whole backbone whatever --unfreeze says
+
+
+def test_schedules_peak_where_they_say():
+    from celeba.train import learning_rate_schedule
+
+    cosine = learning_rate_schedule("cosine", 1e-3, 100)
+    one_cycle = learning_rate_schedule("one-cycle", 1e-3, 100)
+    at = lambda schedule, step: float(schedule(step))  # noqa: E731
+    assert at(cosine, 0) == pytest.approx(1e-3) and at(cosine, 100) == pytest.approx(1e-5)
+    assert at(one_cycle, 0) == pytest.approx(1e-3 / 25)  # starts low
+    assert at(one_cycle, 30) == pytest.approx(1e-3, rel=1e-3)  # the peak after 30% of the steps
+    assert at(one_cycle, 15) < at(one_cycle, 30) > at(one_cycle, 60) > at(one_cycle, 90)
+    assert at(one_cycle, 100) == pytest.approx(1e-5, rel=1e-3)  # both end at 1% of the peak
 
 
 def test_the_projects_losses_metrics_and_augmentation_train_in_a_traced_step():

@@ -131,17 +131,22 @@ def test_the_space_follows_the_flags():
     hyperband = search_space(TuneConfig(algorithm="hyperband", weights="none"))
     assert [hp.name for hp in hyperband.space] == [
         "learning_rate",
+        "schedule",
         "dropout",
         "weight_decay",
+        "label_smoothing",
         "image_size",
         "augment",
+        "augment_strength",
         "loss",
-    ]
+    ]  # no epochs (hyperband's budget), nothing of a pretrained backbone's phases (freeze, fine-tuning rate, depth)
     bayesian = search_space(TuneConfig(image_sizes=(96, 160), loss_choices=("bce", "focal"), max_epochs=4))
     values = {hp.name: hp for hp in bayesian.space}
     assert set(values) == set(SPACE)
     assert (values["image_size"].values, values["loss"].values) == ([96, 160], ["bce", "focal"])
     assert (values["epochs"].min_value, values["epochs"].max_value, values["freeze_epochs"].max_value) == (1, 4, 2)
+    assert values["schedule"].values == ["cosine", "one-cycle"] and 0 in values["unfreeze"].values
+    assert values["finetune_learning_rate"].sampling == "log" and 0.0 in values["label_smoothing"].values
     with pytest.raises(ConfigError, match="--space: nothing left to search"):
         search_space(TuneConfig(algorithm="hyperband", space=("epochs",)))
 
@@ -152,6 +157,10 @@ def test_a_trials_config_is_the_base_with_its_values(tmp_path):
     cfg = trial_config(base, values, tmp_path, "07")
     assert (cfg.learning_rate, cfg.dropout, cfg.epochs, cfg.limit) == (0.0002, 0.3, 5, 100)
     assert (cfg.name, cfg.models_dir, cfg.resume) == ("trial-07", tmp_path, False)
+    # unfreeze 0 is KerasTuner's stand-in for "the whole backbone" (a Choice cannot hold None)
+    assert trial_config(base, {"unfreeze": 0}, tmp_path, "08").unfreeze is None
+    deep = trial_config(base, {"unfreeze": 60, "schedule": "one-cycle", "label_smoothing": 0.1}, tmp_path, "09")
+    assert (deep.unfreeze, deep.schedule, deep.label_smoothing) == (60, "one-cycle", 0.1)
 
 
 def test_objective_values_average_over_labels():
