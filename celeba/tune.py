@@ -64,7 +64,8 @@ SCHEDULES: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainConfig)[
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
 LEARNING_RATES = (1e-4, 1e-2)  # log-uniform
 FINETUNE_LEARNING_RATES = (1e-5, 1e-3)  # log-uniform
-#: Backbone layers fine-tuned (MobileNetV2 has 153 below the head; the last 30 are blocks 14-16 and the last 1x1 conv); 0: all of them.
+#: Backbone layers fine-tuned, from the top (MobileNetV2 has 153 below the head; the last 30 are blocks 14-16 and
+#: the last 1x1 conv); 0: all of them.
 UNFREEZE_DEPTHS = (30, 60, 100, 0)
 LABEL_SMOOTHINGS = (0.0, 0.05, 0.1, 0.2)
 AUGMENT_STRENGTHS = (0.5, 1.0, 1.5, 2.0)
@@ -422,7 +423,10 @@ def trial_rows(cfg: TuneConfig, trials: Sequence[Any] | Any) -> Any:
             "card": str(card) if card.is_file() else "",
         }
         rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else list(SCORE_COLUMNS))
+    table = pd.DataFrame(rows, columns=None if rows else list(SCORE_COLUMNS))
+    if "unfreeze" in table:  # whole layer counts; empty (None) is the whole backbone
+        table["unfreeze"] = table["unfreeze"].astype("Int64")
+    return table
 
 
 def best_row(table: Any) -> Any | None:

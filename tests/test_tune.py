@@ -216,3 +216,19 @@ def test_a_search_killed_mid_trial_resumes_to_all_trials_without_duplicates(tmp_
         table.loc[1, "learning_rate"]
     )
     assert (folder / "best.json").is_file()
+
+
+def test_trials_csv_writes_layer_counts_as_whole_numbers(tmp_path):
+    """unfreeze is a layer count or the whole backbone (empty): never 30.0 beside a missing value."""
+    import keras_tuner as kt
+
+    from celeba.tune import trial_rows
+
+    cfg = TuneConfig(space=("unfreeze",), out=tmp_path)
+    trials = []
+    for trial_id, depth in (("0", 0), ("1", 30)):
+        hp = search_space(cfg).copy()
+        hp.values["unfreeze"] = depth
+        trials.append(kt.engine.trial.Trial(hp, trial_id=trial_id, status="COMPLETED"))
+    text = trial_rows(cfg, trials).to_csv(index=False)
+    assert [line.split(",")[-2] for line in text.splitlines()[1:]] == ["", "30"]
