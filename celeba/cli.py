@@ -50,26 +50,24 @@ def _number(value: float | None, missing: str = "n/a") -> str:
 def _evaluate(cfg) -> int:
     import pandas as pd
 
-    from celeba.evaluate import evaluate
+    from celeba.evaluate import default_out, evaluate, write_evaluation
 
     result = evaluate(cfg)
-    folder = "derivations" in result  # --images: a labelled folder of photos
+    out = default_out(cfg)
+    write_evaluation(result, out)
+    folder = result.folder  # --images: a labelled folder of photos
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
-        source = (
-            result["source"] if folder else f"{cfg.partition} ({result['n']} images)"
-        )  # a folder's says "(N photos)"
+        source = result.source if folder else f"{cfg.partition} ({result.n} images)"  # a folder's says "(N photos)"
         print(f"\n{cfg.model} on {source}\n")
         if folder:
-            print("\n".join(f"{label}: {how}" for label, how in result["derivations"].items()), "\n")
-            print("photos per face status: " + ", ".join(f"{k} {v}" for k, v in result["faces"].items()), "\n")
-        print(result["metrics_table"].to_string(), "\n")
-        print(
-            ("accuracy per group, worst first\n" if folder else "accuracy per cohort\n")
-            + result["cohorts_table"].to_string(),
-            "\n",
-        )
+            faces = result.summary()["faces"]
+            print("\n".join(f"{label}: {how}" for label, how in result.derivations.items()), "\n")
+            print("photos per face status: " + ", ".join(f"{k} {v}" for k, v in faces.items()), "\n")
+        print(result.metrics.to_string(), "\n")
+        title = "accuracy per group, worst first\n" if folder else "accuracy per cohort\n"
+        print(title + result.table.to_string(), "\n")
     files = "groups.csv, faces.csv" if folder else "cohorts.csv"
-    print(f"wrote {result['out']}/metrics.json, metrics.csv, {files}, predictions.csv")
+    print(f"wrote {out}/metrics.json, metrics.csv, {files}, predictions.csv")
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from celeba.data import SAMPLE_DIR
-from celeba.sources import AGE_BANDS
+from celeba.population import AGE_BANDS
 
 #: The repository root: defaults that name repository files resolve against it, so commands work from any cwd.
 REPO_ROOT = Path(__file__).resolve().parent.parent

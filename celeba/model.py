@@ -11,10 +11,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
+import pandas as pd
 
 from celeba.config import resolve_model
-from celeba.data import CelebADataError
+from celeba.data import CelebADataError, make_dataset
 from celeba.runcard import RunCard, card_path
+from celeba.runtime import keras_verbose
 
 log = logging.getLogger(__name__)
 HEAD_LAYERS = ("scale", "embedding", "head_dense", "head_bn", "head_dropout", "predictions")
@@ -205,3 +208,11 @@ def load_model(model_path: Path, labels: Sequence[str] | None = None) -> tuple[k
     if model.output_shape[-1] != len(labels):
         raise ModelFileError(f"{model_path}: model has {model.output_shape[-1]} outputs but labels are {labels}")
     return model, labels
+
+
+def dataset_probabilities(
+    model: keras.Model, rows: pd.DataFrame, labels: Sequence[str], image_size: int, batch_size: int = 64
+) -> np.ndarray:
+    """Probabilities of index rows (CelebA-style aligned images) through the tf.data pipeline, in order."""
+    ds = make_dataset(rows, labels, image_size, batch_size, training=False)
+    return np.asarray(model.predict(ds, verbose=keras_verbose()))

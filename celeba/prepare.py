@@ -194,13 +194,3 @@ def remove_unreferenced(out: str) -> list[str]:
     for path in stale:
         _remove(path)
     return stale
-
-
-def main(argv: list[str] | None = None) -> None:
-    from celeba.cli import prepare_main
-
-    prepare_main(argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -786,8 +786,8 @@ def _train(
     strategy: tf.distribute.Strategy,
     models_dir: Path,
 ) -> RunCard:
-    from celeba.evaluate import dataset_probabilities
     from celeba.metrics import label_metrics
+    from celeba.model import dataset_probabilities
 
     started = time.perf_counter()
     labels = check_labels(cfg.labels)

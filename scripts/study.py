@@ -52,8 +52,7 @@ def probabilities(model_path: Path, rows: pd.DataFrame, labels: tuple[str, ...],
         frame = pd.read_csv(cache, dtype={"image_id": str}).set_index("image_id")
         if list(frame.index) == list(rows["image_id"]):
             return frame[list(labels)].to_numpy()
-    from celeba.evaluate import dataset_probabilities
-    from celeba.model import load_model, model_image_size
+    from celeba.model import dataset_probabilities, load_model, model_image_size
 
     model, model_labels = load_model(model_path)
     assert model_labels == labels, f"{model_path}: labels {model_labels}, expected {labels}"

@@ -104,8 +104,7 @@ def test_every_figure_exists_is_linked_and_is_a_valid_png(report):
 
 @pytest.mark.slow
 def test_cohort_tables_agree_with_numpy(report, tiny_model, sample_dir):
-    from celeba.evaluate import dataset_probabilities, model_image_size
-    from celeba.model import load_model
+    from celeba.model import dataset_probabilities, load_model, model_image_size
 
     rows = split(load_index(sample_dir), "test", LIMIT)
     model, labels = load_model(tiny_model)

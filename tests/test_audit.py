@@ -13,8 +13,8 @@ import pytest
 
 from celeba.analysis.compute import compute, wilson_interval
 from celeba.analysis.population import folder_population, quantile_bins
-from celeba.analysis.scoring import NO_FACE, ONE_FACE, SEVERAL_FACES, UNREADABLE
 from celeba.data import CelebADataError
+from celeba.population import NO_FACE, ONE_FACE, SEVERAL_FACES, UNREADABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "celeba8k-bce.keras"  # committed; works on the sample

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from celeba.data import SAMPLE_DIR, labels_array, load_image, load_index, split
-from celeba.evaluate import dataset_probabilities
 from celeba.metrics import label_metrics
-from celeba.model import load_model
+from celeba.model import dataset_probabilities, load_model
 from celeba.train import with_augmentation
 
 RANDOM_LAYERS = (

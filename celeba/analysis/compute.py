@@ -16,9 +16,9 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from celeba.analysis.population import Population, group_values
-from celeba.analysis.scoring import NO_FACE, SEVERAL_FACES, UNREADABLE
 from celeba.groups import worst_and_balanced
 from celeba.metrics import cohort_accuracy, cohort_names, label_metrics
+from celeba.population import NO_FACE, SEVERAL_FACES, UNREADABLE
 
 SPLIT_BY = "Male"  # confusion matrices of the other labels are also split by gender (women falsely called Young)
 STATS = ("mean_luminance", "sharpness")
