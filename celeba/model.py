@@ -215,4 +215,4 @@ def dataset_probabilities(
 ) -> np.ndarray:
     """Probabilities of index rows (CelebA-style aligned images) through the tf.data pipeline, in order."""
     ds = make_dataset(rows, labels, image_size, batch_size, training=False)
-    return np.asarray(model.predict(ds, verbose=keras_verbose()))
+    return model.predict(ds, verbose=keras_verbose())  # a list of arrays for a model with several outputs
