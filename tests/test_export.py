@@ -116,6 +116,18 @@ def test_a_tflite_model_in_a_fresh_process_prints_no_delegate_line(exported):
     assert done.stdout.strip() == "(3, 2)" and "XNNPACK" not in done.stderr, done.stderr
 
 
+def _reference_parity(keras_probs: np.ndarray, other: np.ndarray, threshold: float = 0.5) -> dict:
+    """What parity() must report, written out plainly."""
+    diff = np.abs(keras_probs - other)
+    agree = (keras_probs >= threshold) == (other >= threshold)
+    return {
+        "images": len(keras_probs),
+        "max_abs_diff": diff.max(),
+        "mean_abs_diff": diff.mean(),
+        "label_agreement": agree.mean(),
+    }
+
+
 def test_parity_detects_a_model_that_disagrees(tiny_model):
     from celeba.model import load_model
 
@@ -125,8 +137,25 @@ def test_parity_detects_a_model_that_disagrees(tiny_model):
     x = np.random.default_rng(1).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
     bad, good = parity(model, [flipped, same], iter([x, x[:2]]))  # one pass, one check per exported model
     assert bad["images"] == good["images"] == 6
-    assert bad["label_agreement"] < 0.5 or bad["max_abs_diff"] > 0.01  # 1 - p disagrees unless p == 0.5
+    p = np.asarray(model.predict_on_batch(np.concatenate([x, x[:2]])))
+    assert not np.isclose(p, 0.5).any()  # so 1 - p is on the other side of the threshold for every label
+    assert bad["label_agreement"] == 0.0 and bad["max_abs_diff"] == pytest.approx(np.abs(1 - 2 * p).max(), abs=1e-6)
     assert good["max_abs_diff"] == 0.0 and good["label_agreement"] == 1.0
+
+
+def test_parity_compares_the_exported_model_with_keras(tiny_model):
+    """Every number of a check is Keras against the exported model, field by field, against a reference: an
+    exported model that answers a constant is compared with Keras' own probabilities, not with itself."""
+    from celeba.model import load_model
+
+    model, _ = load_model(tiny_model)
+    x = np.random.default_rng(2).uniform(0, 255, (6, 64, 64, 3)).astype(np.float32)
+    p = np.asarray(model.predict_on_batch(x))
+    for constant in (0.0, 1.0, float(np.median(p))):
+        exported = lambda batch, c=constant: np.full((len(batch), p.shape[1]), c, np.float32)  # noqa: E731
+        (check,) = parity(model, [exported], iter([x]))
+        expected = _reference_parity(p, np.full_like(p, constant))
+        assert check == pytest.approx(expected, abs=1e-6), constant
 
 
 @pytest.mark.slow  # the export fixture converts the model four times

@@ -132,6 +132,22 @@ def test_tight_crop_is_one_complete_face_aligned_and_warned_tight(few):
     assert sure >= 11 and close >= 10
 
 
+def test_outside_fraction_is_over_the_centre_square_the_model_sees():
+    """warp's fraction of the view outside the photo counts only the centre 178x178 square of the 178x218 crop
+    (what preprocess_image keeps), not the strips above and below it."""
+    from celeba.faces import warp
+
+    width, height = CELEBA_SIZE
+    top = (height - width) // 2
+    shift = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, top]])  # photo pixel (x, y) -> crop pixel (x, y + top)
+    square = np.full((width, width, 3), 128, np.uint8)  # exactly the centre square: nothing of the view is outside
+    assert warp(square, shift)[1] == pytest.approx(0.0, abs=0.01)
+    half = np.full((width // 2, width, 3), 128, np.uint8)  # the upper half of the square only
+    assert warp(half, shift)[1] == pytest.approx(0.5, abs=0.01)
+    upper = np.full((top + width // 2, width, 3), 128, np.uint8)  # from the crop's top row to the square's middle
+    assert warp(upper, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))[1] == pytest.approx(0.5, abs=0.01)
+
+
 def test_box_outside_partial_and_mirror_rules_on_known_boxes():
     from celeba.faces import Detection, box_outside, drop_mirror_faces, is_partial
 
