@@ -45,11 +45,11 @@ def test_evaluate_command_prints_the_tables(tiny_model, tmp_path, capsys):
 
 def test_only_the_images_it_scores_are_checked(tiny_model, tmp_path, monkeypatch):
     """--check-images decodes the rows to be scored (here the first 8 test images), not all 299 of the folder."""
-    import celeba.data
+    import celeba.data.images
 
     checked: list[str] = []
-    decode = celeba.data._image_problem
-    monkeypatch.setattr(celeba.data, "_image_problem", lambda path: checked.append(path) or decode(path))
+    decode = celeba.data.images._image_problem
+    monkeypatch.setattr(celeba.data.images, "_image_problem", lambda path: checked.append(path) or decode(path))
     result = evaluate(EvalConfig(model=tiny_model, limit=8, out=tmp_path))
     assert result.n == 8 and len(checked) == 8
 
