@@ -66,7 +66,7 @@ def row_for(
     name: str, rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], threshold: np.ndarray
 ) -> dict[str, Any]:
     """Overall accuracy, ROC-AUC, ECE, every cohort's accuracy, the worst cohort and the gap, per label."""
-    from celeba.analysis.compute import calibration_curve
+    from celeba.analysis.rates import calibration_curve
     from celeba.metrics import cohort_accuracy, label_metrics
 
     metrics = label_metrics(y, probs, labels, threshold)

@@ -10,15 +10,9 @@ import pandas as pd
 import pytest
 
 from celeba.analysis import parse_pairs
-from celeba.analysis.compute import (
-    balancing_thresholds,
-    calibration_curve,
-    celeba_balancing_groups,
-    findings,
-    saliency_picks,
-    wilson_interval,
-)
+from celeba.analysis.compute import balancing_thresholds, celeba_balancing_groups, findings, saliency_picks
 from celeba.analysis.population import quantile_bins
+from celeba.analysis.rates import calibration_curve, wilson_interval
 from celeba.analyze import AnalyzeConfig
 from celeba.cli import analyze_main
 from celeba.config import parse_config

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from celeba.analysis.compute import compute, wilson_interval
+from celeba.analysis.compute import compute
 from celeba.analysis.population import folder_population, quantile_bins
+from celeba.analysis.rates import wilson_interval
 from celeba.data import CelebADataError
 from celeba.population import NO_FACE, ONE_FACE, SEVERAL_FACES, UNREADABLE
 
@@ -185,7 +186,7 @@ def test_report_ranks_the_group_with_known_errors_worst_and_counts_every_photo(t
 def test_a_photo_without_a_face_is_an_error_never_a_positive():
     """A photo with no face scored (NaN probability) counts in n as an error, whatever its truth: a positive photo
     is not 'called positive', a negative one not 'called negative'; the rates are over the scored faces only."""
-    from celeba.analysis.compute import rate_metrics
+    from celeba.analysis.rates import rate_metrics
 
     truth = np.array([1.0, 1.0, 0.0, 0.0])
     probs = np.array([np.nan, 0.9, np.nan, 0.1])

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from celeba.analysis.compute import ALL, STATS, Analysis, errors_per_group, grouping_values, saliency_picks
+from celeba.analysis.compute import STATS, Analysis, errors_per_group, saliency_picks
 from celeba.analysis.population import Population
+from celeba.analysis.rates import ALL, grouping_values
 from celeba.analysis.scoring import ModelRun, model_input
 from celeba.data import CelebADataError
 
