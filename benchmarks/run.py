@@ -198,7 +198,7 @@ def bench_inference(cfg: BenchConfig, model_path: Path, workdir: Path) -> list[d
         )
     )  # parity: the export's job
     files = {"keras": model_path} | {
-        (f"tflite-{card['quantize']}" if card["format"] == "tflite" else "onnx"): Path(card["model"]) for card in cards
+        (f"tflite-{done.quantize}" if done.format == "tflite" else "onnx"): done.model for done in cards
     }
 
     results = []

@@ -359,9 +359,31 @@ def check_out(out: Path, fmt: str, model: Path, force: bool) -> None:
             raise FileExistsError(f"--out {out}: {card} exists; pass --force to replace it")
 
 
-def export(cfg: ExportConfig) -> list[dict[str, Any]]:
-    """Write every target's file and card (labels, parity); the cards, in order. A file that fails its parity
-    check is kept and its card says so (`parity_failure`): the caller decides what that means."""
+@dataclass(frozen=True)
+class Exported:
+    """One exported file, its run card beside it, and its parity check against the Keras model it came from."""
+
+    model: Path
+    format: str  # tflite or onnx
+    quantize: str  # float16, int8, int16x8; float32 for ONNX
+    size_bytes: int
+    keras_size_bytes: int
+    source_model: Path
+    parity: dict[str, Any]  # images, max/mean |dp|, label agreement, tolerance, passed (`verify`)
+
+    @property
+    def card(self) -> Path:
+        return card_path(self.model)
+
+    @property
+    def failure(self) -> str | None:
+        """None where the parity check passed, else a sentence with the numbers (`parity_failure`)."""
+        return parity_failure(self.model, self.parity)
+
+
+def export(cfg: ExportConfig) -> list[Exported]:
+    """Write every target's file and card (labels, parity), in order. A file that fails its parity check is kept
+    and its card says so (`Exported.failure`): the caller decides what that means."""
     from celeba.model import load_model, model_image_size
 
     cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
@@ -412,7 +434,18 @@ def export(cfg: ExportConfig) -> list[dict[str, Any]]:
     for card, check in zip(cards, verify(model, [Path(card.model) for card in cards], cfg)):
         card.extra["parity"] = check
         card.save(card_path(Path(card.model)))
-    return [card.to_dict() for card in cards]
+    return [
+        Exported(
+            model=Path(card.model),
+            format=card.extra["format"],
+            quantize=card.extra["quantize"],
+            size_bytes=card.extra["size_bytes"],
+            keras_size_bytes=card.extra["keras_size_bytes"],
+            source_model=Path(card.extra["source_model"]),
+            parity=card.extra["parity"],
+        )
+        for card in cards
+    ]
 
 
 def verify(model, outs: Sequence[Path], cfg: ExportConfig) -> list[dict[str, Any]]:

@@ -12,11 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from roundtrip import assert_round_trip
 
 from celeba.cli import export_main
 from celeba.config import ConfigError
 from celeba.data import SAMPLE_DIR
-from celeba.export import TOLERANCE, ExportConfig, TFLiteModel, export, parity, parity_failure, parity_line, verify
+from celeba.export import (
+    TOLERANCE,
+    ExportConfig,
+    Exported,
+    TFLiteModel,
+    export,
+    parity,
+    parity_failure,
+    parity_line,
+    verify,
+)
+from celeba.model import load_model
 from celeba.runcard import card_path
 
 QUANTIZE = ("float16", "int8", "int16x8")
@@ -38,7 +50,9 @@ def exported(tiny_model, tmp_path_factory):
     cfg = ExportConfig(
         model=model, format=("tflite", "onnx"), quantize=QUANTIZE, representative=32, parity_limit=PARITY
     )
-    cards = {card["quantize"] if card["format"] == "tflite" else "onnx": card for card in export(cfg)}
+    done = export(cfg)
+    assert all(isinstance(d, Exported) and d.card.is_file() for d in done)
+    cards = {d.quantize if d.format == "tflite" else "onnx": d for d in done}
     return model.parent / "exports", cards
 
 
@@ -46,8 +60,10 @@ def exported(tiny_model, tmp_path_factory):
 @pytest.mark.parametrize("quantize", QUANTIZE)
 def test_parity_on_the_shipped_sample(exported, quantize):
     out, cards = exported
-    check = cards[quantize]["parity"]
+    check = cards[quantize].parity
     assert check["images"] == PARITY and check["parity_dir"] == str(SAMPLE_DIR)
+    model, labels = load_model(out.parent / "tiny.keras")
+    assert_round_trip(cards[quantize].model, model, labels=labels, atol=TOLERANCE[quantize])
     assert check["passed"] and check["max_abs_diff"] <= TOLERANCE[quantize]
     assert check["label_agreement"] >= 0.99
     card = json.loads((out / f"tiny-{quantize}.json").read_text())
@@ -59,7 +75,9 @@ def test_onnx_export_matches_keras_and_serves_predictions(exported, tiny_model):
     from celeba.predict import Predictor
 
     out, cards = exported
-    check = cards["onnx"]["parity"]
+    check = cards["onnx"].parity
+    model, labels = load_model(tiny_model)
+    assert_round_trip(cards["onnx"].model, model, labels=labels, atol=TOLERANCE["none"])
     assert check["images"] == PARITY and check["passed"] and check["max_abs_diff"] <= TOLERANCE["none"]
     onnx, keras_model = Predictor(out / "tiny-float32.onnx"), Predictor(tiny_model)
     assert onnx.labels == ("Male", "Young") and onnx.image_size == 64
