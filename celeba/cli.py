@@ -94,7 +94,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "tune": Command(
         "hyper-parameter search with KerasTuner; writes trials.csv, search.png and best.json",
-        _config("celeba.tune", "TuneConfig"),
+        _config("celeba.tune_config", "TuneConfig"),
         _tune,
         _tune_base,
         "interrupted: run the same command again to continue the search from KerasTuner's saved state",
@@ -126,7 +126,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def run(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> NoReturn:
     """Parse, set up logging and a quiet TensorFlow, run, print, and exit with the command's code."""
-    from celeba.config import parse_config
+    from celeba.flags import parse_config
 
     command = COMMANDS[name]
     cls = command.config()
@@ -193,7 +193,7 @@ def _exit_now(code: int) -> NoReturn:
 
 def run_script(cls: type, job: Callable[[Any], Any], argv: Sequence[str] | None = None) -> NoReturn:
     """The same runner for scripts outside the commands (benchmarks): a config dataclass and a job on it."""
-    from celeba.config import parse_config
+    from celeba.flags import parse_config
 
     try:
         cfg = parse_config(cls, argv)

@@ -177,7 +177,7 @@ def _tune(cfg) -> int:
 
 
 def _tune_base(path: Path):
-    from celeba.tune import from_card
+    from celeba.tune_config import from_card
 
     return from_card(path)
 

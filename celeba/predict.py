@@ -182,7 +182,7 @@ def load_predictor_model(
     with `tta`, each image's probabilities are averaged with its mirror image's."""
     path = resolve_model(path)
     if path.suffix in (".tflite", ".onnx"):
-        from celeba.export import load_exported
+        from celeba.exported import load_exported
 
         lite = load_exported(path)
         if tta:

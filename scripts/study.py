@@ -232,7 +232,7 @@ def plot_mitigations(table: list[dict[str, Any]], labels: tuple[str, ...], path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from celeba.config import parse_config
+    from celeba.flags import parse_config
 
     cfg = parse_config(StudyConfig, argv, StudyConfig.__doc__)
     result = run(cfg)

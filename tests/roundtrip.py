@@ -31,7 +31,7 @@ def assert_round_trip(
 ) -> np.ndarray:
     """Load `path`, compare its probabilities with `reference` (a Keras model) within `atol`; the loaded model's
     probabilities are returned for further checks."""
-    from celeba.export import load_exported
+    from celeba.exported import load_exported
     from celeba.model import load_model, model_image_size
     from celeba.runcard import RunCard, card_path
 

@@ -15,8 +15,8 @@ from celeba.analysis.population import quantile_bins
 from celeba.analysis.rates import calibration_curve, wilson_interval
 from celeba.analyze import AnalyzeConfig
 from celeba.cli import analyze_main
-from celeba.config import parse_config
 from celeba.data import CelebADataError, load_index, split
+from celeba.flags import parse_config
 
 LIMIT = 24
 PAIRS = (("Male", "Young"), ("Male", "Eyeglasses"))

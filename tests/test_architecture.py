@@ -55,3 +55,16 @@ def test_the_package_has_no_import_cycle():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _python_files() -> list[Path]:
+    skip = {".venv", ".git", "node_modules", "build", "dist"}
+    return sorted(p for p in REPO.rglob("*.py") if not skip & set(p.relative_to(REPO).parts))
+
+
+def test_no_source_file_is_over_450_lines():
+    """celeba/, scripts/, benchmarks/ and the Tensorleap files: a module that grows past 450 lines is split."""
+    sources = [p for p in _python_files() if p.relative_to(REPO).parts[0] != "tests"]
+    assert len(sources) > 40  # the walk found the tree
+    long = {str(p.relative_to(REPO)): n for p in sources if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"over {MAX_LINES} lines, split them: {long}"

@@ -21,13 +21,13 @@ from celeba.export import (
     TOLERANCE,
     ExportConfig,
     Exported,
-    TFLiteModel,
     export,
     parity,
     parity_failure,
     parity_line,
     verify,
 )
+from celeba.exported import TFLiteModel
 from celeba.model import load_model
 from celeba.runcard import card_path
 
@@ -123,7 +123,7 @@ def test_a_tflite_model_in_a_fresh_process_prints_no_delegate_line(exported):
 
     out, _ = exported
     code = (
-        "import sys, numpy as np; from celeba.export import TFLiteModel; "
+        "import sys, numpy as np; from celeba.exported import TFLiteModel; "
         "model = TFLiteModel(sys.argv[1]); print(model(np.zeros((3, 64, 64, 3), np.float32)).shape)"
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's start-up lines are another test's business
@@ -249,7 +249,7 @@ def test_default_outputs_are_never_tracked_files():
 
 
 def test_a_missing_export_names_the_command_as_typed(tmp_path):
-    from celeba.export import OnnxModel
+    from celeba.exported import OnnxModel
 
     with pytest.raises(
         FileNotFoundError, match=r"none.tflite: TFLite model not found \(make one with `celeba export`\)"

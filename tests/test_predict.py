@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from celeba.cli import predict_main
-from celeba.config import parse_config
 from celeba.data import image_dir, load_index, split
+from celeba.flags import parse_config
 from celeba.predict import (
     ImageError,
     ImageTooLarge,

@@ -12,11 +12,12 @@ import requests
 from conftest import loopback_server
 from roundtrip import assert_round_trip
 
-from celeba.config import REPO_ROOT, ConfigError, parse_config
+from celeba.callbacks import group_keys, worst_group_accuracy
+from celeba.config import REPO_ROOT, ConfigError
 from celeba.data import CelebADataError
+from celeba.flags import parse_config
 from celeba.losses import make_loss
 from celeba.repair import RepairConfig, balanced_draw, fit_layer, repair
-from celeba.train import group_keys, worst_group_accuracy
 
 
 def planted(n: int, agree: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

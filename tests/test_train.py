@@ -10,20 +10,13 @@ import numpy as np
 import pytest
 from roundtrip import assert_round_trip
 
+from celeba.checkpoint import save_atomic
 from celeba.config import TrainConfig
 from celeba.data import SAMPLE_DIR, labels_array, load_index, split
+from celeba.distribution import distribution_strategy, set_precision
 from celeba.losses import class_balanced_weights
 from celeba.model import build_model, load_model
-from celeba.train import (
-    Phase,
-    compile_for,
-    distribution_strategy,
-    plan_phases,
-    save_atomic,
-    set_precision,
-    train,
-    with_augmentation,
-)
+from celeba.train import Phase, compile_for, plan_phases, train, with_augmentation
 
 
 def test_tiny_model_run_card(tiny_model):
