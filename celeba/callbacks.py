@@ -60,14 +60,14 @@ class Throughput(keras.callbacks.Callback):
         self._start = 0.0
         self._train_end: float | None = None  # when the epoch's validation began, if it ran
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: Any, logs: Any = None) -> None:
         self._start = time.perf_counter()
         self._train_end = None
 
-    def on_test_begin(self, logs=None):
+    def on_test_begin(self, logs: Any = None) -> None:
         self._train_end = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: Any, logs: Any = None) -> None:
         self.epoch_seconds.append((self._train_end or time.perf_counter()) - self._start)
 
 

@@ -11,9 +11,10 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
-def _train(cfg) -> int:
+def _train(cfg: Any) -> int:
     from celeba.train import train
 
     card = train(cfg)
@@ -35,7 +36,7 @@ def _number(value: float | None, missing: str = "n/a") -> str:
     return missing if value is None or value != value else f"{value:.3f}"
 
 
-def _evaluate(cfg) -> int:
+def _evaluate(cfg: Any) -> int:
     import pandas as pd
 
     from celeba.evaluate import default_out, evaluate, write_evaluation
@@ -59,7 +60,7 @@ def _evaluate(cfg) -> int:
     return 0
 
 
-def _analyze(cfg) -> int:
+def _analyze(cfg: Any) -> int:
     from celeba.analyze import analyze, markdown_table
 
     result = analyze(cfg)
@@ -68,7 +69,7 @@ def _analyze(cfg) -> int:
     return 0
 
 
-def _predict(cfg) -> int:
+def _predict(cfg: Any) -> int:
     from celeba.predict import results_table, run_predict
 
     results, errors, labels = run_predict(cfg)
@@ -98,14 +99,14 @@ def _predict(cfg) -> int:
     return 2 if errors else 0
 
 
-def _serve(cfg) -> int:
+def _serve(cfg: Any) -> int:
     from celeba.serve import serve
 
     serve(cfg)
     return 0
 
 
-def _export(cfg) -> int:
+def _export(cfg: Any) -> int:
     from celeba.export import export, parity_line
 
     failed = 0
@@ -122,7 +123,7 @@ def _export(cfg) -> int:
     return 1 if failed else 0
 
 
-def _prepare(cfg) -> int:
+def _prepare(cfg: Any) -> int:
     from celeba.data import fs_path
     from celeba.prepare import prepare
 
@@ -135,7 +136,7 @@ def _prepare(cfg) -> int:
     return 0
 
 
-def _repair(cfg) -> int:
+def _repair(cfg: Any) -> int:
     from celeba.repair import repair
 
     result = repair(cfg)
@@ -154,7 +155,7 @@ def _repair(cfg) -> int:
     return 0
 
 
-def _tune(cfg) -> int:
+def _tune(cfg: Any) -> int:
     from celeba.tune import tune
 
     result = tune(cfg)
@@ -176,7 +177,7 @@ def _tune(cfg) -> int:
     return 0
 
 
-def _tune_base(path: Path):
+def _tune_base(path: Path) -> Any:
     from celeba.tune_config import from_card
 
     return from_card(path)
@@ -191,7 +192,7 @@ def _config(module: str, name: str) -> Callable[[], type]:
     return load
 
 
-def _replay(path: Path):
+def _replay(path: Path) -> Any:
     """The config a run card replays (named `<name>-replay`); TensorFlow quiet first: the card's data folder is
     checked through tf.io.gfile."""
     from celeba.runcard import RunCard
@@ -201,7 +202,7 @@ def _replay(path: Path):
     return RunCard.load(path).replay_config(path)
 
 
-def _check_replay(cfg, card: Path) -> None:
+def _check_replay(cfg: Any, card: Path) -> None:
     from celeba.runcard import check_replay
 
     check_replay(cfg, card)

@@ -168,10 +168,10 @@ def fit_on_several_workers(model: keras.Model) -> keras.Model:
     original = getattr(tf_trainer.reduce_per_replica, "__wrapped__", tf_trainer.reduce_per_replica)
 
     @functools.wraps(original)
-    def reduce_per_replica(values, strategy, reduction):
+    def reduce_per_replica(values: Any, strategy: Any, reduction: Any) -> Any:
         if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
 
-            def mean(v):
+            def mean(v: Any) -> Any:
                 local = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else tf.convert_to_tensor(v)
                 return strategy.reduce("MEAN", v, axis=0 if local.shape.rank else None)
 
@@ -180,7 +180,7 @@ def fit_on_several_workers(model: keras.Model) -> keras.Model:
 
     tf_trainer.reduce_per_replica = reduce_per_replica
 
-    def symbolic_build(self, iterator=None, data_batch=None):
+    def symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> Any:
         if iterator is not None:
             for _, _, batches in iterator:
                 data_batch = tf.nest.map_structure(
@@ -218,10 +218,10 @@ class AverageAcrossWorkers(keras.callbacks.Callback):
         for v, part in zip(variables, tf.split(mean, sizes)):
             v.assign(tf.cast(tf.reshape(part, v.shape), v.dtype))
 
-    def on_test_begin(self, logs=None):
+    def on_test_begin(self, logs: Any = None) -> None:
         self.average()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Any = None) -> None:
         self.average()
 
 

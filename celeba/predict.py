@@ -372,7 +372,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def results_table(results: list[dict[str, Any]], labels: Sequence[str]):
+def results_table(results: list[dict[str, Any]], labels: Sequence[str]) -> Any:
     """One row per face: file, face number, box, one probability column per label, positive labels, how the face
     was found, `partial_face` and the warnings' short names (the JSON has their full text)."""
     import pandas as pd

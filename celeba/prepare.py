@@ -59,7 +59,7 @@ class PrepareConfig:
     batch_size: int = opt(256, "images decoded per step while writing")
 
 
-def _example(image: np.ndarray, image_id: str, attributes: np.ndarray):
+def _example(image: np.ndarray, image_id: str, attributes: np.ndarray) -> Any:
     import tensorflow as tf
 
     feature = tf.train.Feature

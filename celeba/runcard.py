@@ -119,7 +119,7 @@ class RunCard:
             f"(a smoke-test model?)"
         )
 
-    def train_config(self):
+    def train_config(self) -> Any:
         """The TrainConfig this run was trained with (for `train --config`), run on the same absolute data dir."""
         from celeba.config import TrainConfig
         from celeba.data import is_dir
@@ -132,7 +132,7 @@ class RunCard:
             cfg = dataclasses.replace(cfg, data_dir=Path(data_dir))
         return dataclasses.replace(cfg, resume=False)
 
-    def replay_config(self, card: Path):
+    def replay_config(self, card: Path) -> Any:
         """`train_config` as a replay from the card file `card`: named `<name>-replay` unless a flag renames it
         (`check_replay` then refuses a name whose card would be `card`)."""
         from celeba.config import ConfigError

@@ -133,7 +133,7 @@ def create_app(
     warm_up: bool = True,
     max_queue: int = 8,
     request_timeout: float = 30.0,
-):
+) -> Any:
     """The FastAPI app around one loaded model (a Predictor, or a model path to load).
 
     Memory is bounded: at most `max_concurrent` photos are decoded and scored at once, at most `max_queue`
@@ -158,7 +158,7 @@ def create_app(
     add_offline_docs(app)
 
     @app.middleware("http")
-    async def refuse_cross_origin_posts(request: Request, call_next):
+    async def refuse_cross_origin_posts(request: Request, call_next: Any) -> Any:
         """Browsers send a form POST from any web page without asking (no CORS preflight): refuse those."""
         origin = request.headers.get("origin")
         if (

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import cache
+from typing import Any
 
 
 class BodyLimit:
@@ -19,10 +20,10 @@ class BodyLimit:
     cut off at the limit: the app sees a disconnect, the client gets the 413, the rest is never read.
     """
 
-    def __init__(self, app, limit: int, max_bytes: int):
+    def __init__(self, app: Any, limit: int, max_bytes: int) -> None:
         self.app, self.limit, self.max_bytes = app, limit, max_bytes
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
@@ -32,7 +33,7 @@ class BodyLimit:
             )
         state = {"received": 0, "over": False, "started": False}
 
-        async def counted_receive():
+        async def counted_receive() -> Any:
             if state["over"]:
                 return {"type": "http.disconnect"}
             message = await receive()
@@ -43,7 +44,7 @@ class BodyLimit:
                     return {"type": "http.disconnect"}
             return message
 
-        async def guarded_send(message):
+        async def guarded_send(message: Any) -> Any:
             if state["over"]:  # the app's own answer to the cut-off body is replaced by the 413
                 return
             state["started"] = True
@@ -62,7 +63,7 @@ class BodyLimit:
             )
 
     @staticmethod
-    async def _refuse(send, detail: str) -> None:
+    async def _refuse(send: Any, detail: str) -> None:
         body = json.dumps({"detail": detail}).encode()
         await send(
             {
@@ -78,7 +79,7 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-async def send_json(send, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(send: Any, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """A complete JSON error answer `{"detail": ...}` through a raw ASGI `send`; the connection closes after it."""
     body = json.dumps({"detail": detail}).encode()
     await send(
@@ -122,10 +123,10 @@ class Admission:
     its upload, are bounded, and a client learns that the service is busy instead of waiting without end.
     """
 
-    def __init__(self, app, load: Load):
+    def __init__(self, app: Any, load: Load) -> None:
         self.app, self.load = app, load
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/predict":
             return await self.app(scope, receive, send)
         load = self.load

@@ -165,7 +165,7 @@ def make_tuner(cfg: TuneConfig) -> Any:
     class CelebATuner(kt.Tuner):
         """One trial = one `celeba.train.train` run; its run card gives the objective."""
 
-        def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
+        def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
             trial_cfg = trial_config(base, trial.hyperparameters.values, folder / "trials", trial.trial_id)
             # A trial retried after a killed search continues its training from its last completed epoch.
             trial_cfg = dataclasses.replace(trial_cfg, resume=(folder / "trials" / trial_cfg.run_name).is_dir())
@@ -180,7 +180,7 @@ def make_tuner(cfg: TuneConfig) -> Any:
             log.info("trial %s: %s", trial.trial_id, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             return scores | {"seconds": round(time.perf_counter() - started, 1)}
 
-        def on_trial_end(self, trial) -> None:
+        def on_trial_end(self, trial: Any) -> None:
             super().on_trial_end(trial)
             if trial.status not in ("COMPLETED", "RUNNING"):
                 reason = (trial.message or "").strip().splitlines()

@@ -7,6 +7,7 @@ import importlib.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,7 +59,7 @@ def project(embeddings: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 
 
 def _overlays(
-    run: ModelRun, population: Population, idx: np.ndarray, j: int, towards: np.ndarray, grad_model
+    run: ModelRun, population: Population, idx: np.ndarray, j: int, towards: np.ndarray, grad_model: Any
 ) -> np.ndarray:
     from celeba.saliency import gradcam, overlay
 

@@ -6,6 +6,7 @@ import io
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from celeba.data.annotations import is_url
 
@@ -50,7 +51,7 @@ def find_bad_images(paths: Sequence[str], workers: int = 8) -> dict[str, str]:
 # --------------------------------------------------------------------------- tf.data
 
 
-def preprocess_image(image, image_size: int):
+def preprocess_image(image: Any, image_size: int) -> Any:
     """Centre-crop to a square (178x218 -> 178x178 for aligned CelebA) and resize; float32 in [0, 255].
 
     The one preprocessing step every consumer calls. Scaling to [-1, 1] happens inside the model.
@@ -67,7 +68,7 @@ def preprocess_image(image, image_size: int):
     return resize_square(centre_square(image), image_size)
 
 
-def centre_square(image):
+def centre_square(image: Any) -> Any:
     """The largest centred square of an HxWxC image."""
     import tensorflow as tf
 
@@ -76,7 +77,7 @@ def centre_square(image):
     return tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side)
 
 
-def resize_square(square, image_size: int):
+def resize_square(square: Any, image_size: int) -> Any:
     import tensorflow as tf
 
     return tf.cast(tf.image.resize(square, (image_size, image_size), antialias=True), tf.float32)
@@ -85,7 +86,7 @@ def resize_square(square, image_size: int):
 _MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP signatures
 
 
-def decode_image(raw, path=""):
+def decode_image(raw: Any, path: Any = "") -> Any:
     """Decode JPEG/PNG/BMP/GIF bytes to uint8 RGB (grayscale and RGBA are converted)."""
     import tensorflow as tf
 
@@ -98,7 +99,7 @@ def decode_image(raw, path=""):
     return image
 
 
-def decode_square(raw, path=""):
+def decode_square(raw: Any, path: Any = "") -> Any:
     """uint8 RGB centre square of an encoded image: the same pixels as `centre_square(decode_image(raw))`.
 
     A JPEG's header gives its size, and `decode_and_crop_jpeg` then decodes only the square's
@@ -106,7 +107,7 @@ def decode_square(raw, path=""):
     """
     import tensorflow as tf
 
-    def jpeg():
+    def jpeg() -> Any:
         shape = tf.image.extract_jpeg_shape(raw)
         side = tf.minimum(shape[0], shape[1])
         top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
@@ -122,14 +123,14 @@ def decode_square(raw, path=""):
     return image
 
 
-def load_image(path, image_size: int):
+def load_image(path: Any, image_size: int) -> Any:
     """Read, decode and preprocess one image file (a path string or a string tensor)."""
     import tensorflow as tf
 
     return resize_square(decode_square(tf.io.read_file(path), path), image_size)
 
 
-def make_augmenter(seed: int = 0, framing: bool = True, strength: float = 1.0):
+def make_augmenter(seed: int = 0, framing: bool = True, strength: float = 1.0) -> Any:
     """Small, label-preserving augmentations for training batches (a flipped face keeps its gender and age).
 
     `framing` adds shift (up to 12% of the side) and scale (0.8-1.2) jitter, so that a face framed a little

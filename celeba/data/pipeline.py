@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -124,7 +125,7 @@ def make_dataset(
     sampling: str = "natural",
     threads: int | None = None,
     source_weights: Sequence[float] | None = None,
-):
+) -> Any:
     """(image, label) batches: parallel decode -> crop/resize -> [cache] -> shuffle -> batch -> prefetch.
 
     Random augmentation is not here: `celeba.train` runs `make_augmenter` on whole batches inside the
@@ -169,7 +170,7 @@ def make_dataset(
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(pipeline_options(training, threads))
 
 
-def pipeline_options(training: bool, threads: int | None = None):
+def pipeline_options(training: bool, threads: int | None = None) -> Any:
     """tf.data settings for feeding an accelerator.
 
     Training takes whichever element is ready (no head-of-line blocking); evaluation keeps row order.
@@ -196,7 +197,7 @@ def usable_cores() -> int:
 SAMPLING = ("natural", "balanced")
 
 
-def _decoded(rows: pd.DataFrame, labels: Sequence[str], image_size: int, shuffle: bool, cache: bool, seed: int):
+def _decoded(rows: pd.DataFrame, labels: Sequence[str], image_size: int, shuffle: bool, cache: bool, seed: int) -> Any:
     """Unbatched (image, label) pairs; shuffles cheap paths, or decoded images once they are cached."""
     import tensorflow as tf
 

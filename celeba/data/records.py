@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,7 @@ def is_records(paths: Sequence[str]) -> bool:
     return len(paths) > 0 and all(str(p).endswith(RECORD_SUFFIX) for p in paths)
 
 
-def records_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, shuffle: bool, seed: int):
+def records_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, shuffle: bool, seed: int) -> Any:
     """Unbatched (float32 image, label) pairs of `rows` read from their shards, in record order unless shuffled
     (rows from `split` of a prepared index are in record order, so evaluation keeps row order).
 
@@ -74,11 +75,11 @@ def records_dataset(rows: pd.DataFrame, labels: Sequence[str], image_size: int, 
         ds = tf.data.TFRecordDataset(shards)
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "image_id": tf.io.FixedLenFeature([], tf.string)}
 
-    def parse(record):
+    def parse(record: Any) -> Any:
         example = tf.io.parse_single_example(record, spec)
         return example["image"], table.lookup(example["image_id"])
 
-    def decode(image, row):
+    def decode(image: Any, row: Any) -> Any:
         image = tf.io.decode_raw(image, tf.uint8)
         side = tf.cast(tf.math.sqrt(tf.cast(tf.size(image) // 3, tf.float32)) + 0.5, tf.int32)
         image = tf.reshape(image, [side, side, 3])
