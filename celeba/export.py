@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from celeba.config import DEFAULT_MODEL, opt, resolve_model
+from celeba.config import DEFAULT_MODEL, ConfigError, at_least, fraction, opt, positive, resolve_model
 from celeba.data import SAMPLE_DIR
 from celeba.exported import load_exported
 from celeba.files import atomic_path
@@ -177,8 +177,6 @@ class ExportConfig:
     force: bool = opt(False, "replace an existing --out file (of the same kind)")
 
     def __post_init__(self) -> None:
-        from celeba.config import ConfigError, at_least, fraction, positive
-
         at_least(self, 1, "representative", "parity_limit", "batch_size")
         positive(self, "tolerance", zero=True)
         fraction(self, "min_agreement")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from celeba.config import DEFAULT_MODEL, opt, resolve_model
+from celeba.config import DEFAULT_MODEL, at_least, fraction, opt, positive, resolve_model
 from celeba.data import CelebADataError
 from celeba.faces import Box, Detector, FaceCrop, find_faces, whole_image
 
@@ -331,8 +331,6 @@ class PredictConfig:
         return "json" if self.json else "csv" if self.csv else self.format
 
     def __post_init__(self) -> None:
-        from celeba.config import at_least, fraction, positive
-
         at_least(self, 1, "max_faces", "batch_size", "max_bytes")
         fraction(self, "threshold")
         positive(self, "max_megapixels")

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from celeba.config import DEFAULT_MODEL, opt
+from celeba.config import DEFAULT_MODEL, ConfigError, at_least, fraction, opt, positive
 from celeba.faces import Detector, FaceCrop
 from celeba.predict import MAX_BYTES, MAX_MEGAPIXELS, ImageError, ImageTooLarge, Predictor, decode_photo_bounded
 from celeba.serve_limits import Admission, BodyLimit, Load, release_memory, same_origin
@@ -273,8 +273,6 @@ class ServeConfig:
     )
 
     def __post_init__(self) -> None:
-        from celeba.config import ConfigError, at_least, fraction, positive
-
         at_least(self, 1, "max_bytes", "max_faces", "max_concurrent")
         at_least(self, 0, "max_queue")
         positive(self, "max_megapixels", "decode_megapixels", "request_timeout")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from celeba.analysis.population import folder_population
 from celeba.data import CelebADataError
 from celeba.files import atomic_path
 from celeba.population import AGE_BANDS, age_band
@@ -160,8 +161,6 @@ def photo_rows(
 
     Photos without a face are left out with a logged count; a folder with no usable photo is an error.
     """
-    from celeba.analysis.population import folder_population
-
     population = folder_population(
         source.folder, source.labels_csv, source.filename_pattern, source.derive, bins=len(AGE_BANDS)
     )

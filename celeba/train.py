@@ -38,7 +38,8 @@ from celeba.distribution import (
 )
 from celeba.files import remove_stale_temporaries
 from celeba.losses import MaskedAUC, MaskedBinaryAccuracy, WeightedBinaryCrossentropy, make_loss
-from celeba.model import build_model, set_backbone_trainable, without_optimizer_warnings
+from celeba.metrics import label_metrics
+from celeba.model import build_model, dataset_probabilities, set_backbone_trainable, without_optimizer_warnings
 from celeba.runcard import RunCard, card_path, provenance
 from celeba.runtime import keras_verbose
 from celeba.sources import PhotoSource, photo_rows
@@ -286,9 +287,6 @@ def _train(
     strategy: tf.distribute.Strategy,
     models_dir: Path,
 ) -> RunCard:
-    from celeba.metrics import label_metrics
-    from celeba.model import dataset_probabilities
-
     started = time.perf_counter()
     labels = check_labels(cfg.labels)
     log.info("strategy: %s (%s), %d replicas", cfg.strategy, type(strategy).__name__, strategy.num_replicas_in_sync)
