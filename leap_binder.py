@@ -25,17 +25,15 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from code_loader.contract.datasetclasses import PredictionTypeHandler, PreprocessResponse
-from code_loader.contract.enums import DatasetMetadataType, DataStateType, LeapDataType, MetricDirection
+from code_loader.contract.enums import DatasetMetadataType, DataStateType, LeapDataType
 from code_loader.contract.visualizer_classes import LeapHorizontalBar, LeapImage
 from code_loader.inner_leap_binder.leapbinder_decorators import (
     tensorleap_custom_loss,
@@ -50,154 +48,21 @@ from code_loader.inner_leap_binder.leapbinder_decorators import (
 )
 
 from celeba import data, image_stats, metrics, sources
+from leap_data import celeba_rows, population_columns, screen
+from leap_data import excluded_images as excluded_images  # re-exported: the tests call binder.excluded_images
+from leap_data import image_problem as image_problem
+from leap_metrics import METRIC_DIRECTIONS, METRIC_INSIGHTS, label_metrics, per_sample, single
+from leap_settings import ROOT, ProjectConfig, _error
+from leap_settings import PhotoConfig as PhotoConfig
 
 log = logging.getLogger("leap_binder")
 
-ROOT = Path(__file__).resolve().parent
-CONFIG_FILE = ROOT / "project_config.yaml"
 DATA_DIR_ENV = "CELEBA_DATA_DIR"
 PHOTOS_DIR_ENV = "CELEBA_PHOTOS_DIR"
 MODEL_ENV = "CELEBA_LEAP_MODEL"
 STATES = {"train": DataStateType.training, "validation": DataStateType.validation, "test": DataStateType.test}
 #: The cloud platform's data mounts, tried in this order where they exist (IS_CLOUD set).
 CLOUD_VOLUMES = (Path("/fsx"), Path("/nfs"))
-PHOTO_COLUMNS = ("race", "age", "gender")  # population metadata read from the photo folder's CSV
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def _error(path: Path, problem: str) -> data.CelebADataError:
-    return data.CelebADataError(f"{path}: {problem}")
-
-
-def _strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-@dataclass(frozen=True)
-class PhotoConfig:
-    """`photos` in `project_config.yaml`: a labelled photo folder, the binder's `additional` subset."""
-
-    root: str = "utkface"  # the folder on the data volume (looked up like data_root); absolute: as it is
-    images: str = "images"  # relative to root
-    labels_csv: str = "labels.csv"  # relative to root: `file` plus label and group columns
-    derive: tuple[str, ...] = ()  # labels from other columns, e.g. 'Young=age<30'
-    split_file: str | None = None  # relative to root: file,split (train/validation/evaluation)
-    splits: tuple[str, ...] | None = None  # which parts of the split file; None: every photo
-    crops: str = "crops"  # relative to root: the face-crop cache (made once; upload it with the folder)
-    columns: dict[str, str | None] = field(default_factory=lambda: {name: name for name in PHOTO_COLUMNS})
-
-    @classmethod
-    def parse(cls, raw: Any, path: Path) -> "PhotoConfig | None":
-        """The `photos` section (None: no photo subset); a problem is an error naming the file and the setting."""
-        if raw is None:
-            return None
-        problem = cls.problem(raw)
-        if problem:
-            raise _error(path, f"photos: {problem}")
-        columns = raw.get("columns", cls().columns)
-        return cls(
-            **{
-                **raw,
-                "derive": tuple(raw.get("derive", ())),
-                "splits": None if raw.get("splits") is None else tuple(raw["splits"]),
-                "columns": {name: columns.get(name) for name in PHOTO_COLUMNS},
-            }
-        )
-
-    @classmethod
-    def problem(cls, raw: Any) -> str | None:
-        """What is wrong with a raw `photos` section, if anything."""
-        if not isinstance(raw, dict):
-            return f"must be a mapping or null, got {raw!r}"
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        names = [k for k in ("root", "images", "labels_csv", "crops", "split_file") if k in raw]
-        wrong = [k for k in names if not isinstance(raw[k], str) and not (k == "split_file" and raw[k] is None)]
-        derive, splits, columns = raw.get("derive", []), raw.get("splits"), raw.get("columns", {})
-        problems = [
-            (unknown, f"unknown setting(s) {unknown}"),
-            (wrong, f"{', '.join(wrong)} must be a file or folder name"),
-            (
-                not _strings(derive) or any("=" not in d for d in derive),
-                f"derive must be a list like ['Young=age<30'], got {derive!r}",
-            ),
-            (
-                splits is not None and (not _strings(splits) or not set(splits) <= set(sources.SPLITS)),
-                f"splits must be null or a list of {list(sources.SPLITS)}, got {splits!r}",
-            ),
-            (splits is not None and raw.get("split_file") is None, "splits needs a split_file"),
-            (
-                not isinstance(columns, dict)
-                or not set(columns) <= set(PHOTO_COLUMNS)
-                or not all(isinstance(v, str | None) for v in columns.values()),
-                f"columns maps {list(PHOTO_COLUMNS)} to CSV column names (or null), got {columns!r}",
-            ),
-        ]
-        return next((message for failed, message in problems if failed), None)
-
-
-@dataclass(frozen=True)
-class ProjectConfig:
-    """`project_config.yaml`: what the platform cannot learn from the uploaded model file alone."""
-
-    data_root: str = "celeba"
-    labels: tuple[str, ...] = ("Male", "Young")
-    image_size: int = 128
-    class_weights: dict[str, dict[str, float]] | None = None  # label -> {positive: w, negative: w}
-    sample_limit_per_split: int | None = None
-    model: str = "models/multisource16k-bce-128-dfr-utkface-float32.onnx"
-    comparison_model: str | None = None  # a second ONNX model to compare (issue #24 item 5); unused so far
-    photos: PhotoConfig | None = None
-    path: Path = field(default=CONFIG_FILE, compare=False)
-
-    @classmethod
-    def read(cls, path: Path = CONFIG_FILE) -> "ProjectConfig":
-        """Parse and check the file; every problem names the file and the setting."""
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise _error(path, f"cannot read the integration settings ({exc})") from None
-        unknown = sorted(set(raw) - {f for f in cls.__dataclass_fields__ if f != "path"})
-        if unknown:
-            raise _error(path, f"unknown setting(s) {unknown}")
-        try:
-            labels = data.check_labels(tuple(raw.get("labels", cls.labels)))
-        except data.CelebADataError as exc:
-            raise _error(path, f"labels: {exc}") from None
-        config = cls(**{**raw, "labels": labels, "photos": PhotoConfig.parse(raw.get("photos"), path), "path": path})
-        config.check()
-        return config
-
-    def check(self) -> None:
-        """The scalar settings' types and ranges."""
-        if not isinstance(self.image_size, int) or self.image_size < 32:
-            raise _error(self.path, f"image_size must be an integer >= 32, got {self.image_size!r}")
-        limit = self.sample_limit_per_split
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise _error(self.path, f"sample_limit_per_split must be a positive integer or null, got {limit!r}")
-        if self.comparison_model is not None and not isinstance(self.comparison_model, str):
-            raise _error(
-                self.path, f"comparison_model must be an .onnx file name or null, got {self.comparison_model!r}"
-            )
-        weights = self.class_weights
-        if weights is not None and (
-            set(weights) != set(self.labels) or any(set(w) != {"positive", "negative"} for w in weights.values())
-        ):
-            raise _error(
-                self.path,
-                f"class_weights needs {{positive: w, negative: w}} for exactly the labels {list(self.labels)}, "
-                f"got {weights}",
-            )
-
-    def pos_neg_weights(self) -> tuple[list[float], list[float]]:
-        """The weights in label order, as `celeba.losses.WeightedBinaryCrossentropy` takes them."""
-        assert self.class_weights is not None
-        return (
-            [float(self.class_weights[label]["positive"]) for label in self.labels],
-            [float(self.class_weights[label]["negative"]) for label in self.labels],
-        )
 
 
 # --------------------------------------------------------------------------- where the data is
@@ -285,112 +150,6 @@ CONFIG = ProjectConfig.read()
 LABELS = CONFIG.labels
 
 
-# --------------------------------------------------------------------------- bad image files, screened once
-
-
-def _decode_problem(path: str) -> str | None:
-    """A full decode with PIL (it refuses truncated files): None where it succeeds."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as exc:  # PIL raises many types for bad files; every one means "do not use it"
-        return f"not a decodable image ({type(exc).__name__}: {exc})"
-    return None
-
-
-def image_problem(path: str) -> str | None:
-    """None for a complete image file, else why not. Cheap for the usual case: a JPEG that starts with SOI and ends
-    with EOI, or a PNG that ends with IEND, is taken as complete; anything else is decoded in full."""
-    if data.is_url(path):
-        return None  # remote files: the input encoder's error names a bad one
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 12))
-            tail = f.read()
-    except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
-    if not head:
-        return "empty file"
-    if (head.startswith(b"\xff\xd8") and tail.endswith(b"\xff\xd9")) or (
-        head.startswith(b"\x89PNG") and b"IEND" in tail
-    ):
-        return None
-    return _decode_problem(path)
-
-
-def screen(rows: pd.DataFrame, what: str) -> pd.DataFrame:
-    """The rows whose image file is complete; every excluded file is logged by name, with the reason."""
-    paths = rows["path"].astype(str).tolist()
-    with ThreadPoolExecutor(8) as pool:
-        problems = {path: problem for path, problem in zip(paths, pool.map(image_problem, paths)) if problem}
-    for path, problem in problems.items():
-        log.warning("excluded from %s: %s: %s", what, path, problem)
-        _EXCLUDED[path] = problem
-    if problems:
-        log.warning("%d unreadable image file(s) excluded from %s", len(problems), what)
-    return rows[~rows["path"].astype(str).isin(problems)].reset_index(drop=True)
-
-
-_EXCLUDED: dict[str, str] = {}
-
-
-def excluded_images() -> dict[str, str]:
-    """{path: problem} of every image file screening has excluded in this process."""
-    return dict(_EXCLUDED)
-
-
-# --------------------------------------------------------------------------- the subsets, once per process
-
-
-@lru_cache(maxsize=4)
-def load_index(folder: Path) -> pd.DataFrame:
-    """`celeba.data.load_index` plus the raw landmark coordinates where the landmarks file exists."""
-    index = data.load_index(folder)
-    landmarks_file = data._find_optional(Path(folder), data.LANDMARKS_FILE)
-    if landmarks_file is not None:
-        index = index.join(data.read_landmarks(landmarks_file), on="image_id")
-    return index
-
-
-@lru_cache(maxsize=16)
-def celeba_rows(folder: Path, partition: str, limit: int | None) -> pd.DataFrame:
-    """One partition (its first `limit` rows), screened."""
-    rows = data.split(load_index(folder), partition, limit)
-    return screen(rows.assign(dataset="celeba"), f"CelebA {partition}")
-
-
-def _csv_text(table: pd.DataFrame, column: str | None, ids: pd.Series) -> list[str | None]:
-    """One CSV column for the given files, as text; empty or absent -> None."""
-    if column is None:
-        return [None] * len(ids)
-    return [value or None for value in table[column].reindex(ids).fillna("")]
-
-
-def population_columns(rows: pd.DataFrame, labels_csv: Path, columns: Mapping[str, str | None]) -> pd.DataFrame:
-    """The rows with race, age (whole years), age_band and gender from the folder's CSV, read by the reader of
-    `analyze --images`; a configured column the CSV lacks is an error naming the CSV."""
-    from celeba.analysis.population import read_labels_csv
-
-    table = read_labels_csv(labels_csv).set_index("file")
-    missing = {name: column for name, column in columns.items() if column and column not in table.columns}
-    if missing:
-        raise _error(
-            labels_csv,
-            f"no column {missing} (photos.columns in {CONFIG.path.name}); its columns: {', '.join(table.columns)}",
-        )
-    text = {name: _csv_text(table, columns.get(name), rows["image_id"]) for name in PHOTO_COLUMNS}
-    age = np.floor(pd.to_numeric(pd.Series(text["age"], dtype=object), errors="coerce"))
-    return rows.assign(
-        race=text["race"],
-        gender=text["gender"],
-        age=age.to_numpy(),
-        age_band=sources.age_band(age).astype(object).to_numpy(),
-    )
-
-
 @lru_cache(maxsize=4)
 def photo_subset(root: Path, local: bool, limit: int | None) -> pd.DataFrame:
     """The photo subset: every photo with a face and every label known (its first `limit`), faces found and
@@ -415,7 +174,7 @@ def photo_subset(root: Path, local: bool, limit: int | None) -> pd.DataFrame:
     if not known.all():
         log.warning("%d photos of %s have an unknown label and are not used", int((~known).sum()), labels_csv)
     rows = rows[known].reset_index(drop=True).iloc[:limit]
-    rows = population_columns(rows, labels_csv, photos.columns).assign(dataset=root.name)
+    rows = population_columns(rows, labels_csv, photos.columns, CONFIG.path.name).assign(dataset=root.name)
     return screen(rows, f"photos {root.name}")
 
 
@@ -604,17 +363,11 @@ def load_model():
 # --------------------------------------------------------------------------- losses and metrics
 
 
-def _per_sample(loss, gt: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    """A Keras loss, unreduced: one value per sample (the platform hands float16, Keras wants float32)."""
-    values = loss.call(np.asarray(gt, np.float32), np.asarray(prediction, np.float32))
-    return np.asarray(values, dtype=np.float32)
-
-
 @tensorleap_custom_loss("bce")
 def bce_loss(gt: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     from celeba import losses  # Keras: imported where a loss runs, not by every worker
 
-    return _per_sample(losses.make_loss("bce"), gt, prediction)
+    return per_sample(losses.make_loss("bce"), gt, prediction)
 
 
 if CONFIG.class_weights is not None:
@@ -624,46 +377,7 @@ if CONFIG.class_weights is not None:
         """Training's weighted BCE with the class weights of project_config.yaml (the model's training set)."""
         from celeba import losses
 
-        return _per_sample(losses.WeightedBinaryCrossentropy(*CONFIG.pos_neg_weights()), gt, prediction)
-
-
-# Per label: 0/1 per sample; conditional rates (NaN where the condition does not hold, so a cohort's mean is
-# its recall, miss rate, specificity, fall-out); confidence: the probability's distance from the threshold,
-# scaled to [0, 1] (|2p - 1| at 0.5); margin: the same, signed + when right and - when wrong, so the most
-# negative margins are the confident mistakes.
-METRIC_DIRECTIONS = {
-    "accuracy": MetricDirection.Upward,
-    "tp": MetricDirection.Upward,
-    "tn": MetricDirection.Upward,
-    "fp": MetricDirection.Downward,
-    "fn": MetricDirection.Downward,
-    "recall": MetricDirection.Upward,
-    "miss_rate": MetricDirection.Downward,
-    "specificity": MetricDirection.Upward,
-    "fall_out": MetricDirection.Downward,
-    "confidence": MetricDirection.Upward,
-    "margin": MetricDirection.Upward,
-}
-
-
-def label_metrics(gt: np.ndarray, prediction: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
-    """{kind: (samples, labels) float32} for every kind of METRIC_DIRECTIONS."""
-    gt, prediction = np.asarray(gt, np.float32), np.asarray(prediction, np.float32)
-    values = metrics.sample_confusion(gt, prediction, threshold)
-    positive = gt >= 0.5
-    values["recall"] = np.where(positive, values["tp"], np.nan)
-    values["miss_rate"] = np.where(positive, values["fn"], np.nan)
-    values["specificity"] = np.where(positive, np.nan, values["tn"])
-    values["fall_out"] = np.where(positive, np.nan, values["fp"])
-    signed = (prediction - threshold) / np.where(prediction >= threshold, 1 - threshold, threshold)
-    values["confidence"] = np.abs(signed)
-    values["margin"] = np.where(positive, signed, -signed)
-    return {kind: values[kind].astype(np.float32) for kind in METRIC_DIRECTIONS}
-
-
-# Insights (the platform's search for clusters where a metric is bad) for the kinds that say something of their
-# own; tp/tn/fp/fn, miss_rate and fall_out mirror accuracy, recall and specificity and would repeat their findings.
-METRIC_INSIGHTS = {"accuracy", "recall", "specificity", "confidence", "margin"}
+        return per_sample(losses.WeightedBinaryCrossentropy(*CONFIG.pos_neg_weights()), gt, prediction)
 
 
 @tensorleap_custom_metric(
@@ -680,21 +394,15 @@ def label_metric(gt: np.ndarray, prediction: np.ndarray) -> dict[str, np.ndarray
 # --------------------------------------------------------------------------- visualizers
 
 
-def _single(array: np.ndarray) -> np.ndarray:
-    """Drop the batch axis the platform and the integration test add."""
-    array = np.asarray(array)
-    return array[0] if array.ndim in (2, 4) else array
-
-
 @tensorleap_custom_visualizer("image", LeapDataType.Image)
 def image_visualizer(image: np.ndarray) -> LeapImage:
-    return LeapImage(np.clip(_single(image), 0, 255).astype(np.uint8))
+    return LeapImage(np.clip(single(image), 0, 255).astype(np.uint8))
 
 
 @tensorleap_custom_visualizer("labels_bar", LeapDataType.HorizontalBar)
 def labels_visualizer(prediction: np.ndarray, gt: np.ndarray) -> LeapHorizontalBar:
     return LeapHorizontalBar(
-        body=_single(prediction).astype(np.float32), labels=list(LABELS), gt=_single(gt).astype(np.float32)
+        body=single(prediction).astype(np.float32), labels=list(LABELS), gt=single(gt).astype(np.float32)
     )
 
 

@@ -183,7 +183,7 @@ def _short(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return np.array2string(np.atleast_1d(value.squeeze()), precision=3, separator=" ")
     if hasattr(value, "__dataclass_fields__"):  # a visualizer's Leap* object: its type and data shape
-        data = getattr(value, "data", getattr(value, "body", None))
+        data: Any = getattr(value, "data", getattr(value, "body", None))
         return f"{type(value).__name__}{tuple(np.shape(data))}"
     return repr(value)
 

@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from celeba.config import opt, parse_config  # noqa: E402
+from celeba.config import opt  # noqa: E402
 from celeba.data import SAMPLE_DIR  # noqa: E402
+from celeba.flags import parse_config  # noqa: E402
 
 
 @dataclass

@@ -147,7 +147,7 @@ def plot(table: list[dict[str, Any]], path: Path, n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from celeba.config import parse_config
+    from celeba.flags import parse_config
 
     cfg = parse_config(RobustnessConfig, argv, RobustnessConfig.__doc__)
     result = run(cfg)

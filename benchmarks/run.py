@@ -109,8 +109,8 @@ def bench_pipeline(cfg: BenchConfig, rows, size: int = 96) -> dict[str, Any]:
     import tensorflow as tf
 
     from benchmarks.pipeline import with_cpu_augmentation
+    from celeba.callbacks import Throughput
     from celeba.data import make_dataset
-    from celeba.train import Throughput
 
     count = lambda b: int(b[0].shape[0])  # noqa: E731
     plain = rate(*timed_pass(make_dataset(rows, LABELS, size, cfg.batch_size, training=True), count))
@@ -143,8 +143,8 @@ def bench_pipeline(cfg: BenchConfig, rows, size: int = 96) -> dict[str, Any]:
 
 def bench_training(cfg: BenchConfig, rows) -> list[dict[str, Any]]:
     """model.fit images/s per size, without and with caching decoded images (best of epochs 2 and 3)."""
+    from celeba.callbacks import Throughput
     from celeba.data import make_dataset
-    from celeba.train import Throughput
 
     results = []
     train_rows = rows.iloc[: cfg.steps * cfg.batch_size]
@@ -198,7 +198,7 @@ def bench_inference(cfg: BenchConfig, model_path: Path, workdir: Path) -> list[d
         )
     )  # parity: the export's job
     files = {"keras": model_path} | {
-        (f"tflite-{card['quantize']}" if card["format"] == "tflite" else "onnx"): Path(card["model"]) for card in cards
+        (f"tflite-{done.quantize}" if done.format == "tflite" else "onnx"): done.model for done in cards
     }
 
     results = []
@@ -333,9 +333,9 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
+    from celeba.checkpoint import save_atomic
     from celeba.data import load_index
     from celeba.runcard import RunCard
-    from celeba.train import save_atomic
 
     index = load_index(cfg.data_dir)
     rows = index.iloc[: cfg.images].reset_index(drop=True)

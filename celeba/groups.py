@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,19 +62,19 @@ def _rate(y_true: np.ndarray, y_pred: np.ndarray, positive: int) -> float:
     return float((y_pred[rows] == 1).mean()) if rows.any() else float("nan")
 
 
-def _tpr(y_true, y_pred) -> float:
+def _tpr(y_true: Any, y_pred: Any) -> float:
     return _rate(np.asarray(y_true), np.asarray(y_pred), 1)
 
 
-def _fpr(y_true, y_pred) -> float:
+def _fpr(y_true: Any, y_pred: Any) -> float:
     return _rate(np.asarray(y_true), np.asarray(y_pred), 0)
 
 
-def _accuracy(y_true, y_pred) -> float:
+def _accuracy(y_true: Any, y_pred: Any) -> float:
     return float((np.asarray(y_true) == np.asarray(y_pred)).mean()) if len(y_true) else float("nan")
 
 
-def _count(y_true, y_pred) -> int:
+def _count(y_true: Any, y_pred: Any) -> int:
     return len(y_true)
 
 

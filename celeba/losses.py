@@ -8,6 +8,7 @@ online, the worst group most.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -43,14 +44,14 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         neg_weights: Sequence[float],
         label_smoothing: float = 0.0,
         name: str = "weighted_bce",
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.pos_weights = [float(w) for w in pos_weights]
         self.neg_weights = [float(w) for w in neg_weights]
         self.label_smoothing = float(label_smoothing)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Any, y_pred: Any) -> Any:
         y_true = ops.cast(y_true, y_pred.dtype)
         per_element = ops.binary_crossentropy(smoothed(y_true, self.label_smoothing), y_pred)
         weights = y_true * ops.convert_to_tensor(self.pos_weights, y_pred.dtype) + (
@@ -58,7 +59,7 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         ) * ops.convert_to_tensor(self.neg_weights, y_pred.dtype)
         return ops.mean(per_element * weights, axis=-1)
 
-    def get_config(self):
+    def get_config(self) -> Any:
         return {
             **super().get_config(),
             "pos_weights": self.pos_weights,
@@ -67,12 +68,12 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         }
 
 
-def smoothed(y, label_smoothing: float):
+def smoothed(y: Any, label_smoothing: float) -> Any:
     """Targets moved towards 0.5 (Keras' own rule, as in `BinaryCrossentropy(label_smoothing=...)`)."""
     return y * (1.0 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else y
 
 
-def masked_bce(y_true, y_pred, gamma: float = 0.0, label_smoothing: float = 0.0):
+def masked_bce(y_true: Any, y_pred: Any, gamma: float = 0.0, label_smoothing: float = 0.0) -> Any:
     """(per-element BCE, mask): NaN labels are unknown, their BCE is 0 and their mask 0. `gamma` > 0: focal.
 
     `label_smoothing` softens the targets as Keras' own BCE and focal losses do (the focal factor included).
@@ -102,15 +103,15 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         gamma: float = 0.0,
         label_smoothing: float = 0.0,
         name: str = "masked_bce",
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.pos_weights = None if pos_weights is None else [float(w) for w in pos_weights]
         self.neg_weights = None if neg_weights is None else [float(w) for w in neg_weights]
         self.gamma = float(gamma)
         self.label_smoothing = float(label_smoothing)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Any, y_pred: Any) -> Any:
         per_element, mask = masked_bce(y_true, y_pred, self.gamma, self.label_smoothing)
         if self.pos_weights is not None and self.neg_weights is not None:
             y = ops.where(mask > 0, ops.cast(y_true, y_pred.dtype), ops.zeros_like(y_pred))
@@ -120,7 +121,7 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
             )
         return ops.sum(per_element, axis=-1) / ops.maximum(ops.sum(mask, axis=-1), 1.0)
 
-    def get_config(self):
+    def get_config(self) -> Any:
         return {
             **super().get_config(),
             "pos_weights": self.pos_weights,
@@ -149,8 +150,8 @@ class GroupDROLoss(keras.losses.Loss):
         adjustment: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         name: str = "group_dro",
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, reduction="sum", **kwargs)
         self.group_labels = [int(i) for i in group_labels]
         self.step = float(step)
@@ -159,11 +160,11 @@ class GroupDROLoss(keras.losses.Loss):
         self.adjustment = [0.0] * n if adjustment is None else [float(a) for a in adjustment]
         self.q = keras.Variable(np.full(n, 1.0 / n, np.float32), trainable=False, name="group_dro_q")
 
-    def group_ids(self, y_true):
+    def group_ids(self, y_true: Any) -> Any:
         y = ops.cast(ops.nan_to_num(ops.take(y_true, self.group_labels, axis=-1), nan=0.0) > 0.5, "int32")
         return ops.sum(y * ops.convert_to_tensor([1 << i for i in range(len(self.group_labels))], "int32"), axis=-1)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Any, y_pred: Any) -> Any:
         per_element, mask = masked_bce(y_true, y_pred, label_smoothing=self.label_smoothing)
         per_sample = ops.sum(per_element, axis=-1) / ops.maximum(ops.sum(mask, axis=-1), 1.0)
         onehot = ops.one_hot(self.group_ids(y_true), len(self.adjustment), dtype=y_pred.dtype)  # (batch, groups)
@@ -176,7 +177,7 @@ class GroupDROLoss(keras.losses.Loss):
         self.q.assign(ops.cast(q, self.q.dtype))
         return ops.sum(ops.stop_gradient(q) * adjusted * present)
 
-    def get_config(self):
+    def get_config(self) -> Any:
         return {
             **super().get_config(),
             "group_labels": self.group_labels,
@@ -186,7 +187,7 @@ class GroupDROLoss(keras.losses.Loss):
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Any) -> Any:
         config.pop("reduction", None)
         return cls(**config)
 
@@ -244,17 +245,17 @@ def make_loss(
 class MaskedBinaryAccuracy(keras.metrics.Mean):
     """Binary accuracy over the known labels only (NaN = unknown), for training on several sources."""
 
-    def __init__(self, threshold: float = 0.5, name: str = "accuracy", **kwargs):
+    def __init__(self, threshold: float = 0.5, name: str = "accuracy", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.threshold = float(threshold)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
         known = ops.logical_not(ops.isnan(ops.cast(y_true, "float32")))
         y = ops.where(known, ops.cast(y_true, "float32"), 0.0)
         correct = ops.cast(ops.equal(y > 0.5, ops.cast(y_pred, "float32") > self.threshold), "float32")
         return super().update_state(correct, sample_weight=ops.cast(known, "float32"))
 
-    def get_config(self):
+    def get_config(self) -> Any:
         return {**super().get_config(), "threshold": self.threshold}
 
 
@@ -262,7 +263,7 @@ class MaskedBinaryAccuracy(keras.metrics.Mean):
 class MaskedAUC(keras.metrics.AUC):
     """Per-label ROC-AUC over the known labels only (NaN = unknown)."""
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
         known = ops.logical_not(ops.isnan(ops.cast(y_true, "float32")))
         y = ops.where(known, ops.cast(y_true, "float32"), 0.0)
         return super().update_state(y, y_pred, sample_weight=ops.cast(known, "float32"))

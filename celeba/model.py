@@ -9,12 +9,16 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import keras
+import numpy as np
+import pandas as pd
 
 from celeba.config import resolve_model
-from celeba.data import CelebADataError
+from celeba.data import CelebADataError, make_dataset
 from celeba.runcard import RunCard, card_path
+from celeba.runtime import keras_verbose
 
 log = logging.getLogger(__name__)
 HEAD_LAYERS = ("scale", "embedding", "head_dense", "head_bn", "head_dropout", "predictions")
@@ -34,7 +38,7 @@ class ModelFileError(CelebADataError):
 LABELS_ENTRY = "celeba_labels.json"
 
 
-def _backbone(inputs, weights: str):
+def _backbone(inputs: Any, weights: str) -> Any:
     spec = None if weights.lower() == "none" else weights
     if spec is not None and spec != "imagenet" and not Path(spec).is_file():
         raise WeightsError(f"{spec}: weights file not found (pass --weights imagenet, none, or a local .h5)")
@@ -205,3 +209,11 @@ def load_model(model_path: Path, labels: Sequence[str] | None = None) -> tuple[k
     if model.output_shape[-1] != len(labels):
         raise ModelFileError(f"{model_path}: model has {model.output_shape[-1]} outputs but labels are {labels}")
     return model, labels
+
+
+def dataset_probabilities(
+    model: keras.Model, rows: pd.DataFrame, labels: Sequence[str], image_size: int, batch_size: int = 64
+) -> np.ndarray:
+    """Probabilities of index rows (CelebA-style aligned images) through the tf.data pipeline, in order."""
+    ds = make_dataset(rows, labels, image_size, batch_size, training=False)
+    return model.predict(ds, verbose=keras_verbose())  # a list of arrays for a model with several outputs

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from celeba.config import DEFAULT_MODEL, opt, resolve_model
+from celeba.config import DEFAULT_MODEL, at_least, fraction, opt, positive, resolve_model
 from celeba.data import CelebADataError
 from celeba.faces import Box, Detector, FaceCrop, find_faces, whole_image
 
@@ -182,7 +182,7 @@ def load_predictor_model(
     with `tta`, each image's probabilities are averaged with its mirror image's."""
     path = resolve_model(path)
     if path.suffix in (".tflite", ".onnx"):
-        from celeba.export import load_exported
+        from celeba.exported import load_exported
 
         lite = load_exported(path)
         if tta:
@@ -331,8 +331,6 @@ class PredictConfig:
         return "json" if self.json else "csv" if self.csv else self.format
 
     def __post_init__(self) -> None:
-        from celeba.config import at_least, fraction, positive
-
         at_least(self, 1, "max_faces", "batch_size", "max_bytes")
         fraction(self, "threshold")
         positive(self, "max_megapixels")
@@ -372,7 +370,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def results_table(results: list[dict[str, Any]], labels: Sequence[str]):
+def results_table(results: list[dict[str, Any]], labels: Sequence[str]) -> Any:
     """One row per face: file, face number, box, one probability column per label, positive labels, how the face
     was found, `partial_face` and the warnings' short names (the JSON has their full text)."""
     import pandas as pd

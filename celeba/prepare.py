@@ -59,7 +59,7 @@ class PrepareConfig:
     batch_size: int = opt(256, "images decoded per step while writing")
 
 
-def _example(image: np.ndarray, image_id: str, attributes: np.ndarray):
+def _example(image: np.ndarray, image_id: str, attributes: np.ndarray) -> Any:
     import tensorflow as tf
 
     feature = tf.train.Feature
@@ -194,13 +194,3 @@ def remove_unreferenced(out: str) -> list[str]:
     for path in stale:
         _remove(path)
     return stale
-
-
-def main(argv: list[str] | None = None) -> None:
-    from celeba.cli import prepare_main
-
-    prepare_main(argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -220,9 +220,9 @@ def repair_label(
 
 def repair(cfg: RepairConfig) -> RepairResult:
     """Load, extract features once, refit the last layer label by label, save the model and its run card."""
+    from celeba.checkpoint import save_atomic
     from celeba.model import load_model
     from celeba.runcard import RunCard, card_path
-    from celeba.train import save_atomic
 
     path = resolve_model(cfg.model[0])
     model, labels = load_model(path)

@@ -16,6 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from celeba.config import REPO_ROOT, ConfigError, TrainConfig
+from celeba.data import (
+    ATTR_FILES,
+    ATTRIBUTES,
+    IDENTITY_FILE,
+    LANDMARKS_FILE,
+    PARTITION_FILES,
+    _find_optional,
+    is_dir,
+    is_url,
+)
 from celeba.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -51,7 +62,6 @@ def check_replay(cfg: Any, card: Path) -> None:
 
 def check_card_labels(labels: Any) -> None:
     """config.labels is a list of CelebA attribute names (a string such as "MY" would read as the labels M, Y)."""
-    from celeba.data import ATTRIBUTES
 
     if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
         raise ValueError(f"config.labels must be a list of CelebA attribute names, got {labels!r}")
@@ -119,10 +129,8 @@ class RunCard:
             f"(a smoke-test model?)"
         )
 
-    def train_config(self):
+    def train_config(self) -> Any:
         """The TrainConfig this run was trained with (for `train --config`), run on the same absolute data dir."""
-        from celeba.config import TrainConfig
-        from celeba.data import is_dir
 
         cfg, unknown = TrainConfig.from_json(self.config)
         if unknown:
@@ -132,10 +140,9 @@ class RunCard:
             cfg = dataclasses.replace(cfg, data_dir=Path(data_dir))
         return dataclasses.replace(cfg, resume=False)
 
-    def replay_config(self, card: Path):
+    def replay_config(self, card: Path) -> Any:
         """`train_config` as a replay from the card file `card`: named `<name>-replay` unless a flag renames it
         (`check_replay` then refuses a name whose card would be `card`)."""
-        from celeba.config import ConfigError
 
         try:
             cfg = self.train_config()
@@ -215,8 +222,6 @@ def annotations_sha256(data_dir: Path) -> dict[str, str]:
     """SHA-256 of every annotation file found in a CelebA folder: the labels a model was trained on."""
     import tensorflow as tf
 
-    from celeba.data import ATTR_FILES, IDENTITY_FILE, LANDMARKS_FILE, PARTITION_FILES, _find_optional
-
     hashes = {}
     for name in (*ATTR_FILES, *PARTITION_FILES, IDENTITY_FILE, LANDMARKS_FILE):
         found = _find_optional(data_dir, name)  # a path or a URL (gs://...): read through tf.io.gfile
@@ -228,8 +233,6 @@ def annotations_sha256(data_dir: Path) -> dict[str, str]:
 
 def provenance(data_dir: Path) -> dict[str, Any]:
     """Where a run came from: code (git commit, dirty flag), data (absolute folder, annotation hashes)."""
-    from celeba.config import REPO_ROOT
-    from celeba.data import is_url
 
     return {
         **git_state(REPO_ROOT),

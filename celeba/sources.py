@@ -19,22 +19,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from celeba.analysis.population import folder_population
 from celeba.data import CelebADataError
 from celeba.files import atomic_path
+from celeba.population import AGE_BANDS, age_band
+
+__all__ = ["AGE_BANDS", "CROPS_FILE", "PhotoSource", "age_band", "photo_rows", "read_split", "split_folder"]
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "evaluation")
-#: Age bands every report and split uses (years; the last is open): children stay visible, unlike quantile bins.
-AGE_BANDS = ((0, 4), (5, 12), (13, 17), (18, 29), (30, 44), (45, 59), (60, 200))
 CROPS_FILE = "crops.csv"
-
-
-def age_band(age: pd.Series) -> pd.Series:
-    """'0-4', '5-12', ..., '60+' for numeric ages; NaN stays NaN."""
-    edges = [lo for lo, _ in AGE_BANDS] + [AGE_BANDS[-1][1] + 1]
-    names = [f"{lo}-{hi}" for lo, hi in AGE_BANDS[:-1]] + [f"{AGE_BANDS[-1][0]}+"]
-    return pd.cut(pd.to_numeric(age, errors="coerce"), edges, right=False, labels=names)
 
 
 def split_folder(
@@ -166,8 +161,6 @@ def photo_rows(
 
     Photos without a face are left out with a logged count; a folder with no usable photo is an error.
     """
-    from celeba.analysis.population import folder_population
-
     population = folder_population(
         source.folder, source.labels_csv, source.filename_pattern, source.derive, bins=len(AGE_BANDS)
     )

@@ -22,145 +22,59 @@ import math
 import os
 import shutil
 import time
-import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from celeba.config import ConfigError, TrainConfig, at_least, opt
-from celeba.data import SAMPLE_DIR, CelebADataError
+from celeba.config import ConfigError, TrainConfig
+from celeba.data import CelebADataError
 from celeba.files import atomic_path
+from celeba.tune_config import (
+    AUGMENT_STRENGTHS,
+    DROPOUTS,
+    FINETUNE_LEARNING_RATES,
+    LABEL_SMOOTHINGS,
+    LEARNING_RATES,
+    PROJECT,
+    SCHEDULES,
+    SCORE_COLUMNS,
+    SPACE,
+    SUBSET_FLAGS,
+    UNFREEZE_DEPTHS,
+    WEIGHT_DECAYS,
+    TuneConfig,
+)
 
 log = logging.getLogger(__name__)
 
-#: What `--objective` may maximise: per label, then averaged over the labels.
-OBJECTIVES = {
-    "score": "mean of the validation accuracy and the worst group's validation accuracy",
-    "average": "validation accuracy",
-    "worst": "the worst group's validation accuracy",
-    "balanced": "group-balanced validation accuracy (the mean over the groups)",
-}
-#: The TrainConfig fields the search can vary (`--space` picks among them).
-SPACE = (
-    "learning_rate",
-    "finetune_learning_rate",
-    "epochs",
-    "freeze_epochs",
-    "unfreeze",
-    "schedule",
-    "dropout",
-    "weight_decay",
-    "label_smoothing",
-    "image_size",
-    "augment",
-    "augment_strength",
-    "loss",
-)
-#: Need a pretrained backbone: with --weights none there is no frozen phase and no fine-tuning phase.
-PRETRAINED_ONLY = ("freeze_epochs", "finetune_learning_rate", "unfreeze")
-LOSSES: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainConfig)["loss"])
-SCHEDULES: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainConfig)["schedule"])
-WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
-LEARNING_RATES = (1e-4, 1e-2)  # log-uniform
-FINETUNE_LEARNING_RATES = (1e-5, 1e-3)  # log-uniform
-#: Backbone layers fine-tuned, from the top (MobileNetV2 has 153 below the head; the last 30 are blocks 14-16 and
-#: the last 1x1 conv); 0: all of them.
-UNFREEZE_DEPTHS = (30, 60, 100, 0)
-LABEL_SMOOTHINGS = (0.0, 0.05, 0.1, 0.2)
-AUGMENT_STRENGTHS = (0.5, 1.0, 1.5, 2.0)
-DROPOUTS = (0.0, 0.5, 0.1)  # min, max, step
-PROJECT = "tuner"  # KerasTuner's project folder inside the search folder
-#: The base config's flags that choose a subset to search on; best.json leaves them out (see `best_card`).
-SUBSET_FLAGS = ("limit", "train_limit", "val_limit")
-#: The columns of trials.csv before the hyper-parameters.
-SCORE_COLUMNS = ("trial", "status", "objective", "average", "worst", "balanced", "seconds")
-
-
-@dataclass
-class TuneConfig(TrainConfig):
-    """Search training hyper-parameters with KerasTuner (Bayesian, Hyperband or random); every other flag is the
-    base training config each trial starts from."""
-
-    name: str | None = opt(
-        None,
-        "the search's name: its folder is <models-dir>/<name>; best.json trains as <name>-best",
-        none="smoke-sample-tune on the embedded sample, else tune",
-    )
-    resume: bool = opt(
-        True,
-        "continue the search in its folder from KerasTuner's saved state (--no-resume: delete it and start over)",
-    )
-    algorithm: Literal["bayesian", "hyperband", "random"] = opt(
-        "bayesian", "KerasTuner's oracle: Bayesian optimisation, Hyperband (budgets in epochs) or random search"
-    )
-    objective: str = opt(
-        "score",
-        "what the search maximises, averaged over the labels: score (mean of validation and worst-group accuracy),"
-        " average, worst or balanced",
-    )
-    max_trials: int = opt(20, "bayesian, random: trials in all (hyperband's count follows --max-epochs and --factor)")
-    max_epochs: int = opt(6, "epochs of the longest trial: the range of the epochs searched, or hyperband's budget")
-    factor: int = opt(3, "hyperband: each round keeps 1/factor of the trials and trains them factor times longer")
-    space: tuple[str, ...] = opt(SPACE, "the hyper-parameters searched; the others keep the base config's values")
-    image_sizes: tuple[int, ...] = opt((96, 128, 160), "the input sizes searched (with image_size in --space)")
-    loss_choices: tuple[str, ...] = opt(LOSSES, "the losses searched (with loss in --space)")
-    out: Path | None = opt(
-        None,
-        "the search folder: KerasTuner's state, trials/, trials.csv, search.png, best.json",
-        none="<models-dir>/<name>",
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"--objective: unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
-        at_least(self, 1, "max_trials", "max_epochs")
-        at_least(self, 2, "factor")
-        for flag, values, known in (("--space", self.space, SPACE), ("--loss-choices", self.loss_choices, LOSSES)):
-            unknown = [v for v in values if v not in known]
-            if unknown or not values:
-                raise ConfigError(f"{flag}: {' '.join(unknown) or 'nothing given'}; choose from {', '.join(known)}")
-        if not self.image_sizes or min(self.image_sizes) < 32:
-            raise ConfigError(f"--image-sizes: each at least 32 (MobileNetV2's smallest input), got {self.image_sizes}")
-        if self.objective != "average" and not set(self.groups) & set(self.labels):
-            raise ConfigError(
-                f"--groups: the objective {self.objective!r} needs groups among the --labels "
-                f"({' '.join(self.labels)}); got {' '.join(self.groups) or 'none'}"
-            )
-
-    @property
-    def run_name(self) -> str:
-        if self.name:
-            return self.name
-        return "smoke-sample-tune" if Path(self.data_dir).resolve() == SAMPLE_DIR else "tune"
-
-    @property
-    def folder(self) -> Path:
-        return Path(self.out) if self.out is not None else Path(self.models_dir) / self.run_name
-
-    def base(self) -> TrainConfig:
-        """The training config every trial starts from."""
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
-
-    def searched(self) -> list[str]:
-        """The hyper-parameters actually searched: epochs are Hyperband's budget there; freezing needs weights."""
-        names = [n for n in self.space if not (n == "epochs" and self.algorithm == "hyperband")]
-        return [n for n in names if not (n in PRETRAINED_ONLY and self.weights.lower() == "none")]
-
-
-_SEARCH_DEFAULTS = {"name": None, "resume": True}
-
-
-def from_card(path: Path) -> TuneConfig:
-    """`--config RUN_CARD.json`: the card's training config is the base; the search flags keep their defaults."""
-    from celeba.runcard import RunCard
-
-    base = RunCard.load(path).train_config()
-    return TuneConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(TrainConfig)} | _SEARCH_DEFAULTS)
-
-
 # --------------------------------------------------------------------------- the search space and objective
+
+
+def _declarations(cfg: TuneConfig) -> dict[str, Callable[[Any], Any]]:
+    """How each searchable setting is declared to KerasTuner, in the order the oracle sees them."""
+    low, high, step = DROPOUTS
+    return {
+        "learning_rate": lambda hp: hp.Float("learning_rate", *LEARNING_RATES, sampling="log"),
+        "finetune_learning_rate": lambda hp: hp.Float(
+            "finetune_learning_rate", *FINETUNE_LEARNING_RATES, sampling="log"
+        ),
+        "epochs": (
+            (lambda hp: hp.Int("epochs", 1, cfg.max_epochs))
+            if cfg.max_epochs > 1
+            else (lambda hp: hp.Fixed("epochs", 1))
+        ),
+        "freeze_epochs": lambda hp: hp.Int("freeze_epochs", 0, max(1, cfg.max_epochs // 2)),
+        "unfreeze": lambda hp: hp.Choice("unfreeze", list(UNFREEZE_DEPTHS)),
+        "schedule": lambda hp: hp.Choice("schedule", list(SCHEDULES)),
+        "dropout": lambda hp: hp.Float("dropout", low, high, step=step),
+        "weight_decay": lambda hp: hp.Choice("weight_decay", list(WEIGHT_DECAYS)),
+        "label_smoothing": lambda hp: hp.Choice("label_smoothing", list(LABEL_SMOOTHINGS)),
+        "image_size": lambda hp: hp.Choice("image_size", sorted(set(cfg.image_sizes))),
+        "augment": lambda hp: hp.Boolean("augment"),
+        "augment_strength": lambda hp: hp.Choice("augment_strength", list(AUGMENT_STRENGTHS)),
+        "loss": lambda hp: hp.Choice("loss", list(dict.fromkeys(cfg.loss_choices))),
+    }
 
 
 def search_space(cfg: TuneConfig) -> Any:
@@ -169,35 +83,9 @@ def search_space(cfg: TuneConfig) -> Any:
 
     hp = kt.HyperParameters()
     names = cfg.searched()
-    if "learning_rate" in names:
-        hp.Float("learning_rate", *LEARNING_RATES, sampling="log")
-    if "finetune_learning_rate" in names:
-        hp.Float("finetune_learning_rate", *FINETUNE_LEARNING_RATES, sampling="log")
-    if "epochs" in names and cfg.max_epochs > 1:
-        hp.Int("epochs", 1, cfg.max_epochs)
-    elif "epochs" in names:
-        hp.Fixed("epochs", 1)
-    if "freeze_epochs" in names:
-        hp.Int("freeze_epochs", 0, max(1, cfg.max_epochs // 2))
-    if "unfreeze" in names:
-        hp.Choice("unfreeze", list(UNFREEZE_DEPTHS))
-    if "schedule" in names:
-        hp.Choice("schedule", list(SCHEDULES))
-    if "dropout" in names:
-        low, high, step = DROPOUTS
-        hp.Float("dropout", low, high, step=step)
-    if "weight_decay" in names:
-        hp.Choice("weight_decay", list(WEIGHT_DECAYS))
-    if "label_smoothing" in names:
-        hp.Choice("label_smoothing", list(LABEL_SMOOTHINGS))
-    if "image_size" in names:
-        hp.Choice("image_size", sorted(set(cfg.image_sizes)))
-    if "augment" in names:
-        hp.Boolean("augment")
-    if "augment_strength" in names:
-        hp.Choice("augment_strength", list(AUGMENT_STRENGTHS))
-    if "loss" in names:
-        hp.Choice("loss", list(dict.fromkeys(cfg.loss_choices)))
+    for name, declare in _declarations(cfg).items():
+        if name in names:
+            declare(hp)
     if not hp.space:
         raise ConfigError(
             "--space: nothing left to search (epochs are hyperband's budget; --weights none freezes nothing)"
@@ -277,7 +165,7 @@ def make_tuner(cfg: TuneConfig) -> Any:
     class CelebATuner(kt.Tuner):
         """One trial = one `celeba.train.train` run; its run card gives the objective."""
 
-        def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
+        def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
             trial_cfg = trial_config(base, trial.hyperparameters.values, folder / "trials", trial.trial_id)
             # A trial retried after a killed search continues its training from its last completed epoch.
             trial_cfg = dataclasses.replace(trial_cfg, resume=(folder / "trials" / trial_cfg.run_name).is_dir())
@@ -292,7 +180,7 @@ def make_tuner(cfg: TuneConfig) -> Any:
             log.info("trial %s: %s", trial.trial_id, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             return scores | {"seconds": round(time.perf_counter() - started, 1)}
 
-        def on_trial_end(self, trial) -> None:
+        def on_trial_end(self, trial: Any) -> None:
             super().on_trial_end(trial)
             if trial.status not in ("COMPLETED", "RUNNING"):
                 reason = (trial.message or "").strip().splitlines()

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from celeba.cli import COMMANDS  # noqa: E402
-from celeba.config import _base_type, flag_fields, show_default  # noqa: E402
+from celeba.config import _base_type  # noqa: E402
+from celeba.flags import flag_fields, show_default  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- flags: (\w+) -->\n)(.*?)(<!-- /flags -->)", re.S)
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -52,8 +52,7 @@ def probabilities(model_path: Path, rows: pd.DataFrame, labels: tuple[str, ...],
         frame = pd.read_csv(cache, dtype={"image_id": str}).set_index("image_id")
         if list(frame.index) == list(rows["image_id"]):
             return frame[list(labels)].to_numpy()
-    from celeba.evaluate import dataset_probabilities
-    from celeba.model import load_model, model_image_size
+    from celeba.model import dataset_probabilities, load_model, model_image_size
 
     model, model_labels = load_model(model_path)
     assert model_labels == labels, f"{model_path}: labels {model_labels}, expected {labels}"
@@ -67,7 +66,7 @@ def row_for(
     name: str, rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], threshold: np.ndarray
 ) -> dict[str, Any]:
     """Overall accuracy, ROC-AUC, ECE, every cohort's accuracy, the worst cohort and the gap, per label."""
-    from celeba.analysis.compute import calibration_curve
+    from celeba.analysis.rates import calibration_curve
     from celeba.metrics import cohort_accuracy, label_metrics
 
     metrics = label_metrics(y, probs, labels, threshold)
@@ -233,7 +232,7 @@ def plot_mitigations(table: list[dict[str, Any]], labels: tuple[str, ...], path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from celeba.config import parse_config
+    from celeba.flags import parse_config
 
     cfg = parse_config(StudyConfig, argv, StudyConfig.__doc__)
     result = run(cfg)

@@ -10,19 +10,13 @@ import pandas as pd
 import pytest
 
 from celeba.analysis import parse_pairs
-from celeba.analysis.compute import (
-    balancing_thresholds,
-    calibration_curve,
-    celeba_balancing_groups,
-    findings,
-    saliency_picks,
-    wilson_interval,
-)
+from celeba.analysis.compute import balancing_thresholds, celeba_balancing_groups, findings, saliency_picks
 from celeba.analysis.population import quantile_bins
+from celeba.analysis.rates import calibration_curve, wilson_interval
 from celeba.analyze import AnalyzeConfig
 from celeba.cli import analyze_main
-from celeba.config import parse_config
 from celeba.data import CelebADataError, load_index, split
+from celeba.flags import parse_config
 
 LIMIT = 24
 PAIRS = (("Male", "Young"), ("Male", "Eyeglasses"))
@@ -104,8 +98,7 @@ def test_every_figure_exists_is_linked_and_is_a_valid_png(report):
 
 @pytest.mark.slow
 def test_cohort_tables_agree_with_numpy(report, tiny_model, sample_dir):
-    from celeba.evaluate import dataset_probabilities, model_image_size
-    from celeba.model import load_model
+    from celeba.model import dataset_probabilities, load_model, model_image_size
 
     rows = split(load_index(sample_dir), "test", LIMIT)
     model, labels = load_model(tiny_model)

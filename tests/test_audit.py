@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from celeba.analysis.compute import compute, wilson_interval
+from celeba.analysis.compute import compute
 from celeba.analysis.population import folder_population, quantile_bins
-from celeba.analysis.scoring import NO_FACE, ONE_FACE, SEVERAL_FACES, UNREADABLE
+from celeba.analysis.rates import wilson_interval
 from celeba.data import CelebADataError
+from celeba.population import NO_FACE, ONE_FACE, SEVERAL_FACES, UNREADABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "celeba8k-bce.keras"  # committed; works on the sample
@@ -180,6 +181,20 @@ def test_report_ranks_the_group_with_known_errors_worst_and_counts_every_photo(t
     faces = analysis.faces.loc[("site", "B")]
     assert (faces["photos"], faces[NO_FACE], faces[SEVERAL_FACES]) == (10, 1, 1)
     assert analysis.thresholds.loc[("m", "Male"), "cohorts"] == "site"  # balanced across sites
+
+
+def test_a_photo_without_a_face_is_an_error_never_a_positive():
+    """A photo with no face scored (NaN probability) counts in n as an error, whatever its truth: a positive photo
+    is not 'called positive', a negative one not 'called negative'; the rates are over the scored faces only."""
+    from celeba.analysis.rates import rate_metrics
+
+    truth = np.array([1.0, 1.0, 0.0, 0.0])
+    probs = np.array([np.nan, 0.9, np.nan, 0.1])
+    m = rate_metrics(truth, probs)
+    assert (m["n"], m["scored"], m["errors"]) == (4, 2, 2) and m["accuracy"] == pytest.approx(0.5)
+    assert m["fnr"] == 0.0 and m["fpr"] == 0.0  # the two scored faces are right
+    alone = rate_metrics(np.array([1.0]), np.array([np.nan]))
+    assert (alone["errors"], alone["accuracy"]) == (1, 0.0) and np.isnan(alone["fnr"])
 
 
 def _audit_folder_module():

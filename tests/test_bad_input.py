@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from celeba.cli import evaluate_main, export_main, predict_main, serve_main, train_main
-from celeba.config import TrainConfig, parse_config
+from celeba.config import TrainConfig
+from celeba.flags import parse_config
 
 
 def _refused(capsys, parse, message: str) -> None:
@@ -81,7 +82,7 @@ def test_repeated_labels_are_refused():
 def saved_model(tmp_path) -> Path:
     import keras
 
-    from celeba.train import save_atomic
+    from celeba.checkpoint import save_atomic
 
     path = tmp_path / "models" / "a.keras"
     save_atomic(
@@ -135,7 +136,7 @@ def test_export_refuses_an_existing_export_without_force(saved_model, capsys):
 
 
 def test_an_exported_model_needs_its_own_card(saved_model, tmp_path):
-    from celeba.export import exported_labels
+    from celeba.exported import exported_labels
     from celeba.model import ModelFileError
 
     out = tmp_path / "x.tflite"
@@ -309,7 +310,7 @@ def test_a_busy_port_is_named_before_the_model_loads():
 def test_save_atomic_leaves_no_temporary_file_when_saving_fails(tmp_path, monkeypatch):
     import keras
 
-    from celeba.train import save_atomic
+    from celeba.checkpoint import save_atomic
 
     def full_disk(self, filepath, *args, **kwargs):
         Path(filepath).write_bytes(b"")  # the 0-byte temporary file a failed save used to leave

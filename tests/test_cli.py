@@ -163,10 +163,10 @@ def test_tensorflow_starts_quietly_whatever_log_level_the_user_set(level):
 
 
 def test_measuring_the_face_framing_is_quiet():
-    """`python -m celeba.faces` (re-measures the framing constants) loads TensorFlow's TFLite runtime."""
+    """`python -m celeba.face_measure` (re-measures the framing constants) loads TensorFlow's TFLite runtime."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
-        [sys.executable, "-m", "celeba.faces", "--limit", "3"],
+        [sys.executable, "-m", "celeba.face_measure", "--limit", "3"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from celeba.cli import COMMANDS
-from celeba.config import DEFAULT_MODEL, REPO_ROOT, EvalConfig, TrainConfig, build_parser, parse_config, resolve_model
+from celeba.config import DEFAULT_MODEL, REPO_ROOT, EvalConfig, TrainConfig, resolve_model
 from celeba.data import SAMPLE_DIR
+from celeba.flags import build_parser, parse_config
 
 
 def test_defaults_run_on_the_embedded_sample_and_say_so():

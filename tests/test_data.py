@@ -117,6 +117,17 @@ def test_unknown_label_lists_the_choices():
         data.check_labels(["Mael"])
 
 
+def test_partitions_follow_the_official_celeba_split(sample_dir):
+    """CelebA's list_eval_partition: 0 = train (images 000001-162770), 1 = validation (162771-182637),
+    2 = test (182638-202599). The sample keeps the official ids, so each partition's ids must lie in its range."""
+    index = data.load_index(sample_dir)
+    official = {"train": (1, 162770), "validation": (162771, 182637), "test": (182638, 202599)}
+    for partition, (first, last) in official.items():
+        ids = data.split(index, partition)["image_id"].str.removesuffix(".jpg").astype(int)
+        assert len(ids) and ids.between(first, last).all(), partition
+    assert data.PARTITIONS == {0: "train", 1: "validation", 2: "test"}
+
+
 def test_split_and_limit(sample_dir):
     index = data.load_index(sample_dir)
     test = data.split(index, "test", limit=7)

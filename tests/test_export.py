@@ -12,11 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from roundtrip import assert_round_trip
 
 from celeba.cli import export_main
 from celeba.config import ConfigError
 from celeba.data import SAMPLE_DIR
-from celeba.export import TOLERANCE, ExportConfig, TFLiteModel, export, parity, parity_failure, parity_line, verify
+from celeba.export import (
+    TOLERANCE,
+    ExportConfig,
+    Exported,
+    export,
+    parity,
+    parity_failure,
+    parity_line,
+    verify,
+)
+from celeba.exported import TFLiteModel
+from celeba.model import load_model
 from celeba.runcard import card_path
 
 QUANTIZE = ("float16", "int8", "int16x8")
@@ -38,7 +50,9 @@ def exported(tiny_model, tmp_path_factory):
     cfg = ExportConfig(
         model=model, format=("tflite", "onnx"), quantize=QUANTIZE, representative=32, parity_limit=PARITY
     )
-    cards = {card["quantize"] if card["format"] == "tflite" else "onnx": card for card in export(cfg)}
+    done = export(cfg)
+    assert all(isinstance(d, Exported) and d.card.is_file() for d in done)
+    cards = {d.quantize if d.format == "tflite" else "onnx": d for d in done}
     return model.parent / "exports", cards
 
 
@@ -46,8 +60,10 @@ def exported(tiny_model, tmp_path_factory):
 @pytest.mark.parametrize("quantize", QUANTIZE)
 def test_parity_on_the_shipped_sample(exported, quantize):
     out, cards = exported
-    check = cards[quantize]["parity"]
+    check = cards[quantize].parity
     assert check["images"] == PARITY and check["parity_dir"] == str(SAMPLE_DIR)
+    model, labels = load_model(out.parent / "tiny.keras")
+    assert_round_trip(cards[quantize].model, model, labels=labels, atol=TOLERANCE[quantize])
     assert check["passed"] and check["max_abs_diff"] <= TOLERANCE[quantize]
     assert check["label_agreement"] >= 0.99
     card = json.loads((out / f"tiny-{quantize}.json").read_text())
@@ -59,7 +75,9 @@ def test_onnx_export_matches_keras_and_serves_predictions(exported, tiny_model):
     from celeba.predict import Predictor
 
     out, cards = exported
-    check = cards["onnx"]["parity"]
+    check = cards["onnx"].parity
+    model, labels = load_model(tiny_model)
+    assert_round_trip(cards["onnx"].model, model, labels=labels, atol=TOLERANCE["none"])
     assert check["images"] == PARITY and check["passed"] and check["max_abs_diff"] <= TOLERANCE["none"]
     onnx, keras_model = Predictor(out / "tiny-float32.onnx"), Predictor(tiny_model)
     assert onnx.labels == ("Male", "Young") and onnx.image_size == 64
@@ -105,7 +123,7 @@ def test_a_tflite_model_in_a_fresh_process_prints_no_delegate_line(exported):
 
     out, _ = exported
     code = (
-        "import sys, numpy as np; from celeba.export import TFLiteModel; "
+        "import sys, numpy as np; from celeba.exported import TFLiteModel; "
         "model = TFLiteModel(sys.argv[1]); print(model(np.zeros((3, 64, 64, 3), np.float32)).shape)"
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's start-up lines are another test's business
@@ -114,6 +132,18 @@ def test_a_tflite_model_in_a_fresh_process_prints_no_delegate_line(exported):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "(3, 2)" and "XNNPACK" not in done.stderr, done.stderr
+
+
+def _reference_parity(keras_probs: np.ndarray, other: np.ndarray, threshold: float = 0.5) -> dict:
+    """What parity() must report, written out plainly."""
+    diff = np.abs(keras_probs - other)
+    agree = (keras_probs >= threshold) == (other >= threshold)
+    return {
+        "images": len(keras_probs),
+        "max_abs_diff": diff.max(),
+        "mean_abs_diff": diff.mean(),
+        "label_agreement": agree.mean(),
+    }
 
 
 def test_parity_detects_a_model_that_disagrees(tiny_model):
@@ -125,8 +155,25 @@ def test_parity_detects_a_model_that_disagrees(tiny_model):
     x = np.random.default_rng(1).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
     bad, good = parity(model, [flipped, same], iter([x, x[:2]]))  # one pass, one check per exported model
     assert bad["images"] == good["images"] == 6
-    assert bad["label_agreement"] < 0.5 or bad["max_abs_diff"] > 0.01  # 1 - p disagrees unless p == 0.5
+    p = np.asarray(model.predict_on_batch(np.concatenate([x, x[:2]])))
+    assert not np.isclose(p, 0.5).any()  # so 1 - p is on the other side of the threshold for every label
+    assert bad["label_agreement"] == 0.0 and bad["max_abs_diff"] == pytest.approx(np.abs(1 - 2 * p).max(), abs=1e-6)
     assert good["max_abs_diff"] == 0.0 and good["label_agreement"] == 1.0
+
+
+def test_parity_compares_the_exported_model_with_keras(tiny_model):
+    """Every number of a check is Keras against the exported model, field by field, against a reference: an
+    exported model that answers a constant is compared with Keras' own probabilities, not with itself."""
+    from celeba.model import load_model
+
+    model, _ = load_model(tiny_model)
+    x = np.random.default_rng(2).uniform(0, 255, (6, 64, 64, 3)).astype(np.float32)
+    p = np.asarray(model.predict_on_batch(x))
+    for constant in (0.0, 1.0, float(np.median(p))):
+        exported = lambda batch, c=constant: np.full((len(batch), p.shape[1]), c, np.float32)  # noqa: E731
+        (check,) = parity(model, [exported], iter([x]))
+        expected = _reference_parity(p, np.full_like(p, constant))
+        assert check == pytest.approx(expected, abs=1e-6), constant
 
 
 @pytest.mark.slow  # the export fixture converts the model four times
@@ -202,7 +249,7 @@ def test_default_outputs_are_never_tracked_files():
 
 
 def test_a_missing_export_names_the_command_as_typed(tmp_path):
-    from celeba.export import OnnxModel
+    from celeba.exported import OnnxModel
 
     with pytest.raises(
         FileNotFoundError, match=r"none.tflite: TFLite model not found \(make one with `celeba export`\)"

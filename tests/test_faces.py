@@ -3,7 +3,8 @@ import pytest
 from PIL import Image
 
 from celeba.data import image_dir
-from celeba.faces import CELEBA_FRAMING, CELEBA_SIZE, Box, crop_face, crop_rect, detect_faces, faces_in, measure_framing
+from celeba.face_measure import measure_framing
+from celeba.faces import CELEBA_FRAMING, CELEBA_SIZE, Box, crop_face, crop_rect, detect_faces, faces_in
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +77,15 @@ def few(sample_images):
 
 
 def _eye_line(landmarks) -> float:
-    from celeba.faces import roll_and_yaw
+    from celeba.face_warnings import roll_and_yaw
 
     return roll_and_yaw(landmarks)[0]
 
 
 def test_landmark_constants_are_what_the_sample_measures(sample_images):
     """CELEBA_LANDMARKS came from 1,000 shared train images; 60 other aligned images give the same means."""
-    from celeba.faces import CELEBA_LANDMARKS, measure_landmarks
+    from celeba.face_measure import measure_landmarks
+    from celeba.faces import CELEBA_LANDMARKS
 
     mean, _, found, seen = measure_landmarks(sample_images[:60])
     assert found >= 58 and seen == 60
@@ -108,7 +110,8 @@ def test_tight_crop_is_one_complete_face_aligned_and_warned_tight(few):
     its landmarks land on CelebA's, not partial (the whole face is in the photo) but warned `tight_crop` (hair
     and background were filled by reflection), and close to the aligned original.
     A detection the detector is unsure of (one sample image, face turned down) must at least say so."""
-    from celeba.faces import CELEBA_LANDMARKS, MIN_SCORE, alignment_matrix, find_faces
+    from celeba.face_warnings import MIN_SCORE
+    from celeba.faces import CELEBA_LANDMARKS, alignment_matrix, find_faces
     from celeba.framings import tight
 
     close = sure = 0
@@ -130,6 +133,22 @@ def test_tight_crop_is_one_complete_face_aligned_and_warned_tight(few):
         diffs = [np.abs(face.crop.astype(float) - other)[60:170, 45:135].mean() for other in few]
         close += int(np.argmin(diffs)) == next(i for i, other in enumerate(few) if other is rgb)
     assert sure >= 11 and close >= 10
+
+
+def test_outside_fraction_is_over_the_centre_square_the_model_sees():
+    """warp's fraction of the view outside the photo counts only the centre 178x178 square of the 178x218 crop
+    (what preprocess_image keeps), not the strips above and below it."""
+    from celeba.faces import warp
+
+    width, height = CELEBA_SIZE
+    top = (height - width) // 2
+    shift = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, top]])  # photo pixel (x, y) -> crop pixel (x, y + top)
+    square = np.full((width, width, 3), 128, np.uint8)  # exactly the centre square: nothing of the view is outside
+    assert warp(square, shift)[1] == pytest.approx(0.0, abs=0.01)
+    half = np.full((width // 2, width, 3), 128, np.uint8)  # the upper half of the square only
+    assert warp(half, shift)[1] == pytest.approx(0.5, abs=0.01)
+    upper = np.full((top + width // 2, width, 3), 128, np.uint8)  # from the crop's top row to the square's middle
+    assert warp(upper, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))[1] == pytest.approx(0.5, abs=0.01)
 
 
 def test_box_outside_partial_and_mirror_rules_on_known_boxes():

@@ -41,3 +41,19 @@ def test_sample_confusion_is_one_hot_per_element():
     total = parts["tp"] + parts["tn"] + parts["fp"] + parts["fn"]
     np.testing.assert_array_equal(total, np.ones_like(Y))
     np.testing.assert_array_equal(parts["accuracy"], parts["tp"] + parts["tn"])
+
+
+def test_cohort_names_say_which_attribute_is_one():
+    """Each row's name is read off its own 0/1 values (a name per row, in order), and cohort_accuracy's rows agree:
+    the 'Male & Not Young' cohort holds exactly the rows with Male == 1 and Young == 0."""
+    frame = pd.DataFrame({"Male": [1, 0, 1, 0, 1], "Young": [1, 1, 0, 0, 0]})
+    assert cohort_names(frame).tolist() == [
+        "Male & Young",
+        "Not Male & Young",
+        "Male & Not Young",
+        "Not Male & Not Young",
+        "Male & Not Young",
+    ]
+    y = frame.to_numpy(np.float32)
+    table = cohort_accuracy(frame, y, y, ["Male", "Young"])
+    assert table.loc["Male & Not Young", "n"] == 2 and table.loc["Not Male & Young", "n"] == 1

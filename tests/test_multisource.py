@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from conftest import tiny_config
 
-from celeba.config import REPO_ROOT, ConfigError, TrainConfig, parse_config
+from celeba.config import REPO_ROOT, ConfigError, TrainConfig
 from celeba.data import load_index, make_dataset, split
+from celeba.flags import parse_config
 
 PHOTOS = REPO_ROOT / "data" / "photos-sample"
 PHOTO_FLAGS = {

@@ -188,5 +188,5 @@ def test_train_and_evaluate_read_a_prepared_folder(prepared, tmp_path):
     train(tiny_config(tmp_path, "records", data_dir=prepared, image_size=48, limit=16, batch_size=8))
     card = json.loads((tmp_path / "records.json").read_text())
     assert card["data"]["train"] == card["data"]["validation"] == 16
-    result = evaluate(EvalConfig(model=tmp_path / "records.keras", data_dir=prepared, limit=10, out=tmp_path / "e"))
-    assert result["n"] == 10 and set(result["labels"]) == {"Male", "Young"}
+    result = evaluate(EvalConfig(model=tmp_path / "records.keras", data_dir=prepared, limit=10))
+    assert result.n == 10 and set(result.labels) == {"Male", "Young"}

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from celeba.cli import predict_main
-from celeba.config import parse_config
 from celeba.data import image_dir, load_index, split
+from celeba.flags import parse_config
 from celeba.predict import (
     ImageError,
     ImageTooLarge,
@@ -121,8 +121,7 @@ def test_paths_are_positionals_anywhere_among_the_flags():
 
 def test_no_detect_matches_the_evaluation_pipeline(predictor, tiny_model, sample_dir):
     """An aligned CelebA image through predict --no-detect gets the same probabilities as in evaluation."""
-    from celeba.evaluate import dataset_probabilities
-    from celeba.model import load_model
+    from celeba.model import dataset_probabilities, load_model
 
     rows = split(load_index(sample_dir), "test", 8)
     model, labels = load_model(tiny_model)

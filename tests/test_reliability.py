@@ -17,9 +17,9 @@ import keras
 import numpy as np
 import pytest
 
+from celeba.checkpoint import AtomicBackup, history_epochs, save_atomic, trim_history
 from celeba.model import ModelFileError, card_path, embedded_labels, load_model
 from celeba.runcard import RunCardError
-from celeba.train import AtomicBackup, history_epochs, save_atomic, trim_history
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TRAIN = [
@@ -209,8 +209,9 @@ def test_sigkill_during_the_backup_write_then_resume_finishes(tmp_path, caplog):
 
 
 def test_a_second_training_of_the_same_name_is_refused_and_the_first_keeps_its_folder(tmp_path):
+    from celeba.checkpoint import RunLockedError, run_lock
     from celeba.config import TrainConfig
-    from celeba.train import RunLockedError, run_lock, train
+    from celeba.train import train
 
     models = tmp_path / "models"
     (models / "same").mkdir(parents=True)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from celeba.cli import _replay, train_main
-from celeba.config import REPO_ROOT, TrainConfig, parse_config
+from celeba.config import REPO_ROOT, TrainConfig
 from celeba.data import SAMPLE_DIR
+from celeba.flags import parse_config
 from celeba.runcard import RunCard, RunCardError, card_path
 
 COMMITTED = sorted((REPO_ROOT / "models").glob("*.json"))

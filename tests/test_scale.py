@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from celeba.data import SAMPLE_DIR, labels_array, load_image, load_index, split
-from celeba.evaluate import dataset_probabilities
 from celeba.metrics import label_metrics
-from celeba.model import load_model
+from celeba.model import dataset_probabilities, load_model
 from celeba.train import with_augmentation
 
 RANDOM_LAYERS = (
@@ -129,7 +128,7 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
 def test_strategies_on_one_machine():
     import tensorflow as tf
 
-    from celeba.train import is_chief, make_strategy
+    from celeba.distribution import is_chief, make_strategy
 
     assert make_strategy("auto").num_replicas_in_sync == 1  # no GPU here: the default strategy
     mirrored = make_strategy("mirrored")
@@ -152,7 +151,7 @@ def test_only_one_task_is_the_chief(cluster, task, chief):
 
     import tensorflow as tf
 
-    from celeba.train import is_chief
+    from celeba.distribution import is_chief
 
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec(cluster), task_type=task[0], task_id=task[1]
@@ -176,7 +175,7 @@ def test_only_one_task_is_the_chief(cluster, task, chief):
 )
 def test_a_malformed_tf_config_is_named(raw, why):
     from celeba.config import ConfigError
-    from celeba.train import read_tf_config
+    from celeba.distribution import read_tf_config
 
     with pytest.raises(ConfigError) as caught:
         read_tf_config(raw)
@@ -184,7 +183,7 @@ def test_a_malformed_tf_config_is_named(raw, why):
 
 
 def test_no_cluster_is_one_worker():
-    from celeba.train import read_tf_config
+    from celeba.distribution import read_tf_config
 
     assert read_tf_config("") is None and read_tf_config('{"cluster": {}}') is None
 

@@ -28,7 +28,7 @@ LIMIT = 300_000
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     """A small stand-in model (any function of the pixels will do): the limits do not depend on its quality."""
-    from celeba.train import save_atomic
+    from celeba.checkpoint import save_atomic
 
     path = tmp_path_factory.mktemp("serve") / "small.keras"
     model = keras.Sequential(

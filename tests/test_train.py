@@ -8,21 +8,15 @@ import json
 import keras
 import numpy as np
 import pytest
+from roundtrip import assert_round_trip
 
+from celeba.checkpoint import save_atomic
 from celeba.config import TrainConfig
 from celeba.data import SAMPLE_DIR, labels_array, load_index, split
+from celeba.distribution import distribution_strategy, set_precision
 from celeba.losses import class_balanced_weights
 from celeba.model import build_model, load_model
-from celeba.train import (
-    Phase,
-    compile_for,
-    distribution_strategy,
-    plan_phases,
-    save_atomic,
-    set_precision,
-    train,
-    with_augmentation,
-)
+from celeba.train import Phase, compile_for, plan_phases, train, with_augmentation
 
 
 def test_tiny_model_run_card(tiny_model):
@@ -162,6 +156,19 @@ def test_save_atomic_keeps_the_old_file_when_saving_fails(tmp_path, monkeypatch)
         keras.models.load_model(path).predict(np.zeros((1, 32, 32, 3)), verbose=0),
         model.predict(np.zeros((1, 32, 32, 3)), verbose=0),
     )
+
+
+def test_a_saved_model_round_trips_with_its_labels(tmp_path):
+    """What train writes (save_atomic with the labels inside the .keras file) loads back predicting the same."""
+    model = build_model(2, 32, "none")
+    save_atomic(model, tmp_path / "m.keras", ["Male", "Young"])
+    assert_round_trip(tmp_path / "m.keras", model, labels=["Male", "Young"])
+
+
+def test_the_trained_tiny_model_round_trips(tiny_model):
+    """train's own file: reloaded twice, the same probabilities, the labels of its run card."""
+    model, labels = load_model(tiny_model)
+    assert_round_trip(tiny_model, model, labels=labels)
 
 
 def test_weights_file_loads_and_head_phase_leaves_the_backbone_unchanged(tmp_path):

@@ -17,9 +17,11 @@ import pandas as pd
 import pytest
 
 from celeba.cli import _replay, tune_main
-from celeba.config import REPO_ROOT, ConfigError, TrainConfig, parse_config
+from celeba.config import REPO_ROOT, ConfigError, TrainConfig
+from celeba.flags import parse_config
 from celeba.runcard import RunCard
-from celeba.tune import SPACE, TuneConfig, from_card, objective_values, search_space, trial_config
+from celeba.tune import objective_values, search_space, trial_config
+from celeba.tune_config import SPACE, TuneConfig, from_card
 
 #: A search whose trials are tiny trainings (tests/conftest.py's tiny_config): random weights, 32 px, 16 images,
 #: one eager epoch; three hyper-parameters that cost nothing to vary.

@@ -15,16 +15,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from celeba.analysis.compute import STATS, Analysis, compute
+from celeba.analysis.options import AnalyzeConfig
 from celeba.analysis.population import Population, add_groups, celeba_population, folder_population, quantile_bins
 from celeba.data import CelebADataError, check_labels
-
-if TYPE_CHECKING:
-    from celeba.analyze import AnalyzeConfig
 
 log = logging.getLogger(__name__)
 

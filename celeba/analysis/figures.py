@@ -7,12 +7,14 @@ import importlib.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from celeba.analysis.compute import ALL, STATS, Analysis, errors_per_group, grouping_values, saliency_picks
+from celeba.analysis.compute import STATS, Analysis, errors_per_group, saliency_picks
 from celeba.analysis.population import Population
+from celeba.analysis.rates import ALL, grouping_values
 from celeba.analysis.scoring import ModelRun, model_input
 from celeba.data import CelebADataError
 
@@ -57,7 +59,7 @@ def project(embeddings: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 
 
 def _overlays(
-    run: ModelRun, population: Population, idx: np.ndarray, j: int, towards: np.ndarray, grad_model
+    run: ModelRun, population: Population, idx: np.ndarray, j: int, towards: np.ndarray, grad_model: Any
 ) -> np.ndarray:
     from celeba.saliency import gradcam, overlay
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from celeba.data import ATTRIBUTES, CelebADataError, load_index, split
 from celeba.metrics import cohort_names
-from celeba.sources import AGE_BANDS
+from celeba.population import AGE_BANDS
 
 log = logging.getLogger(__name__)
 

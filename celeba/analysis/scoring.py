@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 
 from celeba.data import CelebADataError
+from celeba.population import ALIGNED, NO_FACE, ONE_FACE, SCORED, SEVERAL_FACES, UNREADABLE
 
 if TYPE_CHECKING:
     from celeba.runcard import RunCard
 
 log = logging.getLogger(__name__)
 
-ALIGNED, ONE_FACE, SEVERAL_FACES, NO_FACE, UNREADABLE = "aligned", "one face", "several faces", "no face", "unreadable"
-SCORED = (ALIGNED, ONE_FACE, SEVERAL_FACES)  # several faces: the largest is scored, and the photo is flagged
+__all__ = ["ALIGNED", "NO_FACE", "ONE_FACE", "SCORED", "SEVERAL_FACES", "UNREADABLE", "ModelRun", "run_models"]
 
 
 @dataclass
@@ -156,8 +156,7 @@ def run_models(
 ) -> tuple[list[ModelRun], tuple[str, ...], pd.Series]:
     """Load every model; embeddings and probabilities in one pass per model. Labels: those every model outputs and
     the rows know. Returns (runs, labels, face status of every row)."""
-    from celeba.evaluate import dataset_probabilities
-    from celeba.model import load_model, model_image_size
+    from celeba.model import dataset_probabilities, load_model, model_image_size
     from celeba.runcard import RunCard, card_path
 
     loaded = [load_model(path) for path in model_paths]
