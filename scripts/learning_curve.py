@@ -53,6 +53,7 @@ def plot(points: list[dict], title: str, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     tables = [t for t in TABLES if t in points[0]]
     fig, axes = plt.subplots(1, len(tables), figsize=(4 * len(tables), 3.6), sharex=True)
@@ -61,6 +62,8 @@ def plot(points: list[dict], title: str, out: Path) -> None:
         ax.plot(x, [100 * p[table][0] for p in points], marker="o", label="average")
         ax.plot(x, [100 * p[table][1] for p in points], marker="s", linestyle="--", label="worst group")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(x, [f"{n / 1000:.1f}k" for n in x], fontsize=8)
         ax.set_title(table, fontsize=9)
         ax.set_xlabel("train images (all sources)")
         ax.grid(alpha=0.3)
