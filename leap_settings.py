@@ -93,10 +93,10 @@ class ProjectConfig:
 
     data_root: str = "celeba"
     labels: tuple[str, ...] = ("Male", "Young")
-    image_size: int = 128
+    image_size: int = 160
     class_weights: dict[str, dict[str, float]] | None = None  # label -> {positive: w, negative: w}
     sample_limit_per_split: int | None = None
-    model: str = "models/multisource16k-bce-128-dfr-utkface-float32.onnx"
+    model: str = "models/multisource16k-bce-160b-float32.onnx"
     comparison_model: str | None = None  # a second ONNX model to compare (issue #24 item 5); unused so far
     photos: PhotoConfig | None = None
     path: Path = field(default=CONFIG_FILE, compare=False)

@@ -17,8 +17,8 @@ from celeba.population import AGE_BANDS
 #: The repository root: defaults that name repository files resolve against it, so commands work from any cwd.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The model every model-consuming command uses by default (relative to the repository root).
-#: CelebA + UTKFace, 128 px, its Male layer repaired by DFR (docs/populations.md)
-DEFAULT_MODEL = Path("models/multisource16k-bce-128-dfr-utkface.keras")
+#: CelebA + UTKFace, 160 px (docs/accuracy.md, docs/populations.md)
+DEFAULT_MODEL = Path("models/multisource16k-bce-160b.keras")
 
 
 #: A run name: one file name (`models/<name>.keras`, `models/<name>/`), never a path (`../x`) or a hidden file.

@@ -62,7 +62,7 @@ def test_docs_use_models_that_are_committed_or_made_by_a_documented_command():
         for path in DOCS
         for model in re.findall(r"--model (models/[\w./-]+\.(?:keras|tflite|onnx))", path.read_text())
     }
-    assert ("deployment.md", "models/multisource16k-bce-128-dfr-utkface-float32.onnx") in named
+    assert ("deployment.md", "models/multisource16k-bce-160b-float32.onnx") in named
     tracked = set(
         subprocess.run(["git", "ls-files", "models"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
     )
@@ -93,4 +93,4 @@ def test_a_users_training_leaves_git_status_clean():
     ignored = subprocess.run(["git", "check-ignore", *made], cwd=REPO_ROOT, capture_output=True, text=True)
     assert ignored.stdout.split() == made
     tracked = subprocess.run(["git", "ls-files", "models"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
-    assert "models/multisource16k-bce-128-dfr-utkface.json" in tracked.split()
+    assert "models/multisource16k-bce-160b.json" in tracked.split()

@@ -706,10 +706,10 @@ def test_check_model_names_every_mismatch(tmp_path):
 
     binder = importlib.import_module("leap_binder")
     session = ort.InferenceSession(str(ONNX_MODEL), providers=["CPUExecutionProvider"])
-    wrong = dataclasses.replace(binder.CONFIG, image_size=160, labels=("Male", "Young", "Smiling"), class_weights=None)
+    wrong = dataclasses.replace(binder.CONFIG, image_size=96, labels=("Male", "Young", "Smiling"), class_weights=None)
     with pytest.raises(ValueError) as error:
         binder.check_model(session, wrong, ONNX_MODEL)
-    assert "image_size 160" in str(error.value) and "has 2 outputs, the config names 3 labels" in str(error.value)
+    assert "image_size 96" in str(error.value) and "has 2 outputs, the config names 3 labels" in str(error.value)
     assert "trained on labels ['Male', 'Young']" in str(error.value)
 
 
