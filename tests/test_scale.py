@@ -200,7 +200,16 @@ def _multiworker(tmp_path, tf_config: str | None, *extra: str) -> subprocess.Pop
         *("--image-size", "32", "--limit", "8", "--batch-size", "8", "--epochs", "1", "--no-check-images"),
         *("--run-eagerly", "--models-dir", str(tmp_path / "models"), "--name", "mw", *extra),
     ]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it: a suite started in the background (`cmd &`) inherits SIGINT ignored, and
+    # Python keeps an inherited SIG_IGN, which would make the SIGINT case test the launcher, not the worker.
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _two_workers(index: int) -> str:
